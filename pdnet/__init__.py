@@ -1,0 +1,15 @@
+"""PDNet: Part-Decoupling Network for video portrait segmentation."""
+from . import ops
+from .model import PDNet, PDNetConfig, ReferenceState, load_release_state_dict, to_release_state_dict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PDNet",
+    "PDNetConfig",
+    "ReferenceState",
+    "load_release_state_dict",
+    "to_release_state_dict",
+    "ops",
+    "__version__",
+]
