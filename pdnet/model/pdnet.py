@@ -286,10 +286,17 @@ class PDNet(nn.Module):
         return upsample(self.head(fused), size)  # [B, 1, H, W]
 
     # ------------------------------------------------------------------ public API
-    def forward(self, target: torch.Tensor, reference: Union[torch.Tensor, ReferenceState]) -> torch.Tensor:
-        """Logits Tensor[B, 1, H, W] of the target frame given a reference frame or state."""
+    def forward(
+        self, target: torch.Tensor, reference: Union[torch.Tensor, ReferenceState], size: Optional[tuple] = None
+    ) -> torch.Tensor:
+        """Logits Tensor[B, 1, H, W] of the target frame given a reference frame or state.
+
+        ``size`` (optional (H', W')): upsample the stride-4 head logits straight to this
+        size instead of the input size (the release's ``shape=`` argument, used at test
+        time to go directly to the original frame size).
+        """
         self._check_pair(target, reference)
-        size = target.shape[-2:]
+        size = target.shape[-2:] if size is None else tuple(int(s) for s in size)
         if isinstance(reference, ReferenceState):
             feats_t = self.trunk(target)
             return self._decode(feats_t, reference.keys, reference.values, size)
