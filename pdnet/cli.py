@@ -15,6 +15,7 @@ from typing import List, Optional
 #: modules that contribute sub-commands, in help order
 COMMAND_MODULES = [
     "pdnet.demo",
+    "pdnet.evaluation.cli",
 ]
 
 
