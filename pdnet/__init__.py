@@ -1,6 +1,7 @@
 """PDNet: Part-Decoupling Network for video portrait segmentation."""
 from . import ops
 from .model import PDNet, PDNetConfig, ReferenceState, load_release_state_dict, to_release_state_dict
+from .inference import load, segment_video
 
 __version__ = "0.1.0"
 
@@ -10,6 +11,8 @@ __all__ = [
     "ReferenceState",
     "load_release_state_dict",
     "to_release_state_dict",
+    "load",
+    "segment_video",
     "ops",
     "__version__",
 ]

@@ -15,6 +15,9 @@ from typing import List, Optional
 #: modules that contribute sub-commands, in help order
 COMMAND_MODULES = [
     "pdnet.demo",
+    "pdnet.inference.cli",
+    "pdnet.data.synth",
+    "pdnet.train.cli",
     "pdnet.evaluation.cli",
 ]
 

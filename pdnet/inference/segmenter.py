@@ -1,0 +1,298 @@
+"""Streaming and batched segmentation of one clip: :class:`VideoSegmenter`.
+
+Test-time protocol of the release (DESIGN.md section 3): each frame is resized to the
+model input size (bilinear, half-pixel centres, no antialiasing: what the release's
+``cv2.resize`` does), ImageNet-normalised, segmented against the clip's first frame as
+the reference; the stride-4 logits are upsampled straight to the frame's size (bilinear,
+align_corners=True) and passed through a sigmoid. ``round(p * 255)`` is the saved mask.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import PDNet, ReferenceState
+from ..preprocess import normalize
+from .fused import FastPDNet
+
+FrameLike = Union[torch.Tensor, np.ndarray]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def parse_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+    """``None`` / ``"auto"``: bfloat16 on CUDA devices that support it, float16 on older ones, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        out = dtype
+    elif dtype is None or dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif isinstance(dtype, str) and dtype in _DTYPES:
+        out = _DTYPES[dtype]
+    else:
+        raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))} or a torch.dtype, got {dtype!r}")
+    if out not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {out}")
+    return out
+
+
+def parse_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else the CPU. Unavailable CUDA is an error."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available in this torch build / machine")
+    return dev
+
+
+def as_frame_batch(frames: FrameLike) -> torch.Tensor:
+    """RGB frames in the usual layouts -> Tensor[B, 3, H, W] (uint8, or float in [0, 1]).
+
+    Accepts numpy arrays [H, W, 3] / [B, H, W, 3] (as decoders produce them) and tensors
+    [3, H, W] / [B, 3, H, W]; uint8 in 0..255 or floating point in [0, 1].
+    """
+    if isinstance(frames, np.ndarray):
+        if frames.ndim not in (3, 4) or frames.shape[-1] != 3:
+            raise ValueError(f"frames as a numpy array must be [H, W, 3] or [B, H, W, 3] RGB, got shape {frames.shape}")
+        if not frames.flags.writeable:  # e.g. np.asarray(PIL image): torch wants writable memory
+            frames = frames.copy()
+        t = torch.from_numpy(np.ascontiguousarray(frames))
+        t = t.unsqueeze(0) if t.dim() == 3 else t
+        t = t.permute(0, 3, 1, 2)  # [B, 3, H, W], channels_last memory
+    elif isinstance(frames, torch.Tensor):
+        if frames.dim() not in (3, 4) or frames.shape[-3] != 3:
+            raise ValueError(f"frames as a tensor must be [3, H, W] or [B, 3, H, W] RGB, got shape {tuple(frames.shape)}")
+        t = frames.unsqueeze(0) if frames.dim() == 3 else frames
+    else:
+        raise TypeError(f"frames must be a numpy array or a torch.Tensor, got {type(frames).__name__}")
+    if t.dtype != torch.uint8 and not t.is_floating_point():
+        raise TypeError(f"frames must be uint8 (0..255) or floating point (0..1), got {t.dtype}")
+    if t.shape[0] == 0 or t.shape[-1] == 0 or t.shape[-2] == 0:
+        raise ValueError(f"frames must be non-empty, got shape {tuple(t.shape)}")
+    return t
+
+
+def preprocess(frames: torch.Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Frames [B, 3, H, W] (uint8 or float in [0, 1]) -> model input [B, 3, size] ImageNet-normalised.
+
+    The resize is bilinear with half-pixel centres and no antialiasing, as the release's
+    ``cv2.resize`` (it resizes after normalising; the two commute since the
+    normalisation is affine per channel).
+    """
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return normalize(x).to(dtype)
+
+
+def to_uint8(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities in [0, 1] -> uint8 masks ``round(p * 255)`` (same shape)."""
+    return torch.round(probs.float() * 255.0).clamp_(0, 255).to(torch.uint8)
+
+
+class CudaGraphRunner:
+    """Replays ``fn(*tensors)`` as a CUDA graph, one graph per input signature.
+
+    The inputs are copied into static buffers and the outputs are static buffers too:
+    they are overwritten by the next call, so callers copy what they keep.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 3) -> None:
+        self.fn = fn
+        self.warmup = warmup
+        self._graphs: Dict[tuple, tuple] = {}
+
+    def _capture(self, args: Sequence[torch.Tensor]):
+        static = [a.clone() for a in args]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: cuDNN / Triton autotuning, lazy inits
+            for _ in range(self.warmup):
+                self.fn(*static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(*static)
+        return graph, static, out
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(a.shape), a.dtype, a.stride()) for a in args)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(args)
+        graph, static, out = self._graphs[key]
+        for s, a in zip(static, args):
+            s.copy_(a)
+        graph.replay()
+        return out
+
+
+class VideoSegmenter:
+    """Segments the frames of one clip against a reference frame encoded once.
+
+    Streaming (Cutie's ``InferenceCore.step`` style)::
+
+        seg = VideoSegmenter(model, device="cuda")
+        for frame in frames:                 # numpy [H, W, 3] uint8 or Tensor[3, H, W]
+            prob = seg.step(frame)           # Tensor[1, H, W] float in [0, 1] on the device
+        seg.reset()                          # next clip
+
+    The first frame given to :meth:`step` becomes the reference (the release's protocol)
+    unless :meth:`set_reference` was called. Batched / explicit-state use::
+
+        state = seg.encode_reference(first_frame)
+        probs = seg.predict(frames, state)   # frames [B, 3, H, W] -> Tensor[B, 1, H, W]
+
+    Args:
+        model: a PDNet (eval mode is set). With ``fast=True`` it is copied into a
+            :class:`FastPDNet`; with ``fast=False`` it is used (and moved to ``device``) as is.
+        device: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda:1"`` ...
+        dtype: compute precision, ``"auto"`` (bf16 on CUDA, else fp32), ``float32``,
+            ``bfloat16``, ``float16``. The fast path casts its folded weights; the
+            reference path uses autocast for low precision.
+        fast: the fast path (folded BatchNorm, batched parts, channels_last, CUDA graphs).
+        channels_last: NHWC memory format for the fast path (default: True).
+        cuda_graphs: capture the whole step (preprocessing, network, upsampling, sigmoid)
+            as a CUDA graph per frame size and batch (default: True on CUDA with ``fast``).
+        input_size: (H, W) the frames are resized to (default: the model config's
+            ``input_size``, 480x480 for the release).
+    """
+
+    def __init__(
+        self,
+        model: PDNet,
+        device: Union[str, torch.device, None] = "auto",
+        dtype: Union[str, torch.dtype, None] = "auto",
+        fast: bool = True,
+        channels_last: Optional[bool] = None,
+        cuda_graphs: Optional[bool] = None,
+        input_size: Union[int, Tuple[int, int], None] = None,
+    ) -> None:
+        if not isinstance(model, PDNet):
+            raise TypeError(f"VideoSegmenter: model must be a pdnet.PDNet, got {type(model).__name__}")
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype, self.device)
+        self.fast = bool(fast)
+        if input_size is None:
+            input_size = model.config.input_size
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        input_size = tuple(int(s) for s in input_size)
+        if len(input_size) != 2 or any(s <= 0 or s % 32 for s in input_size):
+            raise ValueError(f"input_size must be (H, W) with positive multiples of 32, got {input_size}")
+        self.input_size: Tuple[int, int] = input_size  # type: ignore[assignment]
+        self.channels_last = self.fast if channels_last is None else bool(channels_last) and self.fast
+        use_graphs = self.fast and self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if use_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
+        if use_graphs and not self.fast:
+            raise ValueError("cuda_graphs=True needs fast=True")
+        self.cuda_graphs = use_graphs
+        model.eval()
+        if self.fast:
+            net = FastPDNet(model).to(device=self.device, dtype=self.dtype)
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self.net: torch.nn.Module = net.eval()
+        else:
+            self.net = model.to(self.device).eval()
+        self.model_dtype = next(self.net.parameters()).dtype
+        self.state: Optional[ReferenceState] = None
+        self._graphed = CudaGraphRunner(self._infer) if self.cuda_graphs else None
+
+    # ------------------------------------------------------------------ internals
+    def _autocast(self):
+        low = self.dtype != torch.float32 and not self.fast and self.model_dtype != self.dtype
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=low)
+
+    def _input(self, frames: torch.Tensor) -> torch.Tensor:
+        x = preprocess(frames, self.input_size, self.model_dtype)  # [B, 3, h, w]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _infer(self, frames: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """frames [B, 3, H, W] on the device -> probabilities Tensor[B, 1, H, W] float32."""
+        x = self._input(frames)
+        size = tuple(frames.shape[-2:])
+        with self._autocast():
+            if self.fast:
+                logits = self.net(x, keys, values, size)
+            else:
+                logits = self.net(x, ReferenceState(keys, values, self.input_size), size=size)
+        return torch.sigmoid(logits.float())  # [B, 1, H, W]
+
+    def to_device(self, frames: FrameLike) -> torch.Tensor:
+        """Frames (see :func:`as_frame_batch`) -> Tensor[B, 3, H, W] on the segmenter's device (pinned, async copy on CUDA)."""
+        t = as_frame_batch(frames)
+        if t.device != self.device:
+            if self.device.type == "cuda" and t.device.type == "cpu":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            else:
+                t = t.to(self.device)
+        return t
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def encode_reference(self, frame: FrameLike) -> ReferenceState:
+        """Encode a reference frame ([H, W, 3] / [3, H, W] / batch of one) once for a clip."""
+        t = self.to_device(frame)
+        if t.shape[0] != 1:
+            raise ValueError(f"encode_reference takes one frame, got a batch of {t.shape[0]}")
+        x = self._input(t)
+        with self._autocast():
+            state = self.net.encode_reference(x)  # FastPDNet and PDNet share this method
+        return ReferenceState(state.keys, state.values, self.input_size)
+
+    def set_reference(self, frame: FrameLike) -> ReferenceState:
+        """Encode ``frame`` and keep it as the reference of the following :meth:`step` calls."""
+        self.state = self.encode_reference(frame)
+        return self.state
+
+    @torch.inference_mode()
+    def predict(self, frames: FrameLike, state: Optional[ReferenceState] = None) -> torch.Tensor:
+        """Foreground probabilities of a batch of frames of one clip.
+
+        Args:
+            frames: [B, 3, H, W] tensor or [B, H, W, 3] numpy array (or a single frame).
+            state: the clip's reference (default: the one set by :meth:`set_reference` /
+                the first :meth:`step`).
+
+        Returns:
+            Tensor[B, 1, H, W] float32 in [0, 1] on the segmenter's device (with CUDA
+            graphs: a buffer overwritten by the next call; copy it to keep it).
+        """
+        state = self.state if state is None else state
+        if state is None:
+            raise RuntimeError("VideoSegmenter.predict: no reference frame; call set_reference(frame) first")
+        if tuple(state.size) != self.input_size:
+            raise ValueError(f"the reference state was encoded at {state.size}, this segmenter runs at {self.input_size}")
+        t = self.to_device(frames)
+        if self._graphed is not None:
+            return self._graphed(t, state.keys, state.values)
+        return self._infer(t, state.keys, state.values)
+
+    def step(self, frame: FrameLike) -> torch.Tensor:
+        """Segment the next frame of the clip: Tensor[1, H, W] float in [0, 1] on the device.
+
+        The first frame after construction or :meth:`reset` becomes the reference.
+        """
+        if self.state is None:
+            self.set_reference(frame)
+        prob = self.predict(frame)[0]
+        return prob.clone() if self._graphed is not None else prob
+
+    def reset(self) -> None:
+        """Forget the reference frame (start a new clip)."""
+        self.state = None
