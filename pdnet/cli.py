@@ -16,8 +16,6 @@ from typing import List, Optional
 COMMAND_MODULES = [
     "pdnet.demo",
     "pdnet.inference.cli",
-    "pdnet.data.synth",
-    "pdnet.train.cli",
     "pdnet.evaluation.cli",
 ]
 
