@@ -16,6 +16,8 @@ from typing import List, Optional
 COMMAND_MODULES = [
     "pdnet.demo",
     "pdnet.inference.cli",
+    "pdnet.data.synth",
+    "pdnet.train.cli",
     "pdnet.evaluation.cli",
 ]
 

@@ -1,0 +1,570 @@
+"""The release's training recipe (DESIGN.md section 3), fast and resumable.
+
+Steps alternate image, video, video, image, ... (``train.image_every``). Image steps feed
+one still image as both frames and train with :func:`pdnet.losses.image_step_loss` at lr
+for the backbone and ``image_head_lr`` * lr (release: 0) for the rest; video steps feed
+(target, first frame of the clip) and train with :func:`pdnet.losses.video_step_loss` at
+0.01 * lr for the backbone and 10 * lr for the rest (the part basis included). The lr
+follows a poly schedule (power 0.9) over all steps and is halved from epoch 6.
+
+An epoch is one pass over the video data plus the image steps interleaved with it, so
+the epoch of a step is a pure function of the step number. Data order and augmentation
+are functions of (seed, epoch, position), so a run resumed from ``RUN/last.pt`` replays
+exactly the batches the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
+
+from .. import losses as L
+from ..model import PDNet, PDNetConfig
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded permutation per epoch, sharded across ranks, starting at any position.
+
+    ``set_epoch(epoch, start)`` selects the epoch's order and skips its first ``start``
+    indices of this rank, so a resumed run continues where it stopped.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
+        if size < 1:
+            raise ValueError("ResumableSampler: empty dataset")
+        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+        self.epoch, self.start = 0, 0
+
+    def per_rank(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.size, generator=g).tolist()
+        else:
+            perm = list(range(self.size))
+        total = self.per_rank() * self.world
+        perm = (perm * math.ceil(total / len(perm)))[:total]  # pad by wrapping, as DistributedSampler
+        return perm[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.start
+
+
+class Stream:
+    """An endless supply of batches from one DataLoader, with a resumable position."""
+
+    def __init__(self, loader: DataLoader, sampler: ResumableSampler, batch_size: int) -> None:
+        self.loader, self.sampler, self.batch_size = loader, sampler, batch_size
+        self.epoch, self.consumed = 0, 0  # batches consumed in the current epoch
+        self._it: Optional[Iterator] = None
+
+    def batches_per_epoch(self) -> int:
+        return self.sampler.per_rank() // self.batch_size
+
+    def _restart(self) -> None:
+        self.sampler.set_epoch(self.epoch, self.consumed * self.batch_size)
+        for ds in _leaf_datasets(self.loader.dataset):
+            ds.set_epoch(self.epoch)
+        self._it = iter(self.loader)
+
+    def next(self):
+        if self.consumed >= self.batches_per_epoch():
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._it = None
+        if self._it is None:
+            self._restart()
+        batch = next(self._it)
+        self.consumed += 1
+        return batch
+
+    def state(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state(self, s: Dict[str, int]) -> None:
+        self.epoch, self.consumed, self._it = int(s["epoch"]), int(s["consumed"]), None
+
+
+def _leaf_datasets(ds):
+    if isinstance(ds, ConcatDataset):
+        for d in ds.datasets:
+            yield from _leaf_datasets(d)
+    elif hasattr(ds, "set_epoch"):
+        yield ds
+
+
+class TrainModule(nn.Module):
+    """PDNet plus the part basis as one module, so DistributedDataParallel syncs both.
+
+    forward(target, reference) -> (train_outputs dict, basis W = ReLU(w) [p, 512]).
+    """
+
+    def __init__(self, model: PDNet, basis: L.PartBasis) -> None:
+        super().__init__()
+        self.model, self.basis = model, basis
+
+    def forward(self, target: torch.Tensor, reference: torch.Tensor):
+        return self.model.train_outputs(target, reference), self.basis()
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every global generator's state, as tensors and plain numbers (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    py = st["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class TrainError(RuntimeError):
+    """A problem that stops training before it starts (bad checkpoint, bad run folder)."""
+
+
+def _resolve_amp(mode: str, device: torch.device):
+    """(autocast dtype or None, use GradScaler)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None, False
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, device.type == "cuda"
+
+
+class Trainer:
+    """Runs the recipe of a config (see :mod:`pdnet.train.config`) into a run folder.
+
+    Files in ``out``: ``last.pt`` (always the newest checkpoint, written atomically),
+    ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per log or
+    validation line), ``tb/`` (TensorBoard events, when tensorboard is installed).
+    """
+
+    def __init__(
+        self,
+        cfg: Dict[str, Dict[str, Any]],
+        out: os.PathLike,
+        resume: bool = False,
+        device: Optional[str] = None,
+        echo=print,
+    ) -> None:
+        self.cfg, self.out, self.echo = cfg, Path(out), echo
+        self._init_distributed(device)
+        tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+        ckpt_path = self.out / "last.pt"
+        if not resume and ckpt_path.exists():
+            raise TrainError(
+                f"{self.out} already holds a run ({ckpt_path}); resume it with --resume {self.out} "
+                "or choose another --out"
+            )
+        resume_state = self._read_resume(ckpt_path) if resume else None
+
+        torch.manual_seed(tc["seed"] + self.rank)
+        random.seed(tc["seed"] + self.rank)
+        np.random.seed(tc["seed"] + self.rank)
+        size = (dc["size"], dc["size"]) if isinstance(dc["size"], int) else tuple(dc["size"])
+        self.model_config = PDNetConfig(
+            backbone=mc["backbone"],
+            parts=mc["parts"],
+            attention_scale=mc["attention_scale"],
+            ipda_stride=mc["ipda_stride"],
+            input_size=size,
+            loss_variant=mc["loss_variant"],
+            ops_backend=mc["ops_backend"],
+        )
+        model = PDNet(self.model_config)
+        if mc["imagenet"] and resume_state is None:
+            model.encoder.load_imagenet(mc["imagenet"])
+        basis = L.PartBasis(self.model_config.parts, L.SemanticFeatures.channels)
+        self.semantic = L.SemanticFeatures(tc["semantic_features"]).to(self.device)
+        self.module = TrainModule(model, basis).to(self.device)
+        self.channels_last = bool(tc["channels_last"])
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = model
+        self.basis = basis
+
+        enc = {id(p) for p in model.encoder.parameters()}
+        head = [p for p in self.module.parameters() if id(p) not in enc]
+        self.optimizer = torch.optim.SGD(
+            [
+                {"params": list(model.encoder.parameters()), "name": "backbone"},
+                {"params": head, "name": "head"},
+            ],
+            lr=tc["lr"],
+            momentum=tc["momentum"],
+            weight_decay=tc["weight_decay"],
+        )
+        self.amp_dtype, use_scaler = _resolve_amp(tc["amp"], self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+        self._build_data()
+        self.step = 0
+        if resume_state is not None:
+            self._load_resume(resume_state)
+
+        self.net = self.module
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                nn.SyncBatchNorm.convert_sync_batchnorm(self.module),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        if tc["compile"]:
+            self.net = torch.compile(self.net)
+
+    # ------------------------------------------------------------------ setup
+    def _init_distributed(self, device: Optional[str]) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+
+    def _datasets(self, group: str, split: str, augment: bool):
+        from ..data import build_dataset
+
+        dc = self.cfg["data"]
+        out = []
+        for entry in dc[group]:
+            out.append(
+                build_dataset(
+                    entry.get("kind", "auto"),
+                    entry["root"],
+                    split=entry.get("split", split),
+                    size=dc["size"],
+                    augment=augment,
+                    seed=dc["seed"] + (0 if group == "video" else 7919),
+                    skip_bad=dc["skip_bad"],
+                )
+            )
+        return out
+
+    def _stream(self, datasets, seed: int) -> Stream:
+        ds = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+        tc, dc = self.cfg["train"], self.cfg["data"]
+        sampler = ResumableSampler(len(ds), seed, self.rank, self.world)
+        if sampler.per_rank() < tc["batch_size"]:
+            raise TrainError(
+                f"the training data has {len(ds)} samples, fewer than one batch of {tc['batch_size']} per process"
+            )
+        workers = dc["workers"]
+        loader = DataLoader(
+            ds,
+            batch_size=tc["batch_size"],
+            sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=_seed_worker,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        return Stream(loader, sampler, tc["batch_size"])
+
+    def _build_data(self) -> None:
+        dc, tc = self.cfg["data"], self.cfg["train"]
+        if not dc["video"]:
+            raise TrainError("no video data: give --data DIR or data.video in the config")
+        video = self._datasets("video", "train", True)
+        image = self._datasets("image", "train", True) if dc["image"] else video
+        self.video = self._stream(video, dc["seed"])
+        self.image = self._stream(image, dc["seed"] + 1)
+        k = tc["image_every"]
+        v = self.video.batches_per_epoch()
+        self.steps_per_epoch = v if k <= 0 else math.ceil(v * k / (k - 1)) if k > 1 else v
+        self.total_steps = self.steps_per_epoch * tc["epochs"]
+        self.val = None
+        if self.cfg["log"]["val_every"] is not None:
+            try:
+                self.val = self._datasets("video", dc["val_split"], False)
+            except Exception as exc:  # no val split in the data: train without validation
+                self.echo(f"validation disabled: {exc}")
+
+    # ------------------------------------------------------------------ schedule
+    def is_image_step(self, step: int) -> bool:
+        k = self.cfg["train"]["image_every"]
+        return k > 0 and step % k == 0
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        tc = self.cfg["train"]
+        lr = tc["lr"] * (1.0 - min(step, self.total_steps - 1) / self.total_steps) ** tc["poly_power"]
+        halve = tc["halve_lr_from_epoch"]
+        if halve is not None and self.epoch_of(step) >= halve:
+            lr *= 0.5
+        return lr
+
+    def _set_lr(self, step: int, image: bool) -> float:
+        tc = self.cfg["train"]
+        lr = self.lr_at(step)
+        bb, hd = (1.0, tc["image_head_lr"]) if image else (tc["video_backbone_lr"], tc["video_head_lr"])
+        self.optimizer.param_groups[0]["lr"] = lr * bb
+        self.optimizer.param_groups[1]["lr"] = lr * hd
+        return lr
+
+    # ------------------------------------------------------------------ one step
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_step(self, batch: Dict[str, Any], image: bool) -> Dict[str, torch.Tensor]:
+        x_t, m_t = self._to_device(batch["target"]), self._to_device(batch["target_mask"])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        )
+        with autocast:
+            if image:
+                outputs, _ = self.net(x_t, x_t)
+                terms = L.image_step_loss(outputs, m_t)
+            else:
+                x_r, m_r = self._to_device(batch["reference"]), self._to_device(batch["reference_mask"])
+                outputs, basis = self.net(x_t, x_r)
+                f_t, f_r = self.semantic(x_t), self.semantic(x_r)
+                terms = L.video_step_loss(
+                    outputs, m_t, m_r, f_t, f_r, basis, self.model_config.loss_variant, self.model_config.ops_backend
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() for k, v in terms.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> Dict[str, Any]:
+        return {
+            "basis": self.basis.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch_of(self.step),
+            "streams": {"video": self.video.state(), "image": self.image.state()},
+            "rng": rng_state(),
+            "train_config": self.cfg,
+        }
+
+    def save(self) -> Optional[Path]:
+        if not self.is_main:
+            return None
+        from ..inference.checkpoint import save_model_checkpoint
+
+        return save_model_checkpoint(self.out / "last.pt", self.model, self.state())
+
+    def _read_resume(self, path: Path) -> Dict[str, Any]:
+        from ..inference.checkpoint import CheckpointError, read_checkpoint
+
+        if not path.exists():
+            raise TrainError(f"cannot resume: {path} does not exist")
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as exc:
+            raise TrainError(f"cannot resume from {path}: {exc}") from None
+        needed = ("model", "config", "optimizer", "basis", "step", "streams", "rng")
+        missing = [k for k in needed if k not in ckpt]
+        if missing:
+            raise TrainError(f"cannot resume from {path}: not a training checkpoint (missing {', '.join(missing)})")
+        ckpt["_path"] = str(path)
+        return ckpt
+
+    def _load_resume(self, ckpt: Dict[str, Any]) -> None:
+        path = ckpt["_path"]
+        saved = PDNetConfig.from_dict(ckpt["config"])
+        mine = self.model_config
+        diff = [
+            f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(mine, k)!r}"
+            for k in ("backbone", "parts", "input_size", "ipda_stride", "attention_dim", "ipda_channels", "decoder_channels")
+            if getattr(saved, k) != getattr(mine, k)
+        ]
+        if diff:
+            raise TrainError(f"cannot resume from {path}: the model differs from the config ({'; '.join(diff)})")
+        try:
+            self.model.load_state_dict(ckpt["model"], strict=True)
+            self.basis.load_state_dict(ckpt["basis"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainError(f"cannot resume from {path}: incompatible state ({exc})") from None
+        self.step = int(ckpt["step"])
+        self.video.load_state(ckpt["streams"]["video"])
+        self.image.load_state(ckpt["streams"]["image"])
+        set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> Optional[Dict[str, float]]:
+        """J&F (DAVIS protocol, predictions at each frame's original size) on the val split."""
+        if not self.val:
+            return None
+        try:
+            from ..evaluation import evaluate_arrays
+        except ImportError:
+            return None
+        from ..data.io import read_mask
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        preds = {}
+        limit = self.cfg["log"]["val_clips"] or None
+        for ds in self.val:
+            for clip_idx, clip in enumerate(ds.clips[:limit]):
+                start = ds._starts[clip_idx]
+                state = None
+                pred_list, gt_list = [], []
+                for pos in range(len(clip)):
+                    sample = ds[start + pos]
+                    x = self._to_device(sample["target"][None])
+                    if state is None:
+                        state = model.encode_reference(self._to_device(sample["reference"][None]))
+                    size = tuple(int(s) for s in sample["size"])
+                    logits = model(x, state, size=size)
+                    pred_list.append((logits[0, 0] > 0).cpu())
+                    gt_list.append(read_mask(clip.masks[pos], clip.mask_mode)[0] >= 128)
+                preds[clip.name] = (torch.stack(pred_list), torch.stack(gt_list))
+        if was_training:
+            model.train()
+        result = evaluate_arrays(preds, protocol="davis")
+        return _summary(result)
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, max_steps: Optional[int] = None) -> Dict[str, Any]:
+        """Train until ``max_steps`` (total, counting resumed steps) or the end of the recipe."""
+        lc = self.cfg["log"]
+        limit = self.total_steps if max_steps is None else min(max_steps, self.total_steps)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+        writer = self._tensorboard() if self.is_main and lc["tensorboard"] else None
+        bar = None
+        if self.is_main and lc["progress"]:
+            from tqdm import tqdm
+
+            bar = tqdm(total=limit, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.module.train()
+        sums: Dict[str, torch.Tensor] = {}
+        counts: Dict[str, int] = {}
+        pairs, t_last = 0, time.perf_counter()
+        last_val = None
+        pairs_per_s = 0.0
+        while self.step < limit:
+            image = self.is_image_step(self.step)
+            lr = self._set_lr(self.step, image)
+            batch = (self.image if image else self.video).next()
+            terms = self.train_step(batch, image)
+            self.step += 1
+            pairs += batch["target"].shape[0] * self.world
+            named = {"total": terms["total"], ("image." if image else "video.") + "total": terms["total"]}
+            if not image:
+                named.update((f"video.{k}", v) for k, v in terms.items() if k != "total")
+            for k, v in named.items():
+                sums[k] = sums.get(k, 0) + v
+                counts[k] = counts.get(k, 0) + 1
+            end_epoch = self.step % self.steps_per_epoch == 0
+            if self.step % lc["every"] == 0 or self.step == limit:
+                now = time.perf_counter()
+                pairs_per_s = pairs / max(now - t_last, 1e-9)
+                line = {k: float(v) / counts[k] for k, v in sums.items()}  # one sync per log line
+                line.update(step=self.step, epoch=self.epoch_of(self.step - 1), lr=lr, pairs_per_s=pairs_per_s)
+                self._log(line, writer)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{line['total']:.3f}", pairs_s=f"{pairs_per_s:.1f}", lr=f"{lr:.2e}")
+                sums, counts, pairs, t_last = {}, {}, 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if self.step % lc["checkpoint_every"] == 0 or end_epoch or self.step == limit:
+                self.save()
+            val_due = lc["val_every"] is not None and (
+                end_epoch or (lc["val_every"] and self.step % lc["val_every"] == 0)
+            )
+            if val_due and self.is_main:
+                last_val = self.validate()
+                if last_val is not None:
+                    self._log({"step": self.step, **{f"val/{k}": v for k, v in last_val.items()}}, writer)
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        return {"step": self.step, "val": last_val, "pairs_per_s": pairs_per_s, "checkpoint": str(self.out / "last.pt")}
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.echo("tensorboard is not installed: metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def _log(self, line: Dict[str, Any], writer) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        if writer is not None:
+            for k, v in line.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, line["step"])
+
+
+def _seed_worker(worker_id: int) -> None:
+    from ..data.datasets import seed_worker
+
+    seed_worker(worker_id)
+
+
+def _summary(result) -> Dict[str, float]:
+    """Flatten an evaluation result to {"J&F", "J", "F"} means."""
+    d = result.to_dict() if hasattr(result, "to_dict") else result
+    o = d["overall"]
+    return {"J&F": float(o["J&F"]), "J": float(o["J"]["mean"]), "F": float(o["F"]["mean"])}

@@ -1,0 +1,152 @@
+"""Trainer: schedule, resumable exactness, checkpoints, configs and CLI errors."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pdnet.cli import main
+from pdnet.train import ResumableSampler, Trainer, TrainError, load_config
+from pdnet.train.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    assert main(["synth", str(root), "--clips", "3", "--frames", "4", "--size", "64x64", "--seed", "3"]) == 0
+    return root
+
+
+def tiny_cfg(data, **over):
+    sets = [
+        "model.backbone=resnet18",
+        "model.parts=2",
+        "model.imagenet=null",
+        "data.size=64",
+        "data.workers=0",
+        "train.batch_size=2",
+        "train.epochs=2",
+        "train.lr=0.01",
+        "train.amp=off",
+        "train.semantic_features=null",
+        "log.every=1",
+        "log.checkpoint_every=1000",
+        "log.val_every=null",
+        "log.tensorboard=false",
+        "log.progress=false",
+    ] + [f"{k}={v}" for k, v in over.items()]
+    cfg = load_config(None, sets)
+    cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
+    return cfg
+
+
+def weights(trainer):
+    sd = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    sd["basis"] = trainer.basis.weight.detach().clone()
+    return sd
+
+
+def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(synth_data, tmp_path):
+    straight = Trainer(tiny_cfg(synth_data), tmp_path / "a")
+    straight.fit(6)
+    split = Trainer(tiny_cfg(synth_data), tmp_path / "b")
+    split.fit(3)
+    del split
+    resumed = Trainer(tiny_cfg(synth_data), tmp_path / "b", resume=True)
+    assert resumed.step == 3
+    resumed.fit(6)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ from the straight run: {different[:5]}"
+    # and training did change the weights
+    fresh = Trainer(tiny_cfg(synth_data), tmp_path / "c")
+    assert not torch.equal(weights(fresh)["head.weight"], a["head.weight"])
+
+
+def test_schedule_alternates_and_sets_group_lrs(synth_data, tmp_path):
+    t = Trainer(tiny_cfg(synth_data, **{"train.halve_lr_from_epoch": 1}), tmp_path / "s")
+    assert [t.is_image_step(s) for s in range(6)] == [True, False, False, True, False, False]
+    v = t.video.batches_per_epoch()
+    assert t.steps_per_epoch == math.ceil(v * 3 / 2)
+    assert t.total_steps == 2 * t.steps_per_epoch
+    lr0 = t._set_lr(0, image=True)
+    assert lr0 == pytest.approx(0.01)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # backbone
+    assert t.optimizer.param_groups[1]["lr"] == 0.0  # rest, image step
+    lr1 = t._set_lr(1, image=False)
+    assert lr1 == pytest.approx(0.01 * (1 - 1 / t.total_steps) ** 0.9)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * lr1)
+    assert t.optimizer.param_groups[1]["lr"] == pytest.approx(10 * lr1)
+    s = t.steps_per_epoch  # first step of epoch 1: halved
+    assert t.lr_at(s) == pytest.approx(0.5 * 0.01 * (1 - s / t.total_steps) ** 0.9)
+    basis_in_head = any(p is t.basis.weight for p in t.optimizer.param_groups[1]["params"])
+    assert basis_in_head
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(synth_data, tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_cfg(synth_data), run).fit(1)
+    ckpt = run / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
+    with pytest.raises(TrainError, match="cannot resume from .*last.pt"):
+        Trainer(tiny_cfg(synth_data), run, resume=True)
+    assert ckpt.stat().st_size == 1000  # not overwritten
+    with pytest.raises(TrainError, match="already holds a run"):
+        Trainer(tiny_cfg(synth_data), run)
+
+
+def test_incompatible_checkpoint(synth_data, tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_cfg(synth_data), run).fit(1)
+    with pytest.raises(TrainError, match="parts: checkpoint 2 vs config 3"):
+        Trainer(tiny_cfg(synth_data, **{"model.parts": 3}), run, resume=True)
+
+
+def test_sampler_shards_and_resumes():
+    full = ResumableSampler(10, seed=1)
+    full.set_epoch(2)
+    order = list(full)
+    assert sorted(order) == list(range(10))
+    full.set_epoch(2, start=4)
+    assert list(full) == order[4:]
+    full.set_epoch(3)
+    assert list(full) != order
+    shards = [ResumableSampler(10, 1, rank=r, world=3) for r in range(3)]
+    for s in shards:
+        s.set_epoch(2)
+    got = [i for s in shards for i in s]
+    assert len(got) == 12 and set(got) == set(range(10))
+
+
+@pytest.mark.parametrize(
+    "sets,msg",
+    [
+        (["train.lrr=1"], "unknown key train.lrr"),
+        (["optim.lr=1"], "unknown section 'optim'"),
+        (["train.lr"], "section.key=value"),
+        (["data.size=100"], "multiples of 32"),
+        (["train.amp=fp8"], "train.amp"),
+    ],
+)
+def test_config_errors(sets, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, sets)
+
+
+def test_shipped_configs_load():
+    rel = load_config("release")
+    assert rel["model"]["backbone"] == "resnet50" and rel["data"]["size"] == 480
+    demo = load_config("demo-cpu")
+    assert demo["model"]["backbone"] == "resnet18" and demo["train"]["amp"] == "off"
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["train", "--config", "demo-cpu"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["train", "--config", "nope.yaml", "--out", str(tmp_path / "x")]) == 2
+    assert "config file not found: nope.yaml" in capsys.readouterr().err
+    assert main(["train", "--config", "demo-cpu", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")]) == 2
+    assert "folder not found" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "norun")]) == 2
+    assert "config.yaml not found" in capsys.readouterr().err
