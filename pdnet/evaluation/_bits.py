@@ -51,18 +51,23 @@ def pack(m: torch.Tensor, wp: int, out: torch.Tensor | None = None) -> torch.Ten
     *lead, h, w = m.shape
     if out is None:
         out = torch.empty((*lead, h, wp), dtype=torch.int64, device=m.device)
-    if m.device.type == "cpu":
-        byte = np.packbits(m.numpy(), axis=-1, bitorder="little")  # [..., H, ceil(W / 8)]
-        o = out.numpy().view(np.uint8)  # [..., H, 8 wp]
-        o[..., : byte.shape[-1]] = byte
-        o[..., byte.shape[-1] :] = 0
-        return out
+    if m.device.type != "cpu":
+        return out.copy_(pack_torch(m, wp))
+    byte = np.packbits(m.numpy(), axis=-1, bitorder="little")  # [..., H, ceil(W / 8)]
+    o = out.numpy().view(np.uint8)  # [..., H, 8 wp]
+    o[..., : byte.shape[-1]] = byte
+    o[..., byte.shape[-1] :] = 0
+    return out
+
+
+def pack_torch(m: torch.Tensor, wp: int) -> torch.Tensor:
+    """:func:`pack` with torch ops only (any device; the path used on CUDA)."""
+    *lead, h, w = m.shape
     buf = torch.zeros((*lead, h, wp * 64), dtype=torch.uint8, device=m.device)  # [..., H, 64 wp]
     buf[..., :w] = m
     v = buf.view(torch.int64)  # [..., H, 8 wp]: byte k of a word = pixel 8i + k (0 or 1)
     byte = ((v * _GATHER) >> 56).to(torch.uint8)  # [..., H, 8 wp]: 8 pixels a byte
-    out.copy_(byte.view(torch.int64))
-    return out
+    return byte.view(torch.int64)  # [..., H, wp]
 
 
 def row_mask(w: int, wp: int, device, n: int | None = None) -> torch.Tensor:
@@ -74,9 +79,14 @@ def row_mask(w: int, wp: int, device, n: int | None = None) -> torch.Tensor:
 
 def popcount(x: torch.Tensor, dims: int = 2) -> torch.Tensor:
     """Set bits over the last ``dims`` dimensions: Tensor[..., H, Wp] int64 -> Tensor[...] int64."""
-    if x.device.type == "cpu":
-        c = np.bitwise_count(x.contiguous().numpy().view(np.uint64))  # uint8 per word
-        return torch.from_numpy(c.sum(axis=tuple(range(-dims, 0)), dtype=np.int64))
+    if x.device.type != "cpu":
+        return popcount_torch(x, dims)
+    c = np.bitwise_count(x.contiguous().numpy().view(np.uint64))  # uint8 per word
+    return torch.from_numpy(c.sum(axis=tuple(range(-dims, 0)), dtype=np.int64))
+
+
+def popcount_torch(x: torch.Tensor, dims: int = 2) -> torch.Tensor:
+    """:func:`popcount` with torch ops only (SWAR; the path used on CUDA)."""
     x = x - ((x >> 1) & _M1)
     x = (x & _M2) + ((x >> 2) & _M2)
     x = (x + (x >> 4)) & _M4  # each byte holds its own count

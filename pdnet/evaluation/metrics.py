@@ -29,9 +29,10 @@ binary object without void pixels):
 Differences from the toolkit, on purpose:
 
 - Decay with more than 256 evaluated frames: the toolkit casts the bin indices to
-  ``uint8``, so they wrap modulo 256 and its Decay compares the wrong frames (or empty
-  bins). Here the indices are exact integers at any length; up to 256 frames the two
-  agree exactly.
+  ``uint8``, so they wrap modulo 256: its last bin is then empty (Decay NaN, and the
+  overall Decay, a mean over sequences, NaN with it) or covers the wrong frames (e.g.
+  a linear 1 -> 0 ramp of 400 frames gets 0.11 instead of 0.75). Here the indices are
+  exact integers at any length; up to 256 frames the two agree exactly.
 - Void pixels and multiple objects are not handled: portrait masks are one binary
   object.
 

@@ -125,7 +125,9 @@ def db_statistics(values, uint8_bins: bool = True):
         recall = np.nanmean(values > 0.5)
     ids = np.round(np.linspace(1, len(values), 5) + 1e-10) - 1
     ids = ids.astype(np.uint8 if uint8_bins else np.int64)
-    bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
+    # int(): under the NumPy 1.x the toolkit ran on, uint8 scalar + 1 gave an int64 (256
+    # stays 256); NumPy 2 would wrap it to 0 and break N = 256 as well
+    bins = [values[int(ids[i]) : int(ids[i + 1]) + 1] for i in range(4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         decay = np.nanmean(bins[0]) - np.nanmean(bins[3])
