@@ -1,0 +1,60 @@
+"""Data: dataset readers, the release's joint augmentation, and a synthetic video generator.
+
+- :func:`build_dataset` (``kind`` = "davis" | "mvps" | "pphumanseg" | "images" | "auto")
+  returns a :class:`VideoPairDataset` / :class:`ImagePairDataset` whose samples are dicts
+  ``target``, ``target_mask``, ``reference``, ``reference_mask``, ``sequence``,
+  ``frame``, ``size``, ``index`` (see :mod:`pdnet.data.datasets`).
+- :func:`make_loader` / :func:`seed_worker`: a DataLoader with deterministic seeding.
+- ``scan_*`` readers of each layout (:mod:`pdnet.data.layouts`) and
+  :func:`validate_clips`, the main-process file check.
+- :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation.
+- :mod:`pdnet.data.synth`: ``pdnet synth``, fake-motion clips in the DAVIS-2016 layout.
+- :class:`DataError` (a ``ValueError`` naming the bad file), :class:`DataWarning`.
+"""
+from .augment import PairAugment, normalize_uint8
+from .datasets import (
+    ImagePairDataset,
+    PairDataset,
+    VideoPairDataset,
+    build_dataset,
+    make_loader,
+    sample_rng,
+    seed_worker,
+)
+from .errors import DataError, DataWarning
+from .io import probe, read_image, read_mask
+from .layouts import (
+    LAYOUTS,
+    Clip,
+    detect_layout,
+    scan_davis,
+    scan_image_folders,
+    scan_mvps,
+    scan_pphumanseg,
+    validate_clips,
+)
+
+__all__ = [
+    "Clip",
+    "DataError",
+    "DataWarning",
+    "ImagePairDataset",
+    "LAYOUTS",
+    "PairAugment",
+    "PairDataset",
+    "VideoPairDataset",
+    "build_dataset",
+    "detect_layout",
+    "make_loader",
+    "normalize_uint8",
+    "probe",
+    "read_image",
+    "read_mask",
+    "sample_rng",
+    "scan_davis",
+    "scan_image_folders",
+    "scan_mvps",
+    "scan_pphumanseg",
+    "seed_worker",
+    "validate_clips",
+]

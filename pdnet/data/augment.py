@@ -1,0 +1,155 @@
+"""Joint (image, mask) augmentation of the release, on uint8 tensors.
+
+Per frame, as the release's training transform: a random crop removing up to 1/8 of
+the height and of the width (``dh`` uniform in ``[0, H//8)``, the top offset uniform in
+``[0, dh)``; the same for the width), a horizontal flip with probability 1/2, a bilinear
+resize (``align_corners=False``, no antialiasing, like ``cv2.resize``) to the configured
+size, and ImageNet normalisation. The mask gets the same crop, flip and resize, so it
+becomes soft (values in [0, 1]). Evaluation uses the resize and normalisation only.
+
+Differences from the release, on purpose: the image is resized in uint8 and normalised
+afterwards (the release normalises first, then resizes in float); the difference is the
+uint8 rounding of the resized image (within one grey level), and it is several times
+faster on the CPU.
+
+All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a
+pure function of its seed (see :func:`pdnet.data.datasets.sample_rng`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+SizeLike = Union[int, Tuple[int, int]]
+
+_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32).view(3, 1, 1)
+_OFFSET = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32).view(3, 1, 1)
+
+
+def as_size(size: SizeLike) -> Tuple[int, int]:
+    """``480`` or ``(480, 480)`` -> ``(H, W)``; rejects non-positive sizes."""
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    return size
+
+
+def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Fast ImageNet normalisation of uint8 RGB, equal to :func:`pdnet.preprocess.normalize`
+    up to float rounding (one multiply-subtract, in place on the float copy).
+
+    Args:
+        image (Tensor[..., 3, H, W] uint8)
+
+    Returns:
+        Tensor[..., 3, H, W] float32.
+    """
+    if image.dtype != torch.uint8 or image.dim() < 3 or image.shape[-3] != 3:
+        raise ValueError(f"normalize_uint8: expected uint8 [..., 3, H, W], got {image.dtype} {tuple(image.shape)}")
+    return image.to(torch.float32).mul_(_SCALE).sub_(_OFFSET)
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """Geometry of one augmented frame: crop ``[top:top+height, left:left+width]``, then flip."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def sample_crop_flip(rng: np.random.Generator, height: int, width: int, crop: bool = True, flip: bool = True) -> CropFlip:
+    """Draws the release's random crop (up to 1/8 of each side) and flip for an H x W frame."""
+    top = left = 0
+    ch, cw = height, width
+    if crop:
+        dh = int(rng.integers(0, height // 8)) if height // 8 >= 1 else 0
+        dw = int(rng.integers(0, width // 8)) if width // 8 >= 1 else 0
+        top = int(rng.integers(0, dh)) if dh > 0 else 0
+        left = int(rng.integers(0, dw)) if dw > 0 else 0
+        ch, cw = height - dh, width - dw
+    do_flip = bool(rng.integers(0, 2) == 0) if flip else False
+    return CropFlip(top, left, ch, cw, do_flip)
+
+
+def apply_crop_flip_resize(
+    image: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    geom: Optional[CropFlip],
+    size: Tuple[int, int],
+    normalize: bool = True,
+):
+    """Crops, flips and resizes a frame and its mask.
+
+    Args:
+        image (Tensor[3, H, W] uint8)
+        mask (Tensor[1, H, W] uint8 0..255, or None)
+        geom: the crop and flip (None: whole frame, no flip).
+        size: (h, w) output size.
+        normalize: ImageNet-normalised float32 image (True) or uint8 image (False).
+
+    Returns:
+        (image Tensor[3, h, w] float32 (uint8 when not normalize), mask Tensor[1, h, w]
+        float32 in [0, 1] or None)
+    """
+    if geom is not None:
+        sl = (slice(None), slice(geom.top, geom.top + geom.height), slice(geom.left, geom.left + geom.width))
+        image = image[sl]
+        mask = None if mask is None else mask[sl]
+        if geom.flip:
+            image = image.flip(-1)
+            mask = None if mask is None else mask.flip(-1)
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    out_image = normalize_uint8(image) if normalize else image.contiguous()
+    out_mask = None
+    if mask is not None:
+        m = mask.to(torch.float32).mul_(1.0 / 255.0)
+        if tuple(m.shape[-2:]) != tuple(size):
+            m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+        out_mask = m.clamp_(0.0, 1.0)
+    return out_image, out_mask
+
+
+class PairAugment:
+    """The release's training (or evaluation) transform of one frame and its mask.
+
+    Args:
+        size: output (H, W) (default 480 x 480).
+        train: random crop + flip (True) or resize only (False).
+        normalize: ImageNet-normalised float32 output (True) or uint8 (False, to
+            normalise later, e.g. on the GPU with :func:`normalize_uint8`).
+
+    Call ``aug(image, mask, rng)`` with image Tensor[3, H, W] uint8, mask
+    Tensor[1, H, W] uint8 and a ``numpy.random.Generator``; returns
+    (Tensor[3, h, w], Tensor[1, h, w] float32 in [0, 1]).
+    """
+
+    def __init__(self, size: SizeLike = 480, train: bool = True, normalize: bool = True):
+        self.size = as_size(size)
+        self.train = bool(train)
+        self.normalize = bool(normalize)
+
+    def geometry(self, rng: Optional[np.random.Generator], height: int, width: int) -> Optional[CropFlip]:
+        if not self.train:
+            return None
+        if rng is None:
+            raise ValueError("PairAugment(train=True) needs a numpy Generator")
+        return sample_crop_flip(rng, height, width)
+
+    def __call__(self, image: torch.Tensor, mask: Optional[torch.Tensor], rng: Optional[np.random.Generator] = None):
+        geom = self.geometry(rng, image.shape[-2], image.shape[-1])
+        return apply_crop_flip_resize(image, mask, geom, self.size, self.normalize)
+
+    def __repr__(self) -> str:
+        return f"PairAugment(size={self.size}, train={self.train}, normalize={self.normalize})"

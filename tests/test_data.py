@@ -1,0 +1,425 @@
+"""pdnet.data: readers of each layout, augmentation, determinism, bad data."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pdnet.data import (
+    DataError,
+    DataWarning,
+    ImagePairDataset,
+    PairAugment,
+    VideoPairDataset,
+    build_dataset,
+    detect_layout,
+    make_loader,
+    normalize_uint8,
+    read_image,
+    read_mask,
+    scan_davis,
+)
+from pdnet.data.augment import CropFlip, apply_crop_flip_resize, sample_crop_flip
+from pdnet.preprocess import normalize
+
+H, W = 40, 56
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def square_frame(t: int, h: int = H, w: int = W, side: int = 12):
+    """A bright square moving right and down on a textured dark background: (RGB, mask)."""
+    rng = np.random.default_rng(t)
+    img = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    y, x = 4 + 2 * t, 3 + 5 * t
+    img[y : y + side, x : x + side] = (230, 200, 40)
+    mask[y : y + side, x : x + side] = 255
+    return img, mask
+
+
+def write_pair(img_path: Path, mask_path: Path, t: int, mask_values=None, palette=False):
+    img, mask = square_frame(t)
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(img_path, quality=95)
+    if mask_values is not None:
+        mask = np.where(mask > 0, mask_values, 0).astype(np.uint8)
+    m = Image.fromarray(mask, mode="L")
+    if palette:
+        m = Image.fromarray((mask > 0).astype(np.uint8), mode="P")
+        m.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    m.save(mask_path)
+
+
+def make_davis(root: Path, seqs=("bear", "dog"), frames=3, pair_list=False):
+    for s in seqs:
+        for t in range(frames):
+            write_pair(root / "JPEGImages/480p" / s / f"{t:05d}.jpg", root / "Annotations/480p" / s / f"{t:05d}.png", t)
+    if pair_list:
+        d = root / "ImageSets/480p"
+        d.mkdir(parents=True)
+        lines = [f"/JPEGImages/480p/{s}/{t:05d}.jpg /Annotations/480p/{s}/{t:05d}.png" for s in seqs for t in range(frames)]
+        (d / "train.txt").write_text("\n".join(lines) + "\n")
+    else:
+        d = root / "ImageSets/2016"
+        d.mkdir(parents=True)
+        (d / "train.txt").write_text("".join(s + "\n" for s in seqs))
+    return root
+
+
+@pytest.fixture
+def davis(tmp_path):
+    return make_davis(tmp_path / "davis")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+@pytest.mark.parametrize("pair_list", [False, True])
+def test_davis_reader(tmp_path, pair_list):
+    root = make_davis(tmp_path / "d", pair_list=pair_list)
+    assert detect_layout(root) == "davis"
+    ds = build_dataset("davis", root, "train", size=(H, W), augment=False)
+    assert isinstance(ds, VideoPairDataset)
+    assert len(ds) == 6 and ds.sequences == ["bear", "dog"]
+    s = ds[4]  # dog, frame 1
+    assert s["sequence"] == "dog" and s["frame"] == "00001" and s["index"] == 4
+    assert s["size"].tolist() == [H, W]
+    assert s["target"].shape == (3, H, W) and s["target"].dtype == torch.float32
+    assert s["target_mask"].shape == (1, H, W)
+    frame1 = read_image(root / "JPEGImages/480p/dog/00001.jpg")
+    frame0 = read_image(root / "JPEGImages/480p/dog/00000.jpg")
+    torch.testing.assert_close(s["target"], normalize(frame1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s["reference"], normalize(frame0), atol=1e-5, rtol=0)  # first frame of the clip
+    _, m1 = square_frame(1)
+    _, m0 = square_frame(0)
+    assert torch.equal(s["target_mask"][0], torch.from_numpy(m1 / 255.0).float())
+    assert torch.equal(s["reference_mask"][0], torch.from_numpy(m0 / 255.0).float())
+
+
+def test_mvps_reader(tmp_path):
+    root = tmp_path / "MVPS"
+    for seq in ("talk/clip1", "sing/clip2"):
+        for t in range(2):
+            write_pair(root / "Keyframes/480p" / seq / f"{t:04d}.jpg", root / "Annotations/480p" / seq / f"{t:04d}.png", t)
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets/train.txt").write_text("talk/clip1\n")
+    (root / "ImageSets/val.txt").write_text("sing/clip2\n")
+    assert detect_layout(root) == "mvps"
+    tr = build_dataset("mvps", root, "train", size=32)
+    va = build_dataset("mvps", root, "val", size=32)
+    assert tr.sequences == ["talk/clip1"] and va.sequences == ["sing/clip2"]
+    assert tr.augment and not va.augment
+    s = va[1]
+    assert s["sequence"] == "sing/clip2" and s["frame"] == "0001" and s["target"].shape == (3, 32, 32)
+
+
+def test_pphumanseg_reader(tmp_path):
+    root = tmp_path / "PP"
+    lines = []
+    for vid, frames in (("vidA", (2, 10, 1)), ("vidB", (3,))):
+        for t in frames:
+            img, msk = f"images/train/{vid}_{t:03d}.jpg", f"annos/train/{vid}_{t:03d}.png"
+            write_pair(root / img, root / msk, t % 4, mask_values=1, palette=(vid == "vidB"))
+            lines.append(f"{img} {msk}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    assert detect_layout(root) == "pphumanseg"
+    ds = build_dataset("pphumanseg", root, "train", size=(H, W), augment=False)
+    assert ds.sequences == ["train/vidA", "train/vidB"]
+    assert [f.stem for f in ds.clips[0].frames] == ["vidA_001", "vidA_002", "vidA_010"]  # time order
+    s = ds[1]
+    assert s["frame"] == "vidA_002"
+    _, m = square_frame(2)
+    assert torch.equal(s["target_mask"][0], torch.from_numpy(m / 255.0).float())  # 0/1 label map -> 0/1
+    s = ds[3]  # palette mask, index 1 = person
+    _, m = square_frame(3)
+    assert torch.equal(s["target_mask"][0], torch.from_numpy(m / 255.0).float())
+
+
+def test_image_folder_reader(tmp_path):
+    root = tmp_path / "portraits"
+    for t in range(3):
+        write_pair(root / "EG1800/Images" / f"{t:05d}.png", root / "EG1800/Labels" / f"{t:05d}.png", t)
+    for t in range(2):
+        write_pair(root / "SuperviselyPerson/img" / f"p{t}.jpg", root / "SuperviselyPerson/mask" / f"p{t}.png", t)
+    (root / "EG1800/train.txt").write_text("00000\n00002.png\n")
+    assert detect_layout(root) == "images"
+    ds = build_dataset("images", root, "train", size=(H, W), augment=False)
+    assert isinstance(ds, ImagePairDataset)
+    assert ds.sequences == ["EG1800/00000", "EG1800/00002", "SuperviselyPerson/p0", "SuperviselyPerson/p1"]
+    s = ds[1]
+    assert torch.equal(s["target"], s["reference"]) and torch.equal(s["target_mask"], s["reference_mask"])
+    img, m = square_frame(2)
+    torch.testing.assert_close(s["target"], normalize(torch.from_numpy(img).permute(2, 0, 1)), atol=1e-5, rtol=0)
+    # augmented: the image is both frames, augmented independently
+    aug = build_dataset("images", root / "EG1800", "train", size=(H, W), augment=True, seed=1)
+    assert len(aug) == 2
+    diff = [not torch.equal(aug[i]["target"], aug[i]["reference"]) for i in range(2)]
+    assert any(diff)
+
+
+def test_read_mask_modes(tmp_path):
+    m = np.array([[0, 1, 128, 255]], np.uint8)
+    Image.fromarray(m, mode="L").save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[[0, 1, 128, 255]]]
+    assert read_mask(tmp_path / "m.png", "nonzero").tolist() == [[[0, 255, 255, 255]]]
+    with pytest.raises(ValueError, match="mode"):
+        read_mask(tmp_path / "m.png", "bogus")
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_normalize_uint8_matches_preprocess():
+    x = torch.randint(0, 256, (2, 3, 17, 23), dtype=torch.uint8)
+    torch.testing.assert_close(normalize_uint8(x), normalize(x), atol=2e-6, rtol=1e-6)
+    with pytest.raises(ValueError):
+        normalize_uint8(x.float())
+
+
+def test_crop_flip_distribution():
+    rng = np.random.default_rng(0)
+    geoms = [sample_crop_flip(rng, 480, 854) for _ in range(2000)]
+    dh = np.array([480 - g.height for g in geoms])
+    dw = np.array([854 - g.width for g in geoms])
+    assert dh.min() == 0 and dh.max() == 480 // 8 - 1 and dw.max() == 854 // 8 - 1
+    assert all(g.top < 480 - g.height or g.top == 0 for g in geoms)  # top offset < cut
+    assert all(g.top + g.height <= 480 and g.left + g.width <= 854 for g in geoms)
+    flips = np.mean([g.flip for g in geoms])
+    assert 0.45 < flips < 0.55
+    tiny = sample_crop_flip(rng, 5, 7)  # sides under 8 px: no crop
+    assert (tiny.height, tiny.width) == (5, 7)
+
+
+def test_apply_crop_flip_resize_geometry():
+    img = torch.arange(4 * 6, dtype=torch.uint8).view(1, 4, 6).expand(3, 4, 6).contiguous()
+    mask = (img[:1] * 10).clamp(max=255)
+    out, m = apply_crop_flip_resize(img, mask, CropFlip(1, 2, 3, 4, True), (3, 4), normalize=False)
+    expect = img[:, 1:4, 2:6].flip(-1)
+    assert torch.equal(out, expect)  # same size: crop + flip only, no resampling
+    torch.testing.assert_close(m, expect[:1].float() * 10 / 255, atol=1e-7, rtol=0)
+
+
+def test_alignment_after_augmentation(tmp_path):
+    """A moving square's mask stays on the square after crop, flip and resize: with a
+    flat background (20) and a flat square (red 230) in lossless frames, the red channel
+    of every augmented frame is 20 + 210 * (its augmented mask), within one grey level."""
+    root = tmp_path / "sq"
+    for t in range(4):
+        img = np.full((H, W, 3), 20, np.uint8)
+        mask = np.zeros((H, W), np.uint8)
+        y, x = 3 + 6 * t, 2 + 11 * t
+        img[y : y + 13, x : x + 9] = (230, 90, 40)
+        mask[y : y + 13, x : x + 9] = 255
+        (root / "JPEGImages/480p/sq").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations/480p/sq").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"JPEGImages/480p/sq/{t:05d}.png")
+        Image.fromarray(mask).save(root / f"Annotations/480p/sq/{t:05d}.png")
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets/train.txt").write_text("sq\n")
+    ds = build_dataset("davis", root, "train", size=(64, 48), augment=True, normalize=False, seed=3)
+    centres = []
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            s = ds[i]
+            for img, m in ((s["target"], s["target_mask"]), (s["reference"], s["reference_mask"])):
+                alpha = (img[0].float() - 20.0) / 210.0
+                assert (alpha - m[0]).abs().max() <= 1.0 / 210 + 1e-6, (epoch, i)  # one grey level
+                assert m.sum() > 10  # the square is (mostly) in view
+            m = s["target_mask"][0]
+            centres.append(float((m * torch.arange(48)[None, :]).sum() / m.sum()))
+    # the geometry really varies (crops and flips move the square around)
+    assert np.std(centres) > 3.0
+
+
+def test_augmentation_determinism(davis):
+    a = build_dataset("davis", davis, "train", size=32, seed=7)
+    b = build_dataset("davis", davis, "train", size=32, seed=7)
+    c = build_dataset("davis", davis, "train", size=32, seed=8)
+    for i in range(len(a)):
+        sa, sb = a[i], b[i]
+        assert torch.equal(sa["target"], sb["target"]) and torch.equal(sa["reference_mask"], sb["reference_mask"])
+    assert any(not torch.equal(a[i]["target"], c[i]["target"]) for i in range(len(a)))
+    s0 = a[2]
+    a.set_epoch(1)
+    assert a.epoch == 1
+    assert any(not torch.equal(a[i]["target"], b[i]["target"]) for i in range(len(a)))
+    a.set_epoch(0)
+    assert torch.equal(a[2]["target"], s0["target"])  # a sample depends on (seed, epoch, index) only
+    # the reference is augmented on its own: for the first frame, target != reference
+    assert any(not torch.equal(a[i]["target"], a[i]["reference"]) for i in (0, 3))
+
+
+def test_loader_determinism_across_workers(davis):
+    ds = build_dataset("davis", davis, "train", size=24, seed=5)
+
+    def run(workers):
+        ds.set_epoch(2)
+        loader = make_loader(ds, batch_size=2, workers=workers, seed=11, persistent_workers=False)
+        return [(b["index"].tolist(), b["target"].clone(), b["reference_mask"].clone()) for b in loader]
+
+    r0, r2 = run(0), run(2)
+    assert [x[0] for x in r0] == [x[0] for x in r2]  # same seeded order
+    for (_, t0, m0), (_, t2, m2) in zip(r0, r2):
+        assert torch.equal(t0, t2) and torch.equal(m0, m2)
+    assert sorted(i for x in r0 for i in x[0]) == list(range(len(ds)))[: len(r0) * 2]
+
+
+def test_pair_augment_eval_resizes_only():
+    img, m = square_frame(0)
+    aug = PairAugment((H * 2, W * 2), train=False, normalize=False)
+    out, mo = aug(torch.from_numpy(img).permute(2, 0, 1).contiguous(), torch.from_numpy(m)[None])
+    assert out.shape == (3, H * 2, W * 2) and out.dtype == torch.uint8
+    assert 0.0 <= mo.min() and mo.max() <= 1.0
+    with pytest.raises(ValueError, match="Generator"):
+        PairAugment(8, train=True)(out, None, None)
+    with pytest.raises(ValueError, match="size"):
+        PairAugment((0, 4))
+
+
+# --------------------------------------------------------------------------- bad data
+
+
+def _check_skip(fn, match):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    assert any(issubclass(w.category, DataWarning) and match in str(w.message) for w in caught), [
+        str(w.message) for w in caught
+    ]
+    return out
+
+
+def test_frame_without_mask(davis):
+    missing = davis / "Annotations/480p/dog/00001.png"
+    missing.unlink()
+    frame = davis / "JPEGImages/480p/dog/00001.jpg"
+    with pytest.raises(DataError, match="00001.jpg: frame has no mask") as ei:
+        build_dataset("davis", davis, "train")
+    assert str(frame) in str(ei.value)
+    ds = _check_skip(lambda: build_dataset("davis", davis, "train", size=16, skip_bad=True), str(frame))
+    assert len(ds) == 5
+
+
+def test_size_mismatch(davis):
+    mask = davis / "Annotations/480p/bear/00002.png"
+    Image.new("L", (W + 4, H), 0).save(mask)
+    with pytest.raises(DataError, match="mask is 60x40") as ei:
+        build_dataset("davis", davis, "train")
+    assert str(mask) in str(ei.value)
+    ds = _check_skip(lambda: build_dataset("davis", davis, "train", size=16, skip_bad=True), str(mask))
+    assert len(ds) == 5
+    # not validated up front: the worker-side check names the file too
+    ds = build_dataset("davis", davis, "train", size=16, validate="none")
+    with pytest.raises(DataError, match="00002.png: mask is 60x40"):
+        ds[2]
+
+
+@pytest.mark.parametrize(
+    "kind,corrupt,expect",
+    [
+        ("jpg", lambda b: b[: len(b) // 2], "truncated JPEG"),
+        ("png", lambda b: b[: len(b) - 20], "truncated PNG"),
+        ("jpg", lambda b: b"not an image at all" * 4, "not an image"),
+        ("jpg", lambda b: b"", "empty file"),
+    ],
+)
+def test_unreadable_or_truncated(davis, kind, corrupt, expect):
+    path = davis / ("JPEGImages/480p/dog/00002.jpg" if kind == "jpg" else "Annotations/480p/dog/00002.png")
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(DataError, match=expect) as ei:
+        build_dataset("davis", davis, "train")  # found in the main process, before training
+    assert str(path) in str(ei.value) and ei.value.path == str(path)
+    ds = _check_skip(lambda: build_dataset("davis", davis, "train", size=16, skip_bad=True), str(path))
+    assert len(ds) == 5
+
+
+def test_truncated_file_in_worker(davis):
+    """Without validation, a bad file surfaces from the DataLoader worker as a DataError
+    naming the file (or, with skip_bad, as a warning and the next sample)."""
+    path = davis / "JPEGImages/480p/dog/00002.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    ds = build_dataset("davis", davis, "train", size=16, validate="none")
+    loader = make_loader(ds, batch_size=1, workers=1, shuffle=False, persistent_workers=False, drop_last=False)
+    with pytest.raises(DataError, match="00002.jpg: truncated JPEG"):
+        list(loader)
+    ds = build_dataset("davis", davis, "train", size=16, validate="none", skip_bad=True)
+    s = _check_skip(lambda: ds[5], str(path))
+    assert s["index"] == 0  # wrapped around to the next sample
+    assert ds[3]["frame"] == "00000"
+
+
+def test_bad_reference_skips_clip(davis):
+    path = davis / "JPEGImages/480p/bear/00000.jpg"
+    path.write_bytes(b"garbage")
+    ds = build_dataset("davis", davis, "train", size=16, validate="none", skip_bad=True)
+    s = _check_skip(lambda: ds[1], str(path))
+    assert s["sequence"] == "dog" and s["index"] == 3
+
+
+def test_validate_full_decodes(davis):
+    path = davis / "Annotations/480p/dog/00002.png"
+    data = bytearray(path.read_bytes())
+    i = data.find(b"IDAT")
+    n = int.from_bytes(data[i - 4 : i], "big")  # IDAT payload length
+    assert n > 8
+    data[i + 6 : i + 4 + n] = b"\x13" * (n - 2)  # corrupt the compressed pixels; header and IEND intact
+    path.write_bytes(bytes(data))
+    build_dataset("davis", davis, "train", validate="header")  # the cheap check cannot see it
+    with pytest.raises(DataError, match="00002.png: cannot decode mask"):
+        build_dataset("davis", davis, "train", validate="full")
+
+
+def test_empty_sequence(davis):
+    for f in (davis / "JPEGImages/480p/dog").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="empty sequence 'dog'") as ei:
+        build_dataset("davis", davis, "train")
+    assert str(davis / "JPEGImages/480p/dog") in str(ei.value)
+    ds = _check_skip(lambda: build_dataset("davis", davis, "train", skip_bad=True), "empty sequence")
+    assert ds.sequences == ["bear"]
+
+
+def test_list_names_missing_sequence(davis):
+    lst = davis / "ImageSets/2016/train.txt"
+    lst.write_text("bear\ncat\ndog\n")
+    with pytest.raises(DataError, match=r"train.txt:2: sequence 'cat' not found") as ei:
+        build_dataset("davis", davis, "train")
+    assert str(lst) in str(ei.value)
+    ds = _check_skip(lambda: build_dataset("davis", davis, "train", skip_bad=True), "'cat' not found")
+    assert ds.sequences == ["bear", "dog"]
+
+
+def test_pair_list_problems(tmp_path):
+    root = make_davis(tmp_path / "d", pair_list=True)
+    lst = root / "ImageSets/480p/train.txt"
+    lines = lst.read_text().splitlines()
+    lst.write_text("\n".join(lines[:2] + [lines[2].split()[0]] + lines[3:]) + "\n")
+    with pytest.raises(DataError, match="train.txt:3: .*a frame without its mask"):
+        scan_davis(root, "train")
+    lst.write_text("\n".join(lines + ["/JPEGImages/480p/cat/00000.jpg /Annotations/480p/cat/00000.png"]) + "\n")
+    with pytest.raises(DataError, match="cat/00000.jpg: file not found"):
+        build_dataset("davis", root, "train")
+
+
+def test_missing_lists_and_folders(tmp_path, davis):
+    with pytest.raises(DataError, match="DAVIS split list for 'val' not found"):
+        build_dataset("davis", davis, "val")
+    with pytest.raises(DataError, match="dataset folder not found"):
+        build_dataset("davis", tmp_path / "nope", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot tell the dataset layout"):
+        build_dataset("auto", tmp_path / "empty", "train")
+    with pytest.raises(DataError, match="no image \\+ mask folders"):
+        build_dataset("images", tmp_path / "empty", "train")
+    with pytest.raises(ValueError, match="kind must be"):
+        build_dataset("kinetics", davis, "train")
+    assert issubclass(DataError, ValueError)
