@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="DAVIS J&F of predicted mask PNGs against ground truth",
-        description=__doc__.split("\n\n")[0] + " Predictions may be 0/255 masks or 0..255 probabilities.",
+        description="DAVIS J&F, J and F mean/recall/decay, and flicker of predicted masks. Both folders "
+        "hold <sequence>/<frame>.png; predictions may be 0/255 masks or 0..255 probabilities.",
     )
     p.add_argument("--pred", required=True, type=Path, metavar="DIR", help="predictions: DIR/<sequence>/<frame>.png")
     p.add_argument("--gt", required=True, type=Path, metavar="DIR", help="ground truth: DIR/<sequence>/<frame>.png")
