@@ -11,7 +11,7 @@ def test_python_m_pdnet_help():
 
 
 def test_demo_runs(capsys):
-    assert main(["demo", "--steps", "1", "--size", "64", "--batch", "1"]) == 0
+    assert main(["demo", "--quick", "--steps", "1", "--size", "64", "--batch", "1"]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "parts_t.area_gt" in out and "total time" in out
 

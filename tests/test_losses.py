@@ -116,3 +116,29 @@ def test_part_basis_is_nonnegative():
 def test_loss_input_errors(call, msg):
     with pytest.raises(ValueError, match=msg):
         call()
+
+
+@pytest.mark.parametrize("low", [(4, 4), (3, 5), (32, 32)])
+def test_factored_semantic_equals_dense_with_gradients(low):
+    g = torch.Generator().manual_seed(5)
+    B, p, C, H, W = 2, 3, 24, 32, 32
+    D = torch.randn(B, p, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    S = torch.randn(B, 1, H, W, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(p, C, generator=g, dtype=torch.float64, requires_grad=True)
+    feat = torch.randn(B, C, *low, generator=g, dtype=torch.float64)
+    m, _ = gts(B, H, W)
+    m = m.double()
+
+    def both(impl):
+        out = L.part_total(D, m, S, feat, w, semantic_impl=impl)
+        return out["semantic_gt"], out["semantic_sal"]
+
+    dense, fact = both("dense"), both("factored")
+    for a, b in zip(dense, fact):
+        torch.testing.assert_close(b.double(), a.double(), rtol=1e-5, atol=1e-7)
+        ga = torch.autograd.grad(a, (D, S, w), retain_graph=True, allow_unused=True)
+        gb = torch.autograd.grad(b, (D, S, w), retain_graph=True, allow_unused=True)
+        for x, y, t in zip(ga, gb, (D, S, w)):
+            x = torch.zeros_like(t) if x is None else x
+            y = torch.zeros_like(t) if y is None else y
+            torch.testing.assert_close(y.double(), x.double(), rtol=1e-4, atol=1e-6)

@@ -67,6 +67,62 @@ def semantic(x: torch.Tensor, feat: torch.Tensor, basis: torch.Tensor) -> torch.
     return ((recon - feat.float()) ** 2).mean()
 
 
+def upsampled_sq_norm(feat: torch.Tensor, size, chunk: int = 64) -> torch.Tensor:
+    """sum over channels of up(feat)^2 without materialising up(feat).
+
+    Args:
+        feat (Tensor[B, C, h, w]): features (no gradient is taken through them).
+        size: (H, W) of the bilinear (align_corners=True) upsampling.
+
+    Returns:
+        Tensor[B, 1, H, W] float32, computed ``chunk`` channels at a time.
+    """
+    with torch.no_grad():
+        feat = feat.float()
+        out = torch.zeros(feat.shape[0], 1, *size, device=feat.device, dtype=torch.float32)
+        for c0 in range(0, feat.shape[1], chunk):
+            out += upsample(feat[:, c0 : c0 + chunk], size).square().sum(dim=1, keepdim=True)
+    return out
+
+
+def semantic_factored(
+    x: torch.Tensor, gate: torch.Tensor, feat: torch.Tensor, basis: torch.Tensor, feat_sq: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """:func:`semantic` of ``(x, gate * up(feat), basis)`` without the (B, C, H, W) tensors.
+
+    With R_c = sum_k x_k W_kc and F_c = g up(feat)_c, per pixel
+    sum_c (R_c - F_c)^2 = x^T (W W^T) x - 2 g sum_k x_k up(W feat)_k + g^2 sum_c up(feat)_c^2,
+    because bilinear upsampling is linear per channel. Only p-channel maps are upsampled;
+    the last term is a frozen [B, 1, H, W] map shared by every gate (``feat_sq``).
+    Memory drops from O(B C H W) to O(B p H W); the value equals :func:`semantic` up to
+    float rounding (the expansion cancels terms of similar size, so it runs in float32).
+
+    Args:
+        x (Tensor[B, p, H, W]): masked part probabilities.
+        gate (Tensor[B, 1, H, W]): the mask applied to the features (G or sigmoid(S)).
+        feat (Tensor[B, C, h, w]): frozen semantic features at any resolution.
+        basis (Tensor[p, C]): part basis W.
+        feat_sq (Tensor[B, 1, H, W], optional): :func:`upsampled_sq_norm` of ``feat``.
+    """
+    _check_parts("semantic_factored", x)
+    B, p, H, W = x.shape
+    if basis.dim() != 2 or basis.shape != (p, feat.shape[1]):
+        raise ValueError(f"semantic_factored: basis must be Tensor[p, C] = {(p, feat.shape[1])}, got {tuple(basis.shape)}")
+    if feat.dim() != 4 or feat.shape[0] != B:
+        raise ValueError(f"semantic_factored: feat must be Tensor[B={B}, C, h, w], got {tuple(feat.shape)}")
+    if gate.shape != (B, 1, H, W):
+        raise ValueError(f"semantic_factored: gate must be Tensor[B, 1, H, W] = {(B, 1, H, W)}, got {tuple(gate.shape)}")
+    x, gate, basis = x.float(), gate.float(), basis.float()
+    if feat_sq is None:
+        feat_sq = upsampled_sq_norm(feat, (H, W))
+    gram = basis @ basis.t()  # [p, p]
+    rr = torch.einsum("bkhw,kl,blhw->bhw", x, gram, x)  # [B, H, W]
+    z = upsample(torch.einsum("kc,bchw->bkhw", basis, feat.float()), (H, W))  # [B, p, H, W]
+    rf = (x * z).sum(dim=1) * gate[:, 0]  # [B, H, W]
+    ff = gate[:, 0].square() * feat_sq[:, 0]  # [B, H, W]
+    return (rr - 2 * rf + ff).sum() / (B * feat.shape[1] * H * W)
+
+
 def orthonormal(basis: torch.Tensor) -> torch.Tensor:
     """sum of (Wn Wn^T - I)^2 with rows of W L2-normalised (eps 1e-7 inside the sqrt)."""
     if basis.dim() != 2:
@@ -91,6 +147,7 @@ def part_total(
     basis: torch.Tensor,
     variant: str = "release",
     backend: str = "auto",
+    semantic_impl: str = "factored",
 ) -> Dict[str, torch.Tensor]:
     """All part losses of one frame, as named terms plus ``total``.
 
@@ -103,7 +160,11 @@ def part_total(
         basis (Tensor[p, C]): part basis W = ReLU(w).
         variant: ``release`` sums the GT-masked and the saliency-masked terms, the
             latter halved (release code); ``paper`` averages the two (eq. 6).
+        semantic_impl: ``factored`` (default, :func:`semantic_factored`: no (B, C, H, W)
+            tensors) or ``dense`` (the release's formula, :func:`semantic`).
     """
+    if semantic_impl not in ("factored", "dense"):
+        raise ValueError(f"part_total: semantic_impl must be 'factored' or 'dense', got {semantic_impl!r}")
     if variant not in ("release", "paper"):
         raise ValueError(f"part_total: variant must be 'release' or 'paper', got {variant!r}")
     for name, t in (("gt", gt), ("saliency_logit", saliency_logit)):
@@ -112,15 +173,23 @@ def part_total(
                 f"part_total: {name} must be Tensor[B, 1, H, W] matching part_logits "
                 f"{tuple(part_logits.shape)}, got {tuple(t.shape)}"
             )
-    feat = upsample(feat.float(), part_logits.shape[-2:])  # [B, C, H, W]
+    size = part_logits.shape[-2:]
+    gt = gt.float()
     sal = torch.sigmoid(saliency_logit.float())  # [B, 1, H, W]
-    x_gt = ops.part_masks_gt(part_logits.float(), gt.float(), backend=backend)  # [B, p, H, W]
+    x_gt = ops.part_masks_gt(part_logits.float(), gt, backend=backend)  # [B, p, H, W]
     x_sal = ops.part_masks(part_logits.float(), saliency_logit.float(), backend=backend)
+    if semantic_impl == "dense":
+        feat_up = upsample(feat.float(), size)  # [B, C, H, W]
+        sem_gt, sem_sal = semantic(x_gt, feat_up * gt, basis), semantic(x_sal, feat_up * sal, basis)
+    else:
+        feat_sq = upsampled_sq_norm(feat, size)  # [B, 1, H, W], shared by both gates
+        sem_gt = semantic_factored(x_gt, gt, feat, basis, feat_sq)
+        sem_sal = semantic_factored(x_sal, sal, feat, basis, feat_sq)
     terms = {
         "concentration_gt": concentration(x_gt),
         "concentration_sal": concentration(x_sal),
-        "semantic_gt": semantic(x_gt, feat * gt, basis),
-        "semantic_sal": semantic(x_sal, feat * sal, basis),
+        "semantic_gt": sem_gt,
+        "semantic_sal": sem_sal,
         "orthonormal": orthonormal(basis),
         "area_gt": area(x_gt, backend),
         "area_sal": area(x_sal, backend),

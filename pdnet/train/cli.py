@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="run folder (checkpoints, metrics, TensorBoard)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
     p.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-3 --set data.size=256")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             if entry not in cfg["data"]["video"]:
                 cfg["data"]["video"].append(entry)
         trainer = Trainer(cfg, out, resume=bool(args.resume), device=args.device)
-        result = trainer.fit(args.max_steps)
+        result = trainer.fit(args.max_steps, None if args.max_minutes is None else 60 * args.max_minutes)
     except (ConfigError, TrainError, DataError) as exc:
         raise UserError(str(exc)) from None
     if trainer.is_main:

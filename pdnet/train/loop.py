@@ -477,10 +477,14 @@ class Trainer:
         return _summary(result)
 
     # ------------------------------------------------------------------ main loop
-    def fit(self, max_steps: Optional[int] = None) -> Dict[str, Any]:
-        """Train until ``max_steps`` (total, counting resumed steps) or the end of the recipe."""
+    def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> Dict[str, Any]:
+        """Train until ``max_steps`` (total, counting resumed steps), ``max_seconds`` of
+        wall time (checked after each step; a checkpoint is written at the stop) or the
+        end of the recipe."""
         lc = self.cfg["log"]
         limit = self.total_steps if max_steps is None else min(max_steps, self.total_steps)
+        started = time.perf_counter()
+        deadline = None if max_seconds is None else started + max_seconds
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
@@ -498,6 +502,7 @@ class Trainer:
         pairs, t_last = 0, time.perf_counter()
         last_val = None
         pairs_per_s = 0.0
+        run_pairs = 0
         while self.step < limit:
             image = self.is_image_step(self.step)
             lr = self._set_lr(self.step, image)
@@ -505,6 +510,7 @@ class Trainer:
             terms = self.train_step(batch, image)
             self.step += 1
             pairs += batch["target"].shape[0] * self.world
+            run_pairs += batch["target"].shape[0] * self.world
             named = {"total": terms["total"], ("image." if image else "video.") + "total": terms["total"]}
             if not image:
                 named.update((f"video.{k}", v) for k, v in terms.items() if k != "total")
@@ -512,6 +518,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0) + v
                 counts[k] = counts.get(k, 0) + 1
             end_epoch = self.step % self.steps_per_epoch == 0
+            if deadline is not None and time.perf_counter() >= deadline:
+                limit = self.step  # time is up: log, checkpoint and stop after this step
             if self.step % lc["every"] == 0 or self.step == limit:
                 now = time.perf_counter()
                 pairs_per_s = pairs / max(now - t_last, 1e-9)
@@ -536,7 +544,14 @@ class Trainer:
             bar.close()
         if writer is not None:
             writer.close()
-        return {"step": self.step, "val": last_val, "pairs_per_s": pairs_per_s, "checkpoint": str(self.out / "last.pt")}
+        return {
+            "step": self.step,
+            "val": last_val,
+            "pairs_per_s": run_pairs / max(time.perf_counter() - started, 1e-9),
+            "seconds": time.perf_counter() - started,
+            "checkpoint": str(self.out / "last.pt"),
+            "metrics": str(self.out / "metrics.jsonl"),
+        }
 
     def _tensorboard(self):
         try:
