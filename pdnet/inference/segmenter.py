@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import PDNet, ReferenceState
-from ..preprocess import normalize
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .fused import FastPDNet
 
 FrameLike = Union[torch.Tensor, np.ndarray]
@@ -94,7 +94,25 @@ def preprocess(frames: torch.Tensor, size: Tuple[int, int], dtype: torch.dtype =
     x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
-    return normalize(x).to(dtype)
+    mean, std = _imagenet_constants(x.device)
+    return ((x - mean) / std).to(dtype)  # pdnet.preprocess.normalize, with constants made once per device
+
+
+_CONSTANTS: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _imagenet_constants(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean / std as Tensor[1, 3, 1, 1] float32 on ``device``, created once.
+
+    (Creating them from Python lists inside a CUDA graph capture would be a host-to-device
+    copy, which capture forbids; the graph runner's warm-up calls create them first.)
+    """
+    if device not in _CONSTANTS:
+        _CONSTANTS[device] = (
+            torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+        )
+    return _CONSTANTS[device]
 
 
 def to_uint8(probs: torch.Tensor) -> torch.Tensor:
@@ -111,7 +129,7 @@ class CudaGraphRunner:
 
     def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 3) -> None:
         self.fn = fn
-        self.warmup = warmup
+        self.warmup = max(1, int(warmup))  # at least one eager call before capture (lazy initialisation)
         self._graphs: Dict[tuple, tuple] = {}
 
     def _capture(self, args: Sequence[torch.Tensor]):
@@ -128,7 +146,7 @@ class CudaGraphRunner:
         return graph, static, out
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        key = tuple((tuple(a.shape), a.dtype, a.stride()) for a in args)
+        key = tuple((tuple(a.shape), a.dtype) for a in args)  # copy_ below adapts any memory layout
         if key not in self._graphs:
             self._graphs[key] = self._capture(args)
         graph, static, out = self._graphs[key]
