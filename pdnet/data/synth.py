@@ -647,7 +647,8 @@ def synthesize(
         if workers > 1 and clips > 1:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(min(workers, clips)) as pool:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with mp.get_context(method).Pool(min(workers, clips)) as pool:
                 for index, plan in pool.imap_unordered(_write_clip, jobs):
                     plans[index] = plan
                     bar.update(1)
