@@ -1,0 +1,111 @@
+"""Pieces shared by the Triton kernels of pdnet.kernels.
+
+* :data:`INTERPRET`: whether Triton runs kernels in its CPU interpreter
+  (``TRITON_INTERPRET=1`` set before this package was imported). The kernels are
+  decorated at import time, so the flag is fixed for the life of the process.
+* :func:`mma`: ``tl.dot`` with the accumulator dtype of the op. Triton 3.8's
+  interpreter multiplies bfloat16 operands as raw 16-bit integers (it stores them
+  as ``uint16``), so in interpreter mode both operands are widened to the
+  accumulator dtype first. A product of two bf16/fp16 numbers is exact in fp32,
+  so this matches a tensor-core MMA with fp32 accumulation up to summation order.
+* :func:`acc_dtype`: fp64 for fp64 inputs, fp32 otherwise (fp16/bf16/fp32 inputs
+  accumulate in fp32).
+* :func:`split_scale`: a Python float as the sum of two fp32 numbers, because
+  Triton passes float scalars as fp32 (the interpreter ignores ``fp64``
+  annotations); kernels rebuild it in their accumulator dtype.
+* :func:`register_op`: ``torch.library.triton_op`` + a shape-only fake kernel.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+#: Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import time).
+INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+_INTERPRET = tl.constexpr(INTERPRET)
+
+#: custom-op namespace of the Triton kernels (the C++ extension owns ``pdnet``)
+NAMESPACE = "pdnet_triton"
+
+
+@triton.jit
+def mma(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """``a @ b`` accumulated in ``ACC``; ``PRECISION`` is tl.dot's input_precision."""
+    if _INTERPRET:
+        a = a.to(ACC)
+        b = b.to(ACC)
+    return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Torch dtype the kernels accumulate in for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for operands of ``dtype``.
+
+    fp32 follows PyTorch's matmul setting: TF32 only when
+    ``torch.backends.cuda.matmul.allow_tf32`` (``set_float32_matmul_precision``
+    "high"/"medium") allows it, IEEE fp32 otherwise. fp64 is always IEEE; fp16 and
+    bf16 take Triton's default (the flag only concerns fp32 operands).
+    """
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32"
+
+
+def split_scale(x: float) -> tuple[float, float]:
+    """``x`` as ``hi + lo`` with ``hi``, ``lo`` exactly representable in fp32."""
+    hi = float(torch.tensor(x, dtype=torch.float32))
+    lo = float(torch.tensor(x - hi, dtype=torch.float32))
+    return hi, lo
+
+
+def block_pow2(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum)."""
+    return max(minimum, triton.next_power_of_2(max(int(n), 1)))
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 for the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def check_device(op: str, t: torch.Tensor) -> None:
+    """The compiled kernels need CUDA tensors; the interpreter also takes CPU tensors."""
+    if not INTERPRET and t.device.type != "cuda":
+        raise ValueError(
+            f"{op} (triton): tensors must be on a CUDA device, got {t.device}; set TRITON_INTERPRET=1 "
+            "before importing pdnet to run the Triton kernels on CPU (slow, for testing)"
+        )
+
+
+def _keep_opaque(mode, op, types, args, kwargs):
+    """FunctionalTensorMode rule that keeps a triton_op as one opaque node."""
+    return mode.__torch_dispatch__(op, types, args, kwargs)
+
+
+def register_op(name: str, fn: Callable, fake: Callable):
+    """Register ``fn`` as the triton_op ``pdnet_triton::<name>`` with fake kernel ``fake``.
+
+    ``fn`` launches its kernels through ``torch.library.wrap_triton`` so that
+    torch.compile traces into them on CUDA. Under the interpreter ``wrap_triton``
+    hands back the interpreted kernel, which cannot run on fake tensors; there the
+    op stays one opaque node in compiled graphs (like a ``custom_op``), and its
+    shapes come from ``fake``.
+    """
+    op = torch.library.triton_op(f"{NAMESPACE}::{name}", fn, mutates_args=())
+    op.register_fake(fake)
+    if INTERPRET:
+        from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+        op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
+    return op

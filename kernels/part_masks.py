@@ -1,0 +1,168 @@
+"""Part masks in Triton: R = softmax over parts(D) * sigmoid(S), or * G (ground truth).
+
+One program per (pixel tile, batch element) holds all p parts of its pixels as a
+[P_PAD, BLOCK] tile (p padded to a power of two, a constexpr), so the softmax over
+parts never leaves registers. The backward recomputes the softmax from D:
+
+    dD_k = sm_k * (g * dR_k - sum_j sm_j * g * dR_j),
+    dgate = sum_k dR_k * sm_k  (times sigma * (1 - sigma) for the saliency logit).
+"""
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from pdnet.ops._checks import check_part_masks
+
+from ._common import INTERPRET, block_pow2, check_device, register_op
+
+
+@triton.jit
+def _softmax_gate(D, G, b, offs, s_ok, kk, k_ok, P, HW, GATE_IS_LOGIT: tl.constexpr, ACC: tl.constexpr):
+    """Softmax over parts [P_PAD, BLOCK] of D[b] and the gate value [BLOCK] of G[b]."""
+    ptrs = b * P * HW + kk[:, None] * HW + offs[None, :]
+    x = tl.load(D + ptrs, mask=k_ok[:, None] & s_ok[None, :], other=0.0).to(ACC)
+    x = tl.where(k_ok[:, None], x, float("-inf"))  # padded parts take no probability
+    e = tl.exp(x - tl.max(x, 0)[None, :])
+    sm = e / tl.sum(e, 0)[None, :]
+    g = tl.load(G + b * HW + offs, mask=s_ok, other=0.0).to(ACC)
+    if GATE_IS_LOGIT:
+        g = 1.0 / (1.0 + tl.exp(-g))
+    return sm, g, ptrs
+
+
+@triton.jit
+def _part_masks_fwd_kernel(
+    D,  # [B, p, HW] part logits, contiguous
+    G,  # [B, 1, HW] gate (saliency logit or ground truth), contiguous
+    R,  # [B, p, HW] output, contiguous
+    P, HW,
+    GATE_IS_LOGIT: tl.constexpr,
+    P_PAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if D.dtype.element_ty == tl.float64 else tl.float32
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] pixels
+    b = tl.program_id(1).to(tl.int64)
+    kk = tl.arange(0, P_PAD)  # [P_PAD] parts
+    s_ok = offs < HW
+    k_ok = kk < P
+    sm, g, ptrs = _softmax_gate(D, G, b, offs, s_ok, kk, k_ok, P, HW, GATE_IS_LOGIT, ACC)
+    tl.store(R + ptrs, (sm * g[None, :]).to(R.dtype.element_ty), mask=k_ok[:, None] & s_ok[None, :])
+
+
+@triton.jit
+def _part_masks_bwd_kernel(
+    D,  # [B, p, HW] contiguous
+    G,  # [B, 1, HW] contiguous
+    DR,  # [B, p, HW] upstream gradient, contiguous
+    DD,  # [B, p, HW] gradient of D, contiguous
+    DG,  # [B, 1, HW] gradient of G, contiguous (unused unless GATE_GRAD)
+    P, HW,
+    GATE_IS_LOGIT: tl.constexpr,
+    GATE_GRAD: tl.constexpr,
+    P_PAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if D.dtype.element_ty == tl.float64 else tl.float32
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.program_id(1).to(tl.int64)
+    kk = tl.arange(0, P_PAD)
+    s_ok = offs < HW
+    k_ok = kk < P
+    mask = k_ok[:, None] & s_ok[None, :]
+    sm, g, ptrs = _softmax_gate(D, G, b, offs, s_ok, kk, k_ok, P, HW, GATE_IS_LOGIT, ACC)
+    dr = tl.load(DR + ptrs, mask=mask, other=0.0).to(ACC)  # [P_PAD, BLOCK]
+    dsm = dr * g[None, :]
+    dd = sm * (dsm - tl.sum(sm * dsm, 0)[None, :])
+    tl.store(DD + ptrs, dd.to(DD.dtype.element_ty), mask=mask)
+    if GATE_GRAD:
+        dg = tl.sum(dr * sm, 0)
+        if GATE_IS_LOGIT:
+            dg = dg * g * (1.0 - g)
+        tl.store(DG + b * HW + offs, dg.to(DG.dtype.element_ty), mask=s_ok)
+
+
+def _launch_shape(P: int, HW: int, B: int):
+    p_pad = block_pow2(P, minimum=1)
+    block = 64 if INTERPRET else max(128, 4096 // p_pad)
+    block = min(block, block_pow2(HW, minimum=16))
+    return p_pad, block, (triton.cdiv(HW, block), B)
+
+
+def _fwd(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> torch.Tensor:
+    B, P, h, w = part_logits.shape
+    d = part_logits.contiguous()  # [B, p, h, w]
+    g = gate.contiguous()  # [B, 1, h, w]
+    out = torch.empty((B, P, h, w), dtype=part_logits.dtype, device=part_logits.device)
+    if out.numel() == 0:
+        return out
+    p_pad, block, grid = _launch_shape(P, h * w, B)
+    wrap_triton(_part_masks_fwd_kernel)[grid](
+        d, g, out, P, h * w, GATE_IS_LOGIT=gate_is_logit, P_PAD=p_pad, BLOCK=block, num_warps=4,
+    )
+    return out
+
+
+def _fwd_fake(part_logits, gate, gate_is_logit):
+    return part_logits.new_empty(part_logits.shape)
+
+
+def _bwd(
+    grad: torch.Tensor, part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool, gate_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, P, h, w = part_logits.shape
+    d = part_logits.contiguous()
+    g = gate.contiguous()
+    dr = grad.contiguous()  # [B, p, h, w]
+    dd = torch.empty((B, P, h, w), dtype=part_logits.dtype, device=part_logits.device)
+    dg = gate.new_empty((B, 1, h, w) if gate_grad else (0,))
+    if dd.numel() == 0:
+        return dd, dg.zero_()
+    p_pad, block, grid = _launch_shape(P, h * w, B)
+    wrap_triton(_part_masks_bwd_kernel)[grid](
+        d, g, dr, dd, dg if gate_grad else dd, P, h * w,
+        GATE_IS_LOGIT=gate_is_logit, GATE_GRAD=gate_grad, P_PAD=p_pad, BLOCK=block, num_warps=4,
+    )
+    return dd, dg
+
+
+def _bwd_fake(grad, part_logits, gate, gate_is_logit, gate_grad):
+    B, _, h, w = part_logits.shape
+    return part_logits.new_empty(part_logits.shape), gate.new_empty((B, 1, h, w) if gate_grad else (0,))
+
+
+part_masks_fwd = register_op("part_masks", _fwd, _fwd_fake)
+part_masks_bwd = register_op("part_masks_backward", _bwd, _bwd_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    part_logits, gate, gate_is_logit = inputs
+    ctx.save_for_backward(part_logits, gate)
+    ctx.gate_is_logit = gate_is_logit
+
+
+def _backward(ctx, grad):
+    part_logits, gate = ctx.saved_tensors
+    gate_grad = ctx.needs_input_grad[1]
+    dd, dg = part_masks_bwd(grad, part_logits, gate, ctx.gate_is_logit, gate_grad)
+    return dd, (dg if gate_grad else None), None
+
+
+part_masks_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def part_masks(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool = True) -> torch.Tensor:
+    """softmax over parts of ``part_logits`` times sigmoid(gate) (or gate itself).
+
+    Args:
+        part_logits (Tensor[B, p, h, w]): part logits D.
+        gate (Tensor[B, 1, h, w]): saliency logit S (``gate_is_logit``) or mask G.
+        gate_is_logit (bool): apply a sigmoid to ``gate``.
+
+    Returns:
+        Tensor[B, p, h, w], differentiable in both inputs.
+    """
+    check_part_masks(part_logits, gate, "saliency_logit" if gate_is_logit else "mask")
+    check_device("part_masks", part_logits)
+    return part_masks_fwd(part_logits, gate, bool(gate_is_logit))
