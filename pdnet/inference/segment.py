@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -100,7 +102,9 @@ def segment_video(
         writers["overlay"] = VideoWriter(out / OVERLAY_NAME, src.fps, src.size)
     if bg is not None:
         writers["composite"] = VideoWriter(out / COMPOSITE_NAME, src.fps, src.size)
-    worker = BackgroundWorker()
+    worker = BackgroundWorker()  # video encoding, in frame order
+    pngs = ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) - 1)), thread_name_prefix="pdnet-png")
+    pending: deque = deque()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -127,13 +131,20 @@ def segment_video(
         host = {k: v.cpu().numpy() for k, v in results.items()}  # one synchronisation per batch
         batch_names = list(names)
 
-        def write() -> None:
+        def write_pngs() -> None:
             for i, name in enumerate(batch_names):
                 write_mask(out / name, host["masks"][i])
+
+        def write_videos() -> None:
+            for i in range(len(batch_names)):
                 for key, writer in writers.items():
                     writer.write(host[key][i])
 
-        worker.submit(write)
+        pending.append(pngs.submit(write_pngs))
+        while len(pending) > 8:  # bound the frames held in memory
+            pending.popleft().result()
+        if writers:
+            worker.submit(write_videos)
         count += n
         if bar is not None:
             bar.update(n)
@@ -154,6 +165,9 @@ def segment_video(
         if bar is not None:
             bar.close()
         try:
+            pngs.shutdown(wait=True)
+            for job in pending:
+                job.result()  # re-raise a failed PNG write
             worker.close()
         finally:
             for writer in writers.values():
