@@ -8,6 +8,9 @@
   as ``uint16``), so in interpreter mode both operands are widened to the
   accumulator dtype first. A product of two bf16/fp16 numbers is exact in fp32,
   so this matches a tensor-core MMA with fp32 accumulation up to summation order.
+* :func:`to_dtype`: ``x.to(dtype)`` rounding to nearest even. The interpreter's
+  fp32 -> bf16 conversion truncates (a GPU rounds to nearest even), so under the
+  interpreter that conversion is done on the bits.
 * :func:`acc_dtype`: fp64 for fp64 inputs, fp32 otherwise (fp16/bf16/fp32 inputs
   accumulate in fp32).
 * :func:`split_scale`: a Python float as the sum of two fp32 numbers, because
@@ -38,6 +41,17 @@ def mma(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
         a = a.to(ACC)
         b = b.to(ACC)
     return tl.dot(a, b, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def to_dtype(x, DTYPE: tl.constexpr):
+    """``x.to(DTYPE)`` with round-to-nearest-even, also in the interpreter."""
+    if _INTERPRET and DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -15,7 +15,7 @@ from torch.library import wrap_triton
 
 from pdnet.ops._checks import check_assemble_parts
 
-from ._common import INTERPRET, block_pow2, check_device, register_op
+from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
 
 
 @triton.jit
@@ -42,7 +42,7 @@ def _assemble_fwd_kernel(
         pf = tl.load(PF + part * C * HW + feat, mask=mask, other=0.0).to(ACC)
         yf = tl.load(YF + part * C * HW + feat, mask=mask, other=0.0).to(ACC)
         acc += (pf + yf) * r[None, :]
-    tl.store(M + b * C * HW + feat, acc.to(M.dtype.element_ty), mask=mask)
+    tl.store(M + b * C * HW + feat, to_dtype(acc, M.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -78,8 +78,8 @@ def _assemble_bwd_kernel(
         pf = tl.load(PF + f_off, mask=f_mask, other=0.0).to(ACC)
         yf = tl.load(YF + f_off, mask=f_mask, other=0.0).to(ACC)
         dr += tl.sum((pf + yf) * dm[None, :, :], 1)
-        tl.store(DPY + f_off, (dm[None, :, :] * r[:, None, :]).to(DPY.dtype.element_ty), mask=f_mask)
-    tl.store(DR + r_off, dr.to(DR.dtype.element_ty), mask=r_mask)
+        tl.store(DPY + f_off, to_dtype(dm[None, :, :] * r[:, None, :], DPY.dtype.element_ty), mask=f_mask)
+    tl.store(DR + r_off, to_dtype(dr, DR.dtype.element_ty), mask=r_mask)
 
 
 def _fwd(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

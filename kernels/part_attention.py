@@ -26,6 +26,7 @@ from pdnet.ops._checks import check_part_attention
 
 from ._common import (
     INTERPRET,
+    to_dtype,
     acc_dtype,
     block_pow2,
     check_device,
@@ -100,7 +101,7 @@ def _attn_fwd_kernel(
         p = tl.exp2(s - m_use[:, None])  # [BM, BN]
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + mma(p.to(V.dtype.element_ty), v, ACC, PRECISION)
+        acc = acc * alpha[:, None] + mma(to_dtype(p, V.dtype.element_ty), v, ACC, PRECISION)
         m_i = m_new
 
     has_keys = l_i > 0.0
@@ -109,7 +110,7 @@ def _attn_fwd_kernel(
     row = head.to(tl.int64) * Nq + offs_m  # [BM] row of the [B*p, Nq] LSE
     tl.store(LSE + row, lse, mask=m_ok)
     o_ptrs = O + row[:, None] * d + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(o_ptrs, to_dtype(out, O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -200,18 +201,18 @@ def _attn_bwd_dkdv_kernel(
         if HAS_MASK:
             s_t = s_t + km[:, None]
         p_t = tl.exp2(s_t - lse[None, :])  # [BN, BM] attention probabilities, transposed
-        dv += mma(p_t.to(DO.dtype.element_ty), do, ACC, PRECISION)
+        dv += mma(to_dtype(p_t, DO.dtype.element_ty), do, ACC, PRECISION)
         dp_t = mma(v, tl.trans(do), ACC, PRECISION)  # [BN, BM]
         ds_t = p_t * (dp_t - delta[None, :])  # [BN, BM] d loss / d scores
-        dk += mma(ds_t.to(Q.dtype.element_ty), q, ACC, PRECISION)
+        dk += mma(to_dtype(ds_t, Q.dtype.element_ty), q, ACC, PRECISION)
         if MASK_GRAD:
             dkm += tl.sum(ds_t, 1)
 
     rows = head.to(tl.int64) * Nk + offs_n  # [BN] rows of [B*p, Nk]
-    tl.store(DK + rows[:, None] * d + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + rows[:, None] * d + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tl.store(DK + rows[:, None] * d + offs_d[None, :], to_dtype(dk * scale, DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + rows[:, None] * d + offs_d[None, :], to_dtype(dv, DV.dtype.element_ty), mask=kv_mask)
     if MASK_GRAD:
-        tl.store(DKM + rows, dkm.to(DKM.dtype.element_ty), mask=n_ok)
+        tl.store(DKM + rows, to_dtype(dkm, DKM.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -275,9 +276,9 @@ def _attn_bwd_dq_kernel(
         p = tl.exp2(s - lse[:, None])  # [BM, BN]
         dp = mma(do, tl.trans(v), ACC, PRECISION)  # [BM, BN]
         ds = p * (dp - delta[:, None])
-        dq += mma(ds.to(K.dtype.element_ty), k, ACC, PRECISION)
+        dq += mma(to_dtype(ds, K.dtype.element_ty), k, ACC, PRECISION)
 
-    tl.store(DQ + row[:, None] * d + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=qo_mask)
+    tl.store(DQ + row[:, None] * d + offs_d[None, :], to_dtype(dq * scale, DQ.dtype.element_ty), mask=qo_mask)
 
 
 # --------------------------------------------------------------------------- launch configs

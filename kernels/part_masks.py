@@ -14,7 +14,7 @@ from torch.library import wrap_triton
 
 from pdnet.ops._checks import check_part_masks
 
-from ._common import INTERPRET, block_pow2, check_device, register_op
+from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def _part_masks_fwd_kernel(
     s_ok = offs < HW
     k_ok = kk < P
     sm, g, ptrs = _softmax_gate(D, G, b, offs, s_ok, kk, k_ok, P, HW, GATE_IS_LOGIT, ACC)
-    tl.store(R + ptrs, (sm * g[None, :]).to(R.dtype.element_ty), mask=k_ok[:, None] & s_ok[None, :])
+    tl.store(R + ptrs, to_dtype(sm * g[None, :], R.dtype.element_ty), mask=k_ok[:, None] & s_ok[None, :])
 
 
 @triton.jit
@@ -75,12 +75,12 @@ def _part_masks_bwd_kernel(
     dr = tl.load(DR + ptrs, mask=mask, other=0.0).to(ACC)  # [P_PAD, BLOCK]
     dsm = dr * g[None, :]
     dd = sm * (dsm - tl.sum(sm * dsm, 0)[None, :])
-    tl.store(DD + ptrs, dd.to(DD.dtype.element_ty), mask=mask)
+    tl.store(DD + ptrs, to_dtype(dd, DD.dtype.element_ty), mask=mask)
     if GATE_GRAD:
         dg = tl.sum(dr * sm, 0)
         if GATE_IS_LOGIT:
             dg = dg * g * (1.0 - g)
-        tl.store(DG + b * HW + offs, dg.to(DG.dtype.element_ty), mask=s_ok)
+        tl.store(DG + b * HW + offs, to_dtype(dg, DG.dtype.element_ty), mask=s_ok)
 
 
 def _launch_shape(P: int, HW: int, B: int):
