@@ -7,6 +7,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers (release_fixture, ...)
 
+# Without a GPU the Triton kernels (pdnet.kernels) run in Triton's CPU interpreter, so that
+# their tests run in CI; Triton reads this when the kernels are defined, i.e. before pdnet is
+# imported by any test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
