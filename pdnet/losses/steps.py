@@ -53,6 +53,7 @@ def video_step_loss(
     basis: torch.Tensor,
     variant: str = "release",
     backend: str = "auto",
+    semantic_impl: str = "factored",
 ) -> Dict[str, torch.Tensor]:
     """Loss of a video step.
 
@@ -65,12 +66,15 @@ def video_step_loss(
         feat_t, feat_r (Tensor[B, C, h, w]): frozen semantic features of each frame.
         basis (Tensor[p, C]): part basis W = ReLU(w).
         variant: ``release`` or ``paper`` (eq. 6), see :func:`part_total`.
+        backend, semantic_impl: see :func:`part_total`.
     """
     terms: Dict[str, torch.Tensor] = {}
     total = _add_seg(terms, "pred", outputs["pred"], mask_t)
     for tag, mask, feat in (("t", mask_t, feat_t), ("r", mask_r, feat_r)):
         aux = _frame_aux(terms, tag, outputs[f"side_{tag}"], outputs[f"saliency_{tag}"], mask)
-        parts = part_total(outputs[f"parts_{tag}"], mask, outputs[f"saliency_{tag}"], feat, basis, variant, backend)
+        parts = part_total(
+            outputs[f"parts_{tag}"], mask, outputs[f"saliency_{tag}"], feat, basis, variant, backend, semantic_impl
+        )
         for k, v in parts.items():
             terms[f"parts_{tag}.{k}"] = v
         total = total + SIDE_WEIGHT * (aux + parts["total"])

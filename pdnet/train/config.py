@@ -49,6 +49,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "compile": False,
         "seed": 0,
         "semantic_features": "cache",  # ResNet-18 weights for the semantic loss (path | cache | null)
+        "semantic_impl": "factored",  # factored (no [B,512,H,W] tensors) | dense (the release's formula)
     },
     "log": {
         "every": 10,  # steps between metric lines
@@ -139,6 +140,8 @@ def validate(cfg: Dict[str, Dict[str, Any]]) -> None:
         t["amp"] = "off"
     if t["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {t['amp']!r}")
+    if t["semantic_impl"] not in ("factored", "dense"):
+        raise ConfigError(f"train.semantic_impl must be factored or dense, got {t['semantic_impl']!r}")
     if not isinstance(d["workers"], int) or d["workers"] < 0:
         raise ConfigError(f"data.workers must be a non-negative integer, got {d['workers']!r}")
     size = d["size"]

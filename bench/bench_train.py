@@ -1,0 +1,167 @@
+"""Training throughput and peak memory: the fused path against the reference path.
+
+Both paths train the same model on the same synthetic batches on the same device, side
+by side in one run:
+
+* reference: ops backend "reference", the release's dense semantic loss, fp32,
+  contiguous (NCHW) tensors;
+* fused: ops backend "auto" (Triton / C++ kernels where built), the factored semantic
+  loss (no [B, 512, H, W] tensors), bf16 autocast on GPUs (fp32 on CPUs), channels_last.
+
+Each path runs ``--warmup`` then ``--steps`` video steps (the expensive kind; image steps
+are a subset of their work) through :class:`pdnet.train.Trainer.train_step`; pairs/s is
+steps * batch / time (synchronised), peak memory is ``torch.cuda.max_memory_allocated``
+on GPUs and the peak RSS growth on CPUs. Results: a JSON file under bench/results/.
+
+    python bench/bench_train.py --device cuda --size 480 --batch 4 --backbone resnet50
+    python bench/bench_train.py --device cpu --size 128 --batch 2 --backbone resnet18
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def make_data(root: Path, size: int) -> None:
+    from pdnet.cli import main
+
+    if not (root / "ImageSets").exists():
+        main(["synth", str(root), "--clips", "4", "--frames", "6", "--size", f"{size}x{size}", "--seed", "0"])
+
+
+def run_path(name: str, data: Path, out: Path, args, sets) -> dict:
+    from pdnet.train import Trainer, load_config
+
+    cfg = load_config(None, [
+        f"model.backbone={args.backbone}", "model.imagenet=null", f"data.size={args.size}", "data.workers=0",
+        f"train.batch_size={args.batch}", "train.semantic_features=null", "log.progress=false",
+        "log.tensorboard=false", "log.val_every=null",
+    ] + sets)
+    cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
+    trainer = Trainer(cfg, out / name, device=args.device)
+    trainer.module.train()
+    batch = trainer.video.next()
+    dev = trainer.device
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(args.warmup):
+        trainer.train_step(batch, image=False)
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        trainer.train_step(batch, image=False)
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    row = {
+        "path": name,
+        "settings": sets,
+        "median_step_s": med,
+        "p20_step_s": times[int(0.2 * (len(times) - 1))],
+        "p80_step_s": times[int(0.8 * (len(times) - 1))],
+        "pairs_per_s": args.batch / med,
+    }
+    if dev.type == "cuda":
+        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev) - base
+    else:
+        row["peak_rss_growth_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+    del trainer
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--size", type=int, default=480)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    import tempfile
+
+    from pdnet import ops
+
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    make_data(work / "data", args.size)
+    gpu = args.device.startswith("cuda")
+    paths = {
+        "reference": ["model.ops_backend=reference", "train.semantic_impl=dense", "train.amp=off",
+                      "train.channels_last=false"],
+        "fused": ["model.ops_backend=auto", "train.semantic_impl=factored", f"train.amp={'auto' if gpu else 'off'}",
+                  f"train.channels_last={'true' if gpu else 'false'}"],
+    }
+    rows = []
+    # CPU peak RSS is monotone per process: run the cheaper (fused) path first
+    for name in ("fused", "reference"):
+        row = run_path(name, work / "data", work, args, paths[name])
+        rows.append(row)
+        print(json.dumps(row))
+    ref, fused = {r["path"]: r for r in rows}["reference"], {r["path"]: r for r in rows}["fused"]
+    summary = {"speedup": fused["pairs_per_s"] / ref["pairs_per_s"]}
+    if "peak_mem_bytes" in ref:
+        summary["memory_ratio"] = fused["peak_mem_bytes"] / max(ref["peak_mem_bytes"], 1)
+    result = {
+        "bench": "train",
+        "device": torch.cuda.get_device_name(args.device) if gpu else platform.processor() or platform.machine(),
+        "device_type": "cuda" if gpu else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "cuda": torch.version.cuda,
+        "git_commit": git_commit(),
+        "backends_available": ops.available_backends(),
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "rows": rows,
+        "summary": summary,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "cuda" if gpu else "cpu"
+    path = out / f"train_{tag}_{args.backbone}_{args.size}_b{args.batch}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary), "->", path)
+    return 0
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
