@@ -243,7 +243,8 @@ def main(argv=None) -> int:
         path = out / f"fps_{slug}.jsonl"
         with open(path, "a") as f:
             for r in rows:
-                f.write(json.dumps({**r, "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}) + "\n")
+                command = " ".join(["bench/bench_fps.py", *(argv if argv is not None else sys.argv[1:])])
+                f.write(json.dumps({**r, "command": command}) + "\n")
         print(f"appended {len(rows)} rows to {path}")
     return 0
 

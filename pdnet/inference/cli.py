@@ -84,7 +84,8 @@ def add_parser(sub) -> None:
             "PNG per frame (8-bit, round(255 * probability), at the frame's size) under --out."
         ),
     )
-    p.add_argument("input", metavar="INPUT", help="video file (mp4, mov, mkv, ...) or folder of frames (sorted by name)")
+    p.add_argument("input", metavar="INPUT",
+                   help="video file (mp4, mov, mkv, ...) or folder of frames (sorted by name)")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="a pdnet checkpoint (e.g. RUN/last.pt) or a release state_dict file")
     p.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50", "resnet101"],

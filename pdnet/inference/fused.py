@@ -38,13 +38,15 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     The folded weights are computed in float64 and returned in ``conv``'s dtype.
     """
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(f"fold_conv_bn: expected (Conv2d, BatchNorm2d), got ({type(conv).__name__}, {type(bn).__name__})")
+        raise TypeError(
+            f"fold_conv_bn: expected (Conv2d, BatchNorm2d), got ({type(conv).__name__}, {type(bn).__name__})"
+        )
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("fold_conv_bn: the BatchNorm tracks no running statistics, nothing to fold")
     if conv.out_channels != bn.num_features:
         raise ValueError(f"fold_conv_bn: conv has {conv.out_channels} outputs but BatchNorm {bn.num_features} features")
     w = conv.weight.detach().double()  # [Cout, Cin/g, k, k]
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(w.shape[0])  # [Cout]
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(b)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(b)
     scale = gamma / torch.sqrt(bn.running_var.detach().double() + bn.eps)  # [Cout]
@@ -133,8 +135,8 @@ def _grouped(convs: List[nn.Conv2d], shared_input: bool) -> nn.Conv2d:
     cin = c0.in_channels if shared_input else p * c0.in_channels
     has_bias = c0.bias is not None
     out = skip_init(
-        nn.Conv2d, cin, p * c0.out_channels, c0.kernel_size, stride=c0.stride, padding=c0.padding, groups=groups, bias=has_bias,
-        device=c0.weight.device, dtype=c0.weight.dtype,
+        nn.Conv2d, cin, p * c0.out_channels, c0.kernel_size, stride=c0.stride, padding=c0.padding, groups=groups,
+        bias=has_bias, device=c0.weight.device, dtype=c0.weight.dtype,
     )
     with torch.no_grad():
         out.weight.copy_(torch.cat([c.weight for c in convs]))  # [p*Cout, Cin, k, k]
@@ -178,8 +180,10 @@ class FastPDNet(nn.Module):
         self.saliency_head = ipda.saliency_head  # C -> 1, 3x3
         self.query = _grouped(list(ipda.query), shared_input=False)  # p*C -> p*d, 1x1, groups p
         kv = [c for k in range(self.parts) for c in (ipda.key[k], ipda.value[k])]
-        self.key_value = skip_init(nn.Conv2d, self.parts * self.channels, 2 * self.parts * self.dim, 1, groups=self.parts,
-                                   bias=False, device=kv[0].weight.device, dtype=kv[0].weight.dtype)
+        self.key_value = skip_init(  # p*C -> p*2d, 1x1, groups p
+            nn.Conv2d, self.parts * self.channels, 2 * self.parts * self.dim, 1, groups=self.parts, bias=False,
+            device=kv[0].weight.device, dtype=kv[0].weight.dtype,
+        )
         with torch.no_grad():  # group k: [key_k (d); value_k (d)]
             self.key_value.weight.copy_(torch.cat([c.weight for c in kv]))  # [2*p*d, C, 1, 1]
         self.out_proj = _grouped([o.conv for o in ipda.out_proj], shared_input=False)  # p*d -> p*C, groups p

@@ -73,7 +73,9 @@ def as_frame_batch(frames: FrameLike) -> torch.Tensor:
         t = t.permute(0, 3, 1, 2)  # [B, 3, H, W], channels_last memory
     elif isinstance(frames, torch.Tensor):
         if frames.dim() not in (3, 4) or frames.shape[-3] != 3:
-            raise ValueError(f"frames as a tensor must be [3, H, W] or [B, 3, H, W] RGB, got shape {tuple(frames.shape)}")
+            raise ValueError(
+                f"frames as a tensor must be [3, H, W] or [B, 3, H, W] RGB, got shape {tuple(frames.shape)}"
+            )
         t = frames.unsqueeze(0) if frames.dim() == 3 else frames
     else:
         raise TypeError(f"frames must be a numpy array or a torch.Tensor, got {type(frames).__name__}")
@@ -252,7 +254,10 @@ class VideoSegmenter:
         return torch.sigmoid(logits.float())  # [B, 1, H, W]
 
     def to_device(self, frames: FrameLike) -> torch.Tensor:
-        """Frames (see :func:`as_frame_batch`) -> Tensor[B, 3, H, W] on the segmenter's device (pinned, async copy on CUDA)."""
+        """Frames (see :func:`as_frame_batch`) -> Tensor[B, 3, H, W] on the segmenter's device.
+
+        Host frames go through pinned memory and an asynchronous copy on CUDA.
+        """
         t = as_frame_batch(frames)
         if t.device != self.device:
             if self.device.type == "cuda" and t.device.type == "cpu":
@@ -295,7 +300,9 @@ class VideoSegmenter:
         if state is None:
             raise RuntimeError("VideoSegmenter.predict: no reference frame; call set_reference(frame) first")
         if tuple(state.size) != self.input_size:
-            raise ValueError(f"the reference state was encoded at {state.size}, this segmenter runs at {self.input_size}")
+            raise ValueError(
+                f"the reference state was encoded at {state.size}, this segmenter runs at {self.input_size}"
+            )
         t = self.to_device(frames)
         if self._graphed is not None:
             return self._graphed(t, state.keys, state.values)

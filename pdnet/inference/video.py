@@ -146,7 +146,10 @@ class FrameSource:
             try:
                 for name, frame in self._decode(container):
                     if frame.shape[:2] != tuple(self.size):
-                        raise SourceError(f"{self.path}: frame {name[:-4]} is {frame.shape[:2]}, the first frame {self.size}")
+                        raise SourceError(
+                            f"{self.path}: frame {name[:-4]} is {frame.shape[1]}x{frame.shape[0]} but the first "
+                            f"frame is {self.size[1]}x{self.size[0]}"
+                        )
                     yield name, frame
             finally:
                 container.close()
@@ -270,9 +273,12 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (*self.size, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"VideoWriter: expected uint8 [{self.size[0]}, {self.size[1]}, 3], got {frame.dtype} {frame.shape}")
+            raise ValueError(
+                f"VideoWriter: expected uint8 [{self.size[0]}, {self.size[1]}, 3], got {frame.dtype} {frame.shape}"
+            )
         if self.even != self.size:
-            frame = np.pad(frame, ((0, self.even[0] - self.size[0]), (0, self.even[1] - self.size[1]), (0, 0)), mode="edge")
+            pad = ((0, self.even[0] - self.size[0]), (0, self.even[1] - self.size[1]), (0, 0))
+            frame = np.pad(frame, pad, mode="edge")
         vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         for packet in self.stream.encode(vf):
             self.container.mux(packet)
