@@ -44,7 +44,8 @@ def as_size(size: SizeLike) -> Tuple[int, int]:
 
 def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     """Fast ImageNet normalisation of uint8 RGB, equal to :func:`pdnet.preprocess.normalize`
-    up to float rounding (one multiply-subtract, in place on the float copy).
+    up to float rounding (one multiply-subtract, in place on the float copy). Works on
+    any device: with ``normalize=False`` datasets, normalise batches on the GPU with it.
 
     Args:
         image (Tensor[..., 3, H, W] uint8)
@@ -54,7 +55,9 @@ def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     """
     if image.dtype != torch.uint8 or image.dim() < 3 or image.shape[-3] != 3:
         raise ValueError(f"normalize_uint8: expected uint8 [..., 3, H, W], got {image.dtype} {tuple(image.shape)}")
-    return image.to(torch.float32).mul_(_SCALE).sub_(_OFFSET)
+    if image.device.type == "cpu":
+        return image.to(torch.float32).mul_(_SCALE).sub_(_OFFSET)
+    return image.to(torch.float32).mul_(_SCALE.to(image.device)).sub_(_OFFSET.to(image.device))
 
 
 @dataclass(frozen=True)

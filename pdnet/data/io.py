@@ -3,7 +3,9 @@
 Images decode to ``Tensor[3, H, W]`` uint8 RGB. JPEG files go through
 ``torchvision.io.decode_jpeg`` (measured faster than Pillow for 480p frames, see
 bench/bench_data.py); anything else through Pillow. Masks decode with Pillow (which
-keeps palette indices) to ``Tensor[1, H, W]`` uint8 in 0..255.
+keeps palette indices) to ``Tensor[1, H, W]`` uint8 in 0..255. (torchvision's
+``decode_png`` is a little faster but, in torchvision 0.29.1, kills the process with a
+segmentation fault on a PNG whose pixel data fails its CRC, so it is not used.)
 
 Any failure is raised as :class:`~pdnet.data.errors.DataError` naming the file.
 """

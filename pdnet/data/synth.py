@@ -727,7 +727,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--val", type=float, default=0.2, help="fraction of clips in the val split (default 0.2)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; output is identical)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes (default: up to 2; the output does not depend on it)",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty OUT (same-named files are replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
