@@ -121,26 +121,22 @@ def boundary(p: torch.Tensor, w: int) -> torch.Tensor:
     """DAVIS ``seg2bmap`` of packed masks: Tensor[N, H, Wp] -> Tensor[N, H, Wp].
 
     A pixel is on the boundary when it differs from its right (E), lower (V) or
-    lower-right neighbour; neighbours outside the image do not count. With E(x) = 0 in
-    the last column and V = 0 in the last row, "differs from the lower-right" equals
-    V xor (E of the next row), so b = E | V | (V ^ E_down), E_down repeating the last
-    row's E (where the toolkit compares the last row with its right neighbour only).
+    lower-right neighbour; neighbours outside the image do not count. With E = 0 in the
+    last column, "differs from the lower-right" is V xor E_down (E of the next row), and
+    E | V | (V ^ E_down) = E | V | E_down; the last row has only E.
     """
     n, h, wp = p.shape
     flat = p.reshape(-1)
     e = torch.empty_like(flat)
-    tmp = torch.empty_like(flat)
-    _shift_lo(flat, 1, e, tmp)
+    _shift_lo(flat, 1, e, torch.empty_like(flat))
     e ^= flat
     e = e.view(n, h, wp)
     e &= row_mask(w, wp, p.device, w - 1)  # no right neighbour in the last column
-    v = torch.zeros_like(p)
-    torch.bitwise_xor(p[:, :-1], p[:, 1:], out=v[:, :-1])
     b = torch.empty_like(p)
-    torch.bitwise_xor(v[:, :-1], e[:, 1:], out=b[:, :-1])
-    b[:, -1] = e[:, -1]
+    torch.bitwise_xor(p[:, :-1], p[:, 1:], out=b[:, :-1])  # V
+    b[:, :-1] |= e[:, 1:]
+    b[:, -1] = 0
     b |= e
-    b |= v
     return b
 
 
@@ -182,35 +178,58 @@ def dilate_disk(b: torch.Tensor, radius: int) -> torch.Tensor:
     last set bit (:func:`packed_width`). The disk is the union of its rows, row dy a
     horizontal segment of half-width ``disk_widths(r)[|dy|]``: the dilation is the OR
     over dy of the horizontally widened map moved by dy rows. Widening by s from
-    half-width a (s <= 2a + 1) is x | x moved s left | x moved s right. Bits dilated
-    into the row padding are kept; callers AND with an unpadded map.
+    half-width a (s <= 2a + 1) is x | x moved s left | x moved s right. Every shift works
+    on the flattened words, the maps being laid out with ``radius`` zero rows after each
+    one so that no row shift reaches the next map. Bits dilated into the row padding
+    are kept; callers AND with an unpadded map.
     """
     n, h, wp = b.shape
+    x = torch.zeros((n, h + radius, wp), dtype=b.dtype, device=b.device)  # [N, H + r, Wp]
+    x[:, :h] = b
+    x = x.view(-1)
     widths = disk_widths(radius)
-    x0 = b.contiguous().view(-1)
-    wide = {0: x0}
-    tmp, tmp2 = torch.empty_like(x0), torch.empty_like(x0)
+    wide = {0: x}
+    tmp, tmp2 = torch.empty_like(x), torch.empty_like(x)
     for a, k in _widen_plan(widths):
-        wide[k] = _widen(wide[a], k - a, torch.empty_like(x0), tmp, tmp2)
-    wide = {k: v.view(n, h, wp) for k, v in wide.items()}
+        wide[k] = _widen(wide[a], k - a, torch.empty_like(x), tmp, tmp2)
     out = wide[widths[0]].clone()  # row dy = 0
-    for dy in range(1, min(radius, h - 1) + 1):
-        src = wide[widths[dy]]
-        out[:, :-dy] |= src[:, dy:]
-        out[:, dy:] |= src[:, :-dy]
-    return out
+    for dy in range(1, radius + 1):
+        src, o = wide[widths[dy]], dy * wp
+        out[:-o] |= src[o:]
+        out[o:] |= src[:-o]
+    return out.view(n, h + radius, wp)[:, :h]
 
 
 def crop_box(b: torch.Tensor, radius: int) -> tuple[int, int, int, int]:
-    """Rows [y0, y1) and words [j0, j1) holding every set bit of Tensor[N, H, Wp], plus
-    enough zero words after them for :func:`dilate_disk` (one sync). (0, 0, 0, 0) when empty."""
+    """Rows [y0, y1) and words [j0, j1) of Tensor[N, H, Wp] holding every set bit, plus
+    enough zero words after them for :func:`dilate_disk` (one host sync); y1 == y0 when empty."""
     n, h, wp = b.shape
     nz = b != 0  # [N, H, Wp]
     rows = nz.any(dim=2).any(dim=0).nonzero()
     if rows.numel() == 0:
         return 0, 0, 0, 0
     cols = nz.any(dim=1).any(dim=0).nonzero()
-    y0, y1 = int(rows[0]), int(rows[-1]) + 1
-    j0, j1 = int(cols[0]), int(cols[-1]) + 1
-    j1 = min(wp, j1 + (radius + 63) // 64)  # zero words after the last set bit (or the row padding)
-    return y0, y1, j0, j1
+    j1 = min(wp, int(cols[-1]) + 1 + (radius + 63) // 64)  # zero words after the last set bit, or the row padding
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), j1
+
+
+def boundary_matches(b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boundary pixels of each map within the disk of radius ``radius`` of the other's.
+
+    Args:
+        b (Tensor[2C, H, Wp] int64): packed boundaries (:func:`boundary`), predictions
+            and ground truth interleaved (``b[2k]``, ``b[2k + 1]`` for frame k), zero in
+            the padding, rows with at least ``radius`` padding bits (:func:`packed_width`).
+    Returns:
+        Tensor[2, C] int64: ``[|pred_b & dilate(gt_b)|, |gt_b & dilate(pred_b)|]`` per frame.
+
+    Only the rows and word columns that hold boundary pixels are dilated; the answer
+    does not depend on that cropping (a bit outside it has nothing to match).
+    """
+    n, h, wp = b.shape
+    y0, y1, j0, j1 = crop_box(b, radius)
+    if y1 == y0:
+        return torch.zeros(2, n // 2, dtype=torch.int64, device=b.device)
+    b = b[:, y0:y1, j0:j1]  # [2C, h', w'] (dilate_disk copies it)
+    d = dilate_disk(b, radius)
+    return popcount(torch.stack([b[0::2] & d[1::2], b[1::2] & d[0::2]]))  # [2, C]

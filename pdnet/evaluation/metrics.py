@@ -55,8 +55,10 @@ from . import _bits
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-#: frames processed together on the CPU (keeps a chunk's packed maps in cache)
+#: pixels (per mask) processed together: about 8 frames of 480p on the CPU (the chunk's
+#: packed maps stay small), 256 on CUDA (bounded memory for long, large sequences)
 CPU_CHUNK_PIXELS = 8 * 480 * 854
+CUDA_CHUNK_PIXELS = 256 * 480 * 854
 
 
 def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
@@ -108,8 +110,8 @@ def frame_counts(pred: torch.Tensor, gt: torch.Tensor, radius: int, chunk: int |
     Args:
         pred, gt (Tensor[T, H, W] bool): binary masks on one device.
         radius (int): boundary matching radius in pixels (see :func:`boundary_radius`).
-        chunk (int, optional): frames processed together; default all on CUDA and
-            about :data:`CPU_CHUNK_PIXELS` pixels on the CPU (cache-sized).
+        chunk (int, optional): frames processed together; default
+            :data:`CPU_CHUNK_PIXELS` / :data:`CUDA_CHUNK_PIXELS` pixels' worth.
     Returns:
         dict of int64 Tensor[T] on the masks' device: ``inter``, ``union`` (J),
         ``pred_b``, ``gt_b`` (boundary pixel counts), ``pred_match``, ``gt_match``
@@ -119,32 +121,30 @@ def frame_counts(pred: torch.Tensor, gt: torch.Tensor, radius: int, chunk: int |
     t, h, w = pred.shape
     dev = pred.device
     if chunk is None:
-        chunk = t if dev.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (h * w))
+        chunk = max(1, (CPU_CHUNK_PIXELS if dev.type == "cpu" else CUDA_CHUNK_PIXELS) // (h * w))
     chunk = max(1, min(chunk, t))
     wp = _bits.packed_width(w, radius)
     counts = torch.empty(7, t, dtype=torch.int64, device=dev)
-    packed = torch.empty(2, chunk + 1, h, wp, dtype=torch.int64, device=dev)  # slot 0: the previous frame
+    # frame-major [slot, pred|gt, H, Wp]; slot 0 holds the frame before the chunk (flicker)
+    packed = torch.empty(chunk + 1, 2, h, wp, dtype=torch.int64, device=dev)
     for s in range(0, t, chunk):
         e = min(t, s + chunk)
         c = e - s
-        pg = packed[:, 1 : c + 1]  # [2, c, H, Wp], zero padding
-        _bits.pack(pred[s:e], wp, out=pg[0])
-        _bits.pack(gt[s:e], wp, out=pg[1])
-        b = _bits.boundary(pg.reshape(2 * c, h, wp), w)  # [2c, H, Wp]
-        y0, y1, j0, j1 = _bits.crop_box(b, radius) if dev.type == "cpu" else (0, h, 0, wp)
-        bc = b[:, y0:y1, j0:j1]  # every boundary pixel of the chunk is in the crop
-        d = _bits.dilate_disk(bc, radius) if y1 > y0 else bc  # [2c, h', w']
-        p, g = pg[0], pg[1]
-        both = torch.stack([p & g, p | g])  # [2, c, H, Wp]
-        counts[0:2, s:e] = _bits.popcount(both)
-        counts[2:4, s:e] = _bits.popcount(b.view(2, c, h, wp))
-        matches = torch.stack([bc[:c] & d[c:], bc[c:] & d[:c]])  # [2, c, h', w']
-        counts[4:6, s:e] = _bits.popcount(matches)
-        first = 1 if s == 0 else 0  # slot 0 holds the frame before the chunk, if any
-        seq = packed[:, first : c + 1]
-        if seq.shape[1] > 1:
-            counts[6, s - 1 + first : e - 1] = _flicker_sq(seq[0], seq[1])
-        packed[:, 0] = packed[:, c]
+        pg = packed[1 : c + 1]  # [c, 2, H, Wp], contiguous, zero padding
+        _bits.pack(pred[s:e], wp, out=pg[:, 0])
+        _bits.pack(gt[s:e], wp, out=pg[:, 1])
+        p, g = pg[:, 0], pg[:, 1]
+        area = _bits.popcount(pg)  # [c, 2]
+        counts[0, s:e] = _bits.popcount(p & g)
+        counts[1, s:e] = area[:, 0] + area[:, 1] - counts[0, s:e]  # |P | G| = |P| + |G| - |P & G|
+        b = _bits.boundary(pg.view(2 * c, h, wp), w)  # [2c, H, Wp], pred and gt interleaved
+        counts[2:4, s:e] = _bits.popcount(b).view(c, 2).T
+        counts[4:6, s:e] = _bits.boundary_matches(b, radius)
+        first = 1 if s == 0 else 0
+        seq = packed[first : c + 1]  # [c (+1), 2, H, Wp]
+        if seq.shape[0] > 1:
+            counts[6, s - 1 + first : e - 1] = _flicker_sq(seq[:, 0], seq[:, 1])
+        packed[0] = packed[c]
     names = ("inter", "union", "pred_b", "gt_b", "pred_match", "gt_match")
     out = {k: counts[i] for i, k in enumerate(names)}
     out["flicker_sq"] = counts[6, : max(t - 1, 0)]
