@@ -1,7 +1,8 @@
 """Build script of the pdnet package.
 
 The ``pdnet`` package, plus the Triton kernels in ``kernels/`` (when present),
-installed as the subpackage ``pdnet.kernels``.
+installed as the subpackage ``pdnet.kernels``, plus the compiled ops ``pdnet._C``
+built from ``csrc/`` (see ``_extension_modules``).
 
 Install into an environment that already has torch, without build isolation:
 
@@ -9,6 +10,8 @@ Install into an environment that already has torch, without build isolation:
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -21,6 +24,83 @@ package_dir = {"": "."}
 if (ROOT / "kernels" / "__init__.py").is_file():
     packages.append("pdnet.kernels")
     package_dir["pdnet.kernels"] = "kernels"
+
+
+
+def _extension_modules():
+    """The compiled ops ``pdnet._C`` (csrc/, see README "C++/CUDA extension").
+
+    CPU sources always; the CUDA sources too when nvcc (``$CUDA_HOME`` or
+    /usr/local/cuda) and a CUDA build of torch are present and ``PDNET_NO_CUDA`` is not
+    1, for sm_80, sm_86 and sm_90 (plus compute_90 PTX) unless ``TORCH_CUDA_ARCH_LIST``
+    says otherwise. Compiled with ninja; ``MAX_JOBS`` caps the parallel jobs.
+    Returns (ext_modules, cmdclass); both empty when torch cannot be imported.
+    """
+    csrc = Path("csrc")
+    if not (ROOT / csrc).is_dir():
+        return [], {}
+    if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ:
+        if Path("/usr/local/cuda/bin/nvcc").is_file():
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"  # before torch.utils.cpp_extension reads it
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as exc:
+        print(f"pdnet: not building the C++/CUDA extension, torch is not importable ({exc}); "
+              "pdnet will use its reference ops", file=sys.stderr)
+        return [], {}
+
+    def rel(pattern):
+        return sorted(str(f.relative_to(ROOT)) for f in ROOT.glob(pattern))
+
+    sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/ops/cpu/*.cpp")
+    cuda_sources = rel("csrc/ops/cuda/*.cu")
+    # -Wno-unknown-pragmas / -Wno-psabi: noise from torch's at::vec headers
+    cxx_flags = ["-O3", "-g0", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    cuda_home = cpp_extension.CUDA_HOME
+    nvcc = Path(cuda_home, "bin", "nvcc") if cuda_home else None
+    if os.environ.get("PDNET_NO_CUDA", "0") == "1":
+        skip = "PDNET_NO_CUDA=1"
+    elif torch.version.cuda is None:
+        skip = "torch is a CPU-only build"
+    elif nvcc is None or not nvcc.is_file():
+        skip = "nvcc not found (set CUDA_HOME)"
+    elif not cuda_sources:
+        skip = "no CUDA sources"
+    else:
+        skip = None
+    if skip is not None:
+        print(f"pdnet: building the C++ extension WITHOUT its CUDA kernels: {skip}", file=sys.stderr)
+        ext = cpp_extension.CppExtension("pdnet._C", sources, extra_compile_args={"cxx": cxx_flags})
+    else:
+        nvcc_flags = ["-O3"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            nvcc_flags += [
+                "-gencode=arch=compute_80,code=sm_80",
+                "-gencode=arch=compute_86,code=sm_86",
+                "-gencode=arch=compute_90,code=[sm_90,compute_90]",
+            ]
+        include_dirs = []
+        try:  # torch's CUDA headers include cuBLAS / cuSPARSE headers from the nvidia wheels
+            import nvidia
+
+            for base in nvidia.__path__:
+                include_dirs += sorted(str(d) for d in Path(base).glob("cu*/include") if d.is_dir())
+        except ImportError:
+            pass
+        print(f"pdnet: building the C++ extension with CUDA kernels (nvcc {nvcc}, torch CUDA "
+              f"{torch.version.cuda})", file=sys.stderr)
+        ext = cpp_extension.CUDAExtension(
+            "pdnet._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs,
+            define_macros=[("PDNET_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extension_modules()
 
 setup(
     name="pdnet",
@@ -45,5 +125,7 @@ setup(
         "data": ["scikit-image", "av"],
     },
     entry_points={"console_scripts": ["pdnet = pdnet.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     zip_safe=False,
 )

@@ -1,0 +1,141 @@
+// CPU compute cores of part_attention (forward and backward), vectorised.
+//
+// Forward, per head and block of BQ query rows: for each tile of BK keys,
+// S = q k^T * scale (+ mask) in a BQ x BK buffer, online softmax per row (running
+// max m and sum l; the accumulator O is rescaled by exp(m_old - m_new)), O += P v.
+// Finally out = O / l and lse = m + log(l). A row whose keys are all masked (-inf)
+// gets out = 0 and lse = -inf.
+//
+// Backward, per head and chunk of keys (the work unit of one thread, so dk, dv and the
+// key-mask gradient of the chunk need no synchronisation), for each query block and
+// key tile: P = exp(q k^T * scale + mask - lse) (0 where lse = -inf), dP = dO v^T,
+// dS = P (dP - delta) with delta = rowsum(dO * out) - dlse, then dv += P^T dO,
+// dk += scale dS^T q, dq += scale dS k and dmask += column sums of dS.
+#pragma once
+
+#include "isa.h"
+#include "vec_common.h"
+
+namespace pdnet::cpu {
+inline namespace CPU_CAPABILITY {
+
+constexpr int64_t kAttnBQ = 48;  // query rows per block (a multiple of the GEMM row tiles)
+constexpr int64_t kAttnBK = 192;  // keys per tile (likewise)
+
+inline int64_t attention_scratch(int64_t d) {
+  // forward: S [BQ, BK], O [BQ, d], m [BQ], l [BQ]
+  // backward: P [BQ, BK], dS [BQ, BK], delta [BQ]
+  return std::max(kAttnBQ * kAttnBK + kAttnBQ * d + 2 * kAttnBQ, 2 * kAttnBQ * kAttnBK + kAttnBQ);
+}
+
+template <typename T>
+void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t q1, T* scratch) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int64_t Nq = a.Nq, Nk = a.Nk, d = a.d;
+  const T* q = a.q + bh * Nq * d;      // [Nq, d]
+  const T* kt = a.kt + bh * d * Nk;    // [d, Nk]
+  const T* v = a.v + bh * Nk * d;      // [Nk, d]
+  const T* mask = a.mask != nullptr ? a.mask + bh * Nk : nullptr;  // [Nk]
+  T* out = a.out + bh * Nq * d;        // [Nq, d]
+  T* lse = a.lse + bh * Nq;            // [Nq]
+  T* S = scratch;                      // [BQ, BK]
+  T* O = S + kAttnBQ * kAttnBK;        // [BQ, d]
+  T* m = O + kAttnBQ * d;              // [BQ]
+  T* l = m + kAttnBQ;                  // [BQ]
+
+  for (int64_t i0 = q0; i0 < q1; i0 += kAttnBQ) {
+    const int64_t nq = std::min(kAttnBQ, q1 - i0);
+    std::fill(O, O + nq * d, T(0));
+    std::fill(m, m + nq, kNegInf);
+    std::fill(l, l + nq, T(0));
+    for (int64_t j0 = 0; j0 < Nk; j0 += kAttnBK) {
+      const int64_t bk = std::min(kAttnBK, Nk - j0);
+      gemm<T>(nq, bk, d, q + i0 * d, d, 1, kt + j0, Nk, S, kAttnBK, a.scale, false);  // S = q k^T * scale
+      for (int64_t i = 0; i < nq; ++i) {
+        T* s = S + i * kAttnBK;
+        if (mask != nullptr) row_axpby<T>(s, T(1), mask + j0, T(1), bk);  // s += mask
+        const T m_new = std::max(m[i], row_max(s, bk));
+        if (m_new == kNegInf) {  // every key so far is masked: nothing to accumulate
+          std::fill(s, s + bk, T(0));
+          continue;
+        }
+        const T sum = exp_sub_sum(s, bk, m_new);  // s = exp(s - m_new)
+        const T alpha = std::exp(m[i] - m_new);   // 0 on the first live tile
+        if (alpha != T(1)) row_axpby<T>(O + i * d, alpha, nullptr, T(0), d);
+        l[i] = l[i] * alpha + sum;
+        m[i] = m_new;
+      }
+      gemm<T>(nq, d, bk, S, kAttnBK, 1, v + j0 * d, d, O, d, T(1), true);  // O += P v
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      const bool live = l[i] > T(0);
+      T* orow = out + (i0 + i) * d;
+      std::copy(O + i * d, O + (i + 1) * d, orow);
+      row_axpby<T>(orow, live ? T(1) / l[i] : T(0), nullptr, T(0), d);
+      lse[i0 + i] = live ? m[i] + std::log(l[i]) : kNegInf;
+    }
+  }
+}
+
+template <typename T>
+void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq,
+                        T* scratch) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int64_t Nq = a.Nq, Nk = a.Nk, d = a.d;
+  const T* q = a.q + bh * Nq * d;        // [Nq, d]
+  const T* k = a.k + bh * Nk * d;        // [Nk, d]
+  const T* kt = a.kt + bh * d * Nk;      // [d, Nk]
+  const T* vt = a.vt + bh * d * Nk;      // [d, Nk]
+  const T* mask = a.mask != nullptr ? a.mask + bh * Nk : nullptr;  // [Nk]
+  const T* out = a.out + bh * Nq * d;    // [Nq, d]
+  const T* lse = a.lse + bh * Nq;        // [Nq]
+  const T* dout = a.dout + bh * Nq * d;  // [Nq, d]
+  const T* dlse = a.dlse != nullptr ? a.dlse + bh * Nq : nullptr;  // [Nq]
+  T* dk = a.dk + bh * Nk * d;            // [Nk, d]
+  T* dv = a.dv + bh * Nk * d;            // [Nk, d]
+  T* dmask = a.dmask != nullptr ? a.dmask + bh * Nk : nullptr;  // [Nk]
+  T* P = scratch;                        // [BQ, BK]
+  T* dS = P + kAttnBQ * kAttnBK;         // [BQ, BK]
+  T* delta = dS + kAttnBQ * kAttnBK;     // [BQ]
+
+  for (int64_t i0 = 0; i0 < Nq; i0 += kAttnBQ) {
+    const int64_t nq = std::min(kAttnBQ, Nq - i0);
+    for (int64_t i = 0; i < nq; ++i)
+      delta[i] = row_dot(dout + (i0 + i) * d, out + (i0 + i) * d, d) -
+                 (dlse != nullptr ? dlse[i0 + i] : T(0));
+    for (int64_t j0 = k0; j0 < k1; j0 += kAttnBK) {
+      const int64_t bk = std::min(kAttnBK, k1 - j0);
+      gemm<T>(nq, bk, d, q + i0 * d, d, 1, kt + j0, Nk, P, kAttnBK, a.scale, false);    // S
+      gemm<T>(nq, bk, d, dout + i0 * d, d, 1, vt + j0, Nk, dS, kAttnBK, T(1), false);  // dP
+      for (int64_t i = 0; i < nq; ++i) {
+        T* p = P + i * kAttnBK;
+        T* ds = dS + i * kAttnBK;
+        const T L = lse[i0 + i];
+        if (L == kNegInf) {  // row without any live key: no gradient flows through it
+          std::fill(p, p + bk, T(0));
+          std::fill(ds, ds + bk, T(0));
+          continue;
+        }
+        if (mask != nullptr) row_axpby<T>(p, T(1), mask + j0, T(1), bk);
+        exp_sub_sum(p, bk, L);  // P = exp(S - lse)
+        // dS = P * (dP - delta)
+        using Vec = Vectorized<T>;
+        constexpr int64_t V = Vec::size();
+        const Vec vdelta(delta[i]);
+        int64_t j = 0;
+        for (; j + V <= bk; j += V)
+          (Vec::loadu(p + j) * (Vec::loadu(ds + j) - vdelta)).store(ds + j);
+        for (; j < bk; ++j) ds[j] = p[j] * (ds[j] - delta[i]);
+      }
+      // dv[j0:] += P^T dO ; dk[j0:] += scale * dS^T q ; dq[i0:] += scale * dS k
+      gemm<T>(bk, d, nq, P, 1, kAttnBK, dout + i0 * d, d, dv + j0 * d, d, T(1), true);
+      gemm<T>(bk, d, nq, dS, 1, kAttnBK, q + i0 * d, d, dk + j0 * d, d, a.scale, true);
+      gemm<T>(nq, d, bk, dS, kAttnBK, 1, k + j0 * d, d, dq + i0 * d, d, a.scale, true);
+      if (dmask != nullptr)
+        for (int64_t i = 0; i < nq; ++i) row_axpby<T>(dmask + j0, T(1), dS + i * kAttnBK, T(1), bk);
+    }
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pdnet::cpu

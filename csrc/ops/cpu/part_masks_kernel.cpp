@@ -1,0 +1,85 @@
+// CPU kernels of pdnet::part_masks and pdnet::part_masks_backward (cores in
+// part_masks_vec.h). float16 / bfloat16 are computed in float32.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "../ops.h"
+#include "isa.h"
+
+namespace pdnet::ops {
+namespace {
+
+constexpr int64_t kPixelChunk = 4096;
+
+at::Tensor part_masks_cpu(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit) {
+  detail::check_part_masks("pdnet::part_masks (CPU)", part_logits, gate);
+  const auto work = detail::opmath_type(part_logits.scalar_type());
+  const at::Tensor lc = part_logits.to(work).contiguous();
+  const at::Tensor gc = gate.to(work).contiguous();
+  at::Tensor out = at::empty(lc.sizes(), lc.options());
+  const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
+  if (out.numel() == 0) return out.to(part_logits.scalar_type());
+  const int64_t nch = (hw + kPixelChunk - 1) / kPixelChunk;
+  AT_DISPATCH_FLOATING_TYPES(work, "part_masks_cpu", [&] {
+    const auto& K = pdnet::cpu::kernels<scalar_t>();
+    const scalar_t* l = lc.const_data_ptr<scalar_t>();
+    const scalar_t* g = gc.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * nch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
+        K.part_masks_forward(l + b * p * hw, g + b * hw, o + b * p * hw, p, hw, s,
+                             std::min(hw, s + kPixelChunk), gate_is_logit);
+      }
+    });
+  });
+  return out.to(part_logits.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& grad_out,
+                                                           const at::Tensor& part_logits,
+                                                           const at::Tensor& gate,
+                                                           bool gate_is_logit) {
+  const char* where = "pdnet::part_masks_backward (CPU)";
+  detail::check_part_masks(where, part_logits, gate);
+  detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
+  const auto work = detail::opmath_type(part_logits.scalar_type());
+  const at::Tensor goc = grad_out.to(work).contiguous();
+  const at::Tensor lc = part_logits.to(work).contiguous();
+  const at::Tensor gc = gate.to(work).contiguous();
+  at::Tensor grad_logits = at::empty(lc.sizes(), lc.options());
+  at::Tensor grad_gate = at::empty(gc.sizes(), gc.options());
+  const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
+  const auto dtype = part_logits.scalar_type();
+  if (B * hw == 0) return {grad_logits.to(dtype), grad_gate.zero_().to(dtype)};
+  const int64_t nch = (hw + kPixelChunk - 1) / kPixelChunk;
+  AT_DISPATCH_FLOATING_TYPES(work, "part_masks_backward_cpu", [&] {
+    const auto& K = pdnet::cpu::kernels<scalar_t>();
+    const scalar_t* go = goc.const_data_ptr<scalar_t>();
+    const scalar_t* l = lc.const_data_ptr<scalar_t>();
+    const scalar_t* g = gc.const_data_ptr<scalar_t>();
+    scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
+    scalar_t* gg = grad_gate.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * nch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
+        K.part_masks_backward(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
+                              gg + b * hw, p, hw, s, std::min(hw, s + kPixelChunk), gate_is_logit);
+      }
+    });
+  });
+  return {grad_logits.to(dtype), grad_gate.to(dtype)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pdnet, CPU, m) {
+  m.impl("part_masks", &part_masks_cpu);
+  m.impl("part_masks_backward", &part_masks_backward_cpu);
+}
+
+}  // namespace pdnet::ops

@@ -1,0 +1,73 @@
+// CPU compute cores of part_masks: R_k = softmax_k(D) * G with G = sigmoid(gate) or gate.
+// Vectorised across pixels; the parts of one pixel are hw elements apart. The output
+// (resp. grad_logits) buffer holds exp(D_k - max) between passes.
+//
+// Backward, with s = softmax(D), go = grad_out and sg = sum_k s_k go_k:
+//   grad_D_k = s_k * G * (go_k - sg),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1).
+#pragma once
+
+#include "vec_common.h"
+
+namespace pdnet::cpu {
+inline namespace CPU_CAPABILITY {
+
+template <typename T>
+inline Vectorized<T> gate_value(const Vectorized<T>& g, bool gate_is_logit) {
+  using Vec = Vectorized<T>;
+  return gate_is_logit ? Vec(T(1)) / (Vec(T(1)) + fast_exp(Vec(T(0)) - g)) : g;
+}
+
+template <typename T>
+void part_masks_forward(const T* logits, const T* gate, T* out, int64_t p, int64_t hw, int64_t s,
+                        int64_t e, bool gate_is_logit) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t x = s; x < e; x += V) {
+    const int64_t n = std::min(V, e - x);
+    Vec mx = Vec::loadu(logits + x, n);
+    for (int64_t k = 1; k < p; ++k) mx = at::vec::maximum(mx, Vec::loadu(logits + k * hw + x, n));
+    Vec sum(T(0));
+    for (int64_t k = 0; k < p; ++k) {
+      const Vec ek = fast_exp(Vec::loadu(logits + k * hw + x, n) - mx);
+      ek.store(out + k * hw + x, n);
+      sum = sum + ek;
+    }
+    const Vec scale = gate_value(Vec::loadu(gate + x, n), gate_is_logit) / sum;
+    for (int64_t k = 0; k < p; ++k) (Vec::loadu(out + k * hw + x, n) * scale).store(out + k * hw + x, n);
+  }
+}
+
+template <typename T>
+void part_masks_backward(const T* grad_out, const T* logits, const T* gate, T* grad_logits,
+                         T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
+                         bool gate_is_logit) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t x = s; x < e; x += V) {
+    const int64_t n = std::min(V, e - x);
+    Vec mx = Vec::loadu(logits + x, n);
+    for (int64_t k = 1; k < p; ++k) mx = at::vec::maximum(mx, Vec::loadu(logits + k * hw + x, n));
+    Vec sum(T(0));
+    for (int64_t k = 0; k < p; ++k) {
+      const Vec ek = fast_exp(Vec::loadu(logits + k * hw + x, n) - mx);
+      ek.store(grad_logits + k * hw + x, n);
+      sum = sum + ek;
+    }
+    const Vec inv = Vec(T(1)) / sum;
+    Vec sg(T(0));  // sum_k s_k go_k
+    for (int64_t k = 0; k < p; ++k)
+      sg = at::vec::fmadd(Vec::loadu(grad_logits + k * hw + x, n) * inv,
+                          Vec::loadu(grad_out + k * hw + x, n), sg);
+    const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
+    const Vec sG = inv * G;
+    for (int64_t k = 0; k < p; ++k) {
+      const Vec gk = Vec::loadu(grad_logits + k * hw + x, n) * sG * (Vec::loadu(grad_out + k * hw + x, n) - sg);
+      gk.store(grad_logits + k * hw + x, n);
+    }
+    const Vec gg = gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg;
+    gg.store(grad_gate + x, n);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pdnet::cpu

@@ -1,0 +1,214 @@
+// Building blocks of the vectorised CPU cores: a register-blocked small GEMM and
+// row-wise softmax helpers. Included only through isa_impl.h (CPU_CAPABILITY set), so
+// everything lives in the ISA-specific inline namespace.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace pdnet::cpu {
+inline namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// exp(x) with at::vec's fast exp (20 ulp for float, the accurate one for double);
+// NaN stays NaN (exp_u20 alone would clamp it).
+template <typename T>
+inline Vectorized<T> fast_exp(const Vectorized<T>& x) {
+  return Vectorized<T>::blendv(x.exp_u20(), x, x.isnan());
+}
+
+// One register tile of C[MR x n] (n <= NV vectors):
+//   C = (accumulate ? C : 0) + alpha * A[MR x K] B[K x n]
+// A(i, k) = a[i * a_rs + k * a_cs] (any strides: each element is broadcast),
+// B(k, j) = b[k * ldb + j] (rows contiguous), C(i, j) = c[i * ldc + j].
+template <typename T, int MR, int NV>
+inline void gemm_tile(int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
+                      int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < NV; ++u) acc[r][u] = Vec(T(0));
+  if (n == NV * V) {
+    for (int64_t kk = 0; kk < K; ++kk) {
+      Vec bv[NV];
+      for (int u = 0; u < NV; ++u) bv[u] = Vec::loadu(b + kk * ldb + u * V);
+      for (int r = 0; r < MR; ++r) {
+        const Vec av(a[r * a_rs + kk * a_cs]);
+        for (int u = 0; u < NV; ++u) acc[r][u] = at::vec::fmadd(av, bv[u], acc[r][u]);
+      }
+    }
+  } else {
+    int64_t cnt[NV];
+    for (int u = 0; u < NV; ++u) cnt[u] = std::clamp<int64_t>(n - u * V, 0, V);
+    for (int64_t kk = 0; kk < K; ++kk) {
+      Vec bv[NV];
+      for (int u = 0; u < NV; ++u)
+        bv[u] = cnt[u] > 0 ? Vec::loadu(b + kk * ldb + u * V, cnt[u]) : Vec(T(0));
+      for (int r = 0; r < MR; ++r) {
+        const Vec av(a[r * a_rs + kk * a_cs]);
+        for (int u = 0; u < NV; ++u) acc[r][u] = at::vec::fmadd(av, bv[u], acc[r][u]);
+      }
+    }
+  }
+  const Vec va(alpha);
+  for (int r = 0; r < MR; ++r) {
+    for (int u = 0; u < NV; ++u) {
+      const int64_t cn = std::clamp<int64_t>(n - u * V, 0, V);
+      if (cn == 0) continue;
+      T* cp = c + r * ldc + u * V;
+      Vec res = alpha == T(1) ? acc[r][u] : acc[r][u] * va;
+      if (accumulate) res = res + Vec::loadu(cp, cn);
+      res.store(cp, cn);
+    }
+  }
+}
+
+// Register blocking: a tile is MR rows x NV vectors. With 32 vector registers
+// (AVX-512) the widest tile is 6 x 4 (24 accumulators), with 16 (AVX2, DEFAULT) 6 x 2;
+// narrower tiles take more rows, 12 at most.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kGemmNVWide = 4;
+constexpr int kGemmAccRegs = 24;
+#else
+constexpr int kGemmNVWide = 2;
+constexpr int kGemmAccRegs = 12;
+#endif
+
+constexpr int gemm_mr(int nv) {
+  return std::min(12, kGemmAccRegs / nv);
+}
+
+// Column block [j, j + NV*V) of C for every row, rows in tiles of gemm_mr(NV) then 1.
+template <typename T, int NV>
+inline void gemm_columns(int64_t m, int64_t nn, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
+                         const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+  constexpr int MR = gemm_mr(NV);
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR)
+    gemm_tile<T, MR, NV>(nn, K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, alpha, accumulate);
+  for (; i < m; ++i)
+    gemm_tile<T, 1, NV>(nn, K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, alpha, accumulate);
+}
+
+// C[m x n] = (accumulate ? C : 0) + alpha * A[m x K] B[K x n], layouts as gemm_tile.
+// Columns go in blocks of kGemmNVWide vectors, then half that, then single (possibly
+// partial) vectors, so that no tile computes on padding.
+template <typename T>
+inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
+                 const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+  constexpr int64_t V = Vectorized<T>::size();
+  constexpr int NVW = kGemmNVWide;
+  int64_t j = 0;
+  for (; j + NVW * V <= n; j += NVW * V)
+    gemm_columns<T, NVW>(m, NVW * V, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha, accumulate);
+  if constexpr (NVW > 2) {
+    for (; j + 2 * V <= n; j += 2 * V)
+      gemm_columns<T, 2>(m, 2 * V, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha, accumulate);
+  }
+  for (; j < n; j += V)
+    gemm_columns<T, 1>(m, std::min(V, n - j), K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha,
+                       accumulate);
+}
+
+// max of x[0:n] (-inf when n == 0)
+template <typename T>
+inline T row_max(const T* x, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  T mx = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  if (n >= V) {
+    Vec vm = Vec::loadu(x);
+    for (i = V; i + V <= n; i += V) vm = at::vec::maximum(vm, Vec::loadu(x + i));
+    T buf[V];
+    vm.store(buf);
+    for (int64_t u = 0; u < V; ++u) mx = std::max(mx, buf[u]);
+  }
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+// sum of x[0:n]
+template <typename T>
+inline T row_sum(const T* x, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) acc = acc + Vec::loadu(x + i);
+  if (i < n) acc = acc + Vec::loadu(x + i, n - i);  // the tail load pads with zeros
+  T buf[V];
+  acc.store(buf);
+  T s = 0;
+  for (int64_t u = 0; u < V; ++u) s += buf[u];
+  return s;
+}
+
+// sum of x[i] * y[i], i < n
+template <typename T>
+inline T row_dot(const T* x, const T* y, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) acc = at::vec::fmadd(Vec::loadu(x + i), Vec::loadu(y + i), acc);
+  if (i < n) acc = at::vec::fmadd(Vec::loadu(x + i, n - i), Vec::loadu(y + i, n - i), acc);
+  T buf[V];
+  acc.store(buf);
+  T s = 0;
+  for (int64_t u = 0; u < V; ++u) s += buf[u];
+  return s;
+}
+
+// x[0:n] = exp(x - m) in place; returns the sum
+template <typename T>
+inline T exp_sub_sum(T* x, int64_t n, T m) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec vm(m);
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const Vec e = fast_exp(Vec::loadu(x + i) - vm);
+    e.store(x + i);
+    acc = acc + e;
+  }
+  if (i < n) {
+    const Vec e = fast_exp(Vec::loadu(x + i, n - i) - vm);
+    e.store(x + i, n - i);
+    acc = acc + Vec::loadu(x + i, n - i);  // reload: only the n - i live lanes, padded with zeros
+  }
+  T buf[V];
+  acc.store(buf);
+  T s = 0;
+  for (int64_t u = 0; u < V; ++u) s += buf[u];
+  return s;
+}
+
+// y[0:n] = y * alpha (+ x * beta when x is not null)
+template <typename T>
+inline void row_axpby(T* y, T alpha, const T* x, T beta, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec va(alpha), vb(beta);
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    Vec r = Vec::loadu(y + i) * va;
+    if (x != nullptr) r = at::vec::fmadd(Vec::loadu(x + i), vb, r);
+    r.store(y + i);
+  }
+  if (i < n) {
+    Vec r = Vec::loadu(y + i, n - i) * va;
+    if (x != nullptr) r = at::vec::fmadd(Vec::loadu(x + i, n - i), vb, r);
+    r.store(y + i, n - i);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace pdnet::cpu

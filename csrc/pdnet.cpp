@@ -1,0 +1,60 @@
+// The pdnet._C extension: owner of the operator namespace ``pdnet``.
+//
+// Registration layout (torchvision style, see DESIGN.md section 5):
+//   * this file holds the one TORCH_LIBRARY(pdnet, m) of the namespace; it declares no
+//     op itself, it only points torch at the Python module that registers the fake
+//     (meta) kernels and the autograd formulas of the ops;
+//   * csrc/ops/<op>.cpp declares the schemas of one op and of its backward op with
+//     TORCH_LIBRARY_FRAGMENT(pdnet, m), plus the C++ API and the input checks;
+//   * csrc/ops/cpu/<op>_kernel.cpp and csrc/ops/cuda/<op>_kernel.cu register the
+//     per-device kernels with TORCH_LIBRARY_IMPL(pdnet, CPU|CUDA, m).
+// No pybind11: importing pdnet._C only loads the shared library, whose static
+// initialisers perform the registrations.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "ops/cpu/isa.h"
+
+TORCH_LIBRARY(pdnet, m) {
+  m.set_python_module("pdnet.ops._cpp_backend");
+}
+
+namespace {
+
+// cpu_isa() -> "AVX2" or "DEFAULT": the build of the vectorised CPU cores in use.
+PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyUnicode_FromString(pdnet::cpu::kernel_table().name);
+}
+
+PyMethodDef pdnet_c_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels in use."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef pdnet_c_module = {
+    PyModuleDef_HEAD_INIT,
+    "_C",
+    "pdnet's compiled ops, registered under torch.ops.pdnet (see pdnet.ops._cpp_backend).",
+    -1,
+    pdnet_c_methods,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&pdnet_c_module);
+  if (module == nullptr) {
+    return nullptr;
+  }
+#ifdef PDNET_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}
