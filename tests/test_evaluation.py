@@ -210,3 +210,19 @@ def test_cuda_matches_cpu():
     for k in cpu:
         assert torch.equal(cpu[k], gpu[k].cpu()), k
     assert np.array_equal(boundary_f(p.cuda(), g.cuda()).cpu().numpy(), ref.evaluate_sequence(pred, gt)[1])
+
+
+def test_bench_script_runs_and_checks_identity(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_eval.py"
+    spec = importlib.util.spec_from_file_location("bench_eval", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--frames", "5", "--size", "96x64", "--baseline", "scipy", "--repeats", "1", "--no-save"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "results identical" in capsys.readouterr().out

@@ -39,8 +39,13 @@ Differences from the toolkit, on purpose:
 Speed: masks are bit-packed (64 pixels per int64 word, :mod:`pdnet.evaluation._bits`),
 boundaries come from word shifts, the disk dilation is the OR of the disk's rows
 (horizontal widening, then row shifts), counts are popcounts; all frames of a chunk
-are processed together, on the CPU or on CUDA. All divisions are done in float64 in
-the same order as the toolkit, so the results are bit-identical to it.
+are processed together, on the CPU or on CUDA, with the same code. All divisions are
+done in float64 in the same order as the toolkit, so the results are bit-identical to
+it. On the CPU (one thread, ``bench/bench_eval.py``, 854x480) this is about 4.5x faster
+than the per-frame toolkit path with OpenCV's dilation and over 100x faster than with
+SciPy's: each eager torch op makes one pass over memory, and a dilation takes about 80
+of them, where ``cv2.dilate`` does one fused pass per frame; a fused kernel for
+:func:`pdnet.evaluation._bits.dilate_disk` would be the next step.
 """
 from __future__ import annotations
 
