@@ -2,8 +2,9 @@
 
 Forward: one program per (pixel tile, channel tile, batch element) loops over the
 p parts, reading each part's mask tile once for all its channels. Backward: one
-program per (pixel tile, batch element) loops over channel tiles, holding all parts
-as a [P_PAD, BLOCK_C, BLOCK_HW] tile:
+program per (part, pixel tile, batch element) loops over channel tiles; the part is
+the fastest grid axis, so the p programs reading the same dM tile run back to back
+and share it in L2:
 
     dP = dY = dM * R^k            (one tensor, returned for both inputs)
     dR^k = sum_c dM_c * (P^k_c + Y^k_c)
@@ -54,32 +55,42 @@ def _assemble_bwd_kernel(
     DPY,  # [B, p, C, HW] gradient of P (= gradient of Y), contiguous
     DR,  # [B, p, HW] gradient of R, contiguous
     P, C, HW,
-    P_PAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if PF.dtype.element_ty == tl.float64 else tl.float32
-    offs_s = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)  # [BHW]
-    b = tl.program_id(1).to(tl.int64)
-    kk = tl.arange(0, P_PAD)  # [PP]
+    k = tl.program_id(0)  # part: the fastest grid axis, so the p programs of a tile share dM in L2
+    offs_s = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)  # [BHW]
+    b = tl.program_id(2).to(tl.int64)
+    part = b * P + k
     s_ok = offs_s < HW
-    k_ok = kk < P
-    r_off = (b * P + kk)[:, None] * HW + offs_s[None, :]  # [PP, BHW]
-    r_mask = k_ok[:, None] & s_ok[None, :]
-    r = tl.load(R + r_off, mask=r_mask, other=0.0).to(ACC)  # [PP, BHW]
-    dr = tl.zeros([P_PAD, BLOCK_HW], ACC)
+    r = tl.load(R + part * HW + offs_s, mask=s_ok, other=0.0).to(ACC)  # [BHW]
+    pf_base = PF + part * C * HW
+    yf_base = YF + part * C * HW
+    dpy_base = DPY + part * C * HW
+    dm_base = DM + b * C * HW
+    dr = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)  # [BC]
-        c_ok = offs_c < C
-        dm_mask = c_ok[:, None] & s_ok[None, :]
-        dm = tl.load(DM + b * C * HW + offs_c[:, None] * HW + offs_s[None, :], mask=dm_mask, other=0.0).to(ACC)
-        f_off = ((b * P + kk)[:, None, None] * C + offs_c[None, :, None]) * HW + offs_s[None, None, :]
-        f_mask = k_ok[:, None, None] & dm_mask[None, :, :]  # [PP, BC, BHW]
-        pf = tl.load(PF + f_off, mask=f_mask, other=0.0).to(ACC)
-        yf = tl.load(YF + f_off, mask=f_mask, other=0.0).to(ACC)
-        dr += tl.sum((pf + yf) * dm[None, :, :], 1)
-        tl.store(DPY + f_off, to_dtype(dm[None, :, :] * r[:, None, :], DPY.dtype.element_ty), mask=f_mask)
-    tl.store(DR + r_off, to_dtype(dr, DR.dtype.element_ty), mask=r_mask)
+        mask = (offs_c < C)[:, None] & s_ok[None, :]
+        feat = offs_c[:, None] * HW + offs_s[None, :]  # [BC, BHW]
+        dm = tl.load(dm_base + feat, mask=mask, other=0.0).to(ACC)
+        pf = tl.load(pf_base + feat, mask=mask, other=0.0).to(ACC)
+        yf = tl.load(yf_base + feat, mask=mask, other=0.0).to(ACC)
+        dr += (pf + yf) * dm
+        tl.store(dpy_base + feat, to_dtype(dm * r[None, :], DPY.dtype.element_ty), mask=mask)
+    tl.store(DR + part * HW + offs_s, to_dtype(tl.sum(dr, 0), DR.dtype.element_ty), mask=s_ok)
+
+
+_WARPS = 8
+
+
+def _tiles(HW: int, C: int) -> tuple[int, int]:
+    """(BLOCK_HW, BLOCK_C): 2048-element tiles, 8 per thread with 8 warps (~85 registers on sm_90)."""
+    if INTERPRET:
+        return min(32, block_pow2(HW, 16)), min(8, block_pow2(C, 1))
+    block_hw = min(256, block_pow2(HW, 16))
+    return block_hw, min(2048 // block_hw, block_pow2(C, 1))
 
 
 def _fwd(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -89,11 +100,10 @@ def _fwd(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> t
     HW = h * w
     if out.numel() == 0:
         return out.zero_()
-    block_hw = min(32 if INTERPRET else 256, block_pow2(HW, 16))
-    block_c = min(8 if INTERPRET else 16, block_pow2(C, 1))
+    block_hw, block_c = _tiles(HW, C)
     grid = (triton.cdiv(HW, block_hw), triton.cdiv(C, block_c), B)
     wrap_triton(_assemble_fwd_kernel)[grid](
-        pf, yf, r, out, P, C, HW, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=4,
+        pf, yf, r, out, P, C, HW, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=_WARPS,
     )
     return out
 
@@ -115,12 +125,10 @@ def _bwd(
         return dpy, dr
     if C == 0:
         return dpy, dr.zero_()
-    p_pad = block_pow2(P, minimum=1)
-    block_hw = min(32 if INTERPRET else max(32, 1024 // p_pad), block_pow2(HW, 16))
-    block_c = min(8, block_pow2(C, 1))
-    grid = (triton.cdiv(HW, block_hw), B)
+    block_hw, block_c = _tiles(HW, C)
+    grid = (P, triton.cdiv(HW, block_hw), B)
     wrap_triton(_assemble_bwd_kernel)[grid](
-        pf, yf, r, dm, dpy, dr, P, C, HW, P_PAD=p_pad, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=4,
+        pf, yf, r, dm, dpy, dr, P, C, HW, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=_WARPS,
     )
     return dpy, dr
 

@@ -282,28 +282,29 @@ def _attn_bwd_dq_kernel(
 
 
 # --------------------------------------------------------------------------- launch configs
-def _configs(Nq: int, heads: int, d: int, dtype: torch.dtype, device: torch.device) -> dict:
+def _configs(Nq: int, Nk: int, heads: int, d: int, dtype: torch.dtype, device: torch.device) -> dict:
     """Tile sizes and launch options: {"fwd"|"dkdv"|"dq": (BLOCK_M, BLOCK_N, num_warps, num_stages)}.
 
     In dkdv BLOCK_N is the program's key tile and BLOCK_M the looped query tile; in
     fwd and dq BLOCK_M is the program's query tile. Interpreter tiles are small so
-    that the CPU tests cover several tiles and ragged tails.
+    that the CPU tests cover several tiles and ragged tails. The GPU tiles are
+    untuned starting points (bench/bench_ops.py --attn-config overrides them); they
+    halve the program's tile when the grid would not fill the GPU.
     """
     if INTERPRET:
         return {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
-    big_d = d > 64
     if dtype == torch.float64:
         return {"fwd": (32, 32, 4, 2), "dkdv": (32, 32, 4, 2), "dq": (32, 32, 4, 2)}
     if dtype == torch.float32:
         return {"fwd": (64, 32, 4, 2), "dkdv": (16, 64, 4, 2), "dq": (64, 16, 4, 2)}
-    warps = 8 if big_d else 4
-    block_m = 128
-    if triton.cdiv(Nq, 128) * heads < num_sms(device):  # too few programs to fill the GPU
-        block_m = 64
+    sms = num_sms(device)
+    warps = 8 if d > 64 else 4
+    q_tile = 128 if triton.cdiv(Nq, 128) * heads >= sms else 64
+    k_tile = 128 if d <= 64 and triton.cdiv(Nk, 128) * heads >= sms else 64
     return {
-        "fwd": (block_m, 64, warps, 3),
-        "dkdv": (32, 64 if big_d else 128, warps, 3),
-        "dq": (64 if big_d else 128, 32, warps, 3),
+        "fwd": (q_tile, 64, warps, 3),
+        "dkdv": (32, k_tile, warps, 3),
+        "dq": (q_tile if d <= 64 else 64, 32, warps, 3),
     }
 
 
@@ -322,7 +323,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_ma
     lse = torch.empty((B, P, Nq), dtype=acc_dtype(q.dtype), device=q.device)  # [B, p, Nq]
     if B * P * Nq == 0:
         return out, lse
-    BM, BN, warps, stages = _configs(Nq, B * P, d, q.dtype, q.device)["fwd"]
+    BM, BN, warps, stages = _configs(Nq, Nk, B * P, d, q.dtype, q.device)["fwd"]
     km, km_strides = _mask_args(key_mask, q)
     qk_hi, qk_lo = split_scale(scale * LOG2E)
     grid = (triton.cdiv(Nq, BM), B * P)
@@ -358,7 +359,7 @@ def _bwd(
     )
     if B * P * Nq == 0:
         return dq, dk.zero_(), dv.zero_(), dkm.zero_()
-    cfg = _configs(Nq, B * P, d, q.dtype, q.device)
+    cfg = _configs(Nq, Nk, B * P, d, q.dtype, q.device)
     BD = block_pow2(d)
     precision = dot_precision(q.dtype)
     km, km_strides = _mask_args(key_mask, q)

@@ -84,6 +84,7 @@ def _part_masks_bwd_kernel(
 
 
 def _launch_shape(P: int, HW: int, B: int):
+    """(P_PAD, BLOCK, grid): [P_PAD, BLOCK] tiles of 4096 elements, 16 per thread with 8 warps."""
     p_pad = block_pow2(P, minimum=1)
     block = 64 if INTERPRET else max(128, 4096 // p_pad)
     block = min(block, block_pow2(HW, minimum=16))
@@ -99,7 +100,7 @@ def _fwd(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> 
         return out
     p_pad, block, grid = _launch_shape(P, h * w, B)
     wrap_triton(_part_masks_fwd_kernel)[grid](
-        d, g, out, P, h * w, GATE_IS_LOGIT=gate_is_logit, P_PAD=p_pad, BLOCK=block, num_warps=4,
+        d, g, out, P, h * w, GATE_IS_LOGIT=gate_is_logit, P_PAD=p_pad, BLOCK=block, num_warps=8,
     )
     return out
 
@@ -122,7 +123,7 @@ def _bwd(
     p_pad, block, grid = _launch_shape(P, h * w, B)
     wrap_triton(_part_masks_bwd_kernel)[grid](
         d, g, dr, dd, dg if gate_grad else dd, P, h * w,
-        GATE_IS_LOGIT=gate_is_logit, GATE_GRAD=gate_grad, P_PAD=p_pad, BLOCK=block, num_warps=4,
+        GATE_IS_LOGIT=gate_is_logit, GATE_GRAD=gate_grad, P_PAD=p_pad, BLOCK=block, num_warps=8,
     )
     return dd, dg
 
