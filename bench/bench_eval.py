@@ -19,9 +19,9 @@ prediction. Inputs are boolean (T, H, W) arrays already in memory (PNG decoding 
 timed).
 
 Timing: ``--repeats`` runs each; reported are the best wall time and the best process
-CPU time (the CPU time is robust to other processes on a shared machine; for
-``--threads 1`` it is the work done). ``--threads`` sets torch's and OpenCV's thread
-counts (default 1: like against like).
+CPU time (the CPU time is robust to other processes on a shared machine).
+``--threads`` sets OpenCV's thread count (default 1: like against like; the torch engine
+runs its CPU work on one thread whatever torch's setting, see ``frame_counts``).
 
 Usage::
 
@@ -36,6 +36,7 @@ import argparse
 import datetime as _dt
 import functools
 import json
+import os
 import platform
 import sys
 import time
@@ -84,6 +85,16 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0):
     return pred, gt
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def best_of(fn, repeats: int):
     wall, cpu, out = [], [], None
     for _ in range(repeats):
@@ -122,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline-frames", type=int, default=None,
                     help="frames timed for the baseline (default: all for cv2, 12 for scipy); per frame figures")
     ap.add_argument("--device", nargs="+", default=["cpu"], help="cpu and/or cuda")
-    ap.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="OpenCV (and torch) threads (default 1)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/")
     args = ap.parse_args(argv)
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
 
     pred, gt = synthetic_clip(args.frames, h, w)
     print(f"clip: {args.frames} frames of {w}x{h}, threads {args.threads}, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
+          f"{cpu_name()}, torch {torch.__version__}")
 
     rows = []
     base_ms = {}
@@ -175,7 +186,7 @@ def main(argv=None) -> int:
         print(line)
         rows.append({
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "kind": dev.split(":")[0],
-            "device": torch.cuda.get_device_name() if dev != "cpu" else (platform.processor() or platform.machine()),
+            "device": torch.cuda.get_device_name() if dev != "cpu" else cpu_name(), "torch": torch.__version__,
             "frames": args.frames, "size": f"{w}x{h}", "threads": args.threads,
             "torch_ms_per_frame": {"wall": ms_wall, "cpu": ms_cpu},
             "baseline_ms_per_frame": {k: {"wall": v[0], "cpu": v[1]} for k, v in base_ms.items()},
