@@ -20,6 +20,8 @@
 """
 from __future__ import annotations
 
+import math
+import struct
 from typing import Callable
 
 import torch
@@ -74,11 +76,21 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _fp32(x: float) -> float:
+    """``x`` rounded to the nearest fp32 value (+-inf beyond its range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def split_scale(x: float) -> tuple[float, float]:
-    """``x`` as ``hi + lo`` with ``hi``, ``lo`` exactly representable in fp32."""
-    hi = float(torch.tensor(x, dtype=torch.float32))
-    lo = float(torch.tensor(x - hi, dtype=torch.float32))
-    return hi, lo
+    """``x`` as ``hi + lo`` with ``hi``, ``lo`` exactly representable in fp32.
+
+    Plain Python (no tensors), so that it traces under torch.compile's fake tensors.
+    """
+    hi = _fp32(x)
+    return hi, (_fp32(x - hi) if math.isfinite(hi) else 0.0)
 
 
 def block_pow2(n: int, minimum: int = 16) -> int:
