@@ -79,7 +79,7 @@ def row_mask(w: int, wp: int, device, n: int | None = None) -> torch.Tensor:
 
 def popcount(x: torch.Tensor, dims: int = 2) -> torch.Tensor:
     """Set bits over the last ``dims`` dimensions: Tensor[..., H, Wp] int64 -> Tensor[...] int64."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or not hasattr(np, "bitwise_count"):  # NumPy < 2.0 has no bitwise_count
         return popcount_torch(x, dims)
     c = np.bitwise_count(x.contiguous().numpy().view(np.uint64))  # uint8 per word
     return torch.from_numpy(c.sum(axis=tuple(range(-dims, 0)), dtype=np.int64))
