@@ -137,6 +137,17 @@ def test_part_attention_zero_key_mask_equals_no_mask():
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_part_attention_key_mask_of_another_dtype():
+    """An fp32 key mask with fp64 q/k/v: the mask gradient comes back in fp32."""
+    q, k, v = (randn(2, 3, n, 16, seed=s).requires_grad_() for s, n in ((1, 21), (2, 18), (3, 18)))
+    km = key_mask("random", 2, 3, 18, seed=4).float().requires_grad_()
+    got, g = run(tri_attention, [q, k, v, 0.5, km])
+    ref, _ = run(reference.part_attention, [q, k, v, 0.5, km], g)
+    assert got[4].dtype == torch.float32
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_part_attention_fully_masked_rows_are_zero(dtype):
     """Heads whose keys are all -inf: output 0 and zero gradients (the reference gives NaN)."""
