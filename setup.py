@@ -121,7 +121,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless"],  # cv2: the DAVIS toolkit's dilation, as a test oracle
         "data": ["scikit-image", "av"],
     },
     entry_points={"console_scripts": ["pdnet = pdnet.cli:main"]},
