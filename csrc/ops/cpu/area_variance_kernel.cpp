@@ -14,6 +14,7 @@
 #include "../common.h"
 #include "../ops.h"
 #include "isa.h"
+#include "parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -32,11 +33,10 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
     AT_DISPATCH_FLOATING_TYPES(work, "area_variance_cpu", [&] {
       const auto& K = pdnet::cpu::kernels<scalar_t>();
       const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-      at::parallel_for(0, BP * nch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
+      pdnet::cpu::parallel_items(
+          BP * nch, [] { return 0; }, [&](int64_t item, int) {
           const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
           partial[item] = K.sum(xp + row * hw + s, std::min(kPixelChunk, hw - s));
-        }
       });
     });
     for (int64_t row = 0; row < BP; ++row)
@@ -73,11 +73,10 @@ at::Tensor area_variance_backward_cpu(const at::Tensor& grad_loss, const at::Ten
   AT_DISPATCH_FLOATING_TYPES(work, "area_variance_backward_cpu", [&] {
     const auto& K = pdnet::cpu::kernels<scalar_t>();
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, BP * nch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
+    pdnet::cpu::parallel_items(
+        BP * nch, [] { return 0; }, [&](int64_t item, int) {
         const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
         K.fill(gx + row * hw + s, static_cast<scalar_t>(coef[row]), std::min(kPixelChunk, hw - s));
-      }
     });
   });
   return grad_x.to(x.scalar_type());

@@ -10,6 +10,7 @@
 #include "../common.h"
 #include "../ops.h"
 #include "isa.h"
+#include "parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -33,13 +34,12 @@ at::Tensor assemble_parts_cpu(const at::Tensor& p_feats, const at::Tensor& y_fea
     const scalar_t* Y = yc.const_data_ptr<scalar_t>();
     const scalar_t* R = mc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * C * nch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
+    pdnet::cpu::parallel_items(
+        B * C * nch, [] { return 0; }, [&](int64_t item, int) {
         const int64_t s = (item % nch) * kPixelChunk, bc = item / nch;
         const int64_t b = bc / C, c = bc % C;
         K.assemble_forward(P + b * p * C * hw, Y + b * p * C * hw, R + b * p * hw, o + b * C * hw, p,
                            C, hw, c, s, std::min(hw, s + kPixelChunk));
-      }
     });
   });
   return out.to(p_feats.scalar_type());
@@ -78,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
       const scalar_t* R = mc.const_data_ptr<scalar_t>();
       scalar_t* gfp = feats_grad ? gf.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gmp = masks_grad ? gm.mutable_data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, B * p * nch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
+      pdnet::cpu::parallel_items(
+          B * p * nch, [] { return 0; }, [&](int64_t item, int) {
           const int64_t s = (item % nch) * kPixelChunk, bk = item / nch;
           const int64_t b = bk / p, kk = bk % p;
           K.assemble_backward(g + b * C * hw, P != nullptr ? P + b * p * C * hw : nullptr,
@@ -87,7 +87,6 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
                               gfp != nullptr ? gfp + b * p * C * hw : nullptr,
                               gmp != nullptr ? gmp + b * p * hw : nullptr, p, C, hw, kk, s,
                               std::min(hw, s + kPixelChunk));
-        }
       });
     });
   }

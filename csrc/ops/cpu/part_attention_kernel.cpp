@@ -13,6 +13,7 @@
 #include "../common.h"
 #include "../ops.h"
 #include "isa.h"
+#include "parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -48,14 +49,13 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cpu(const at::Tensor& q, const
         lse.mutable_data_ptr<scalar_t>(),
         Nq, Nk, d, static_cast<scalar_t>(scale)};
     const int64_t nqc = (Nq + kQueryChunk - 1) / kQueryChunk;
-    at::parallel_for(0, BH * nqc, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(K.attention_scratch(d));
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t bh = item / nqc, qb = item % nqc;
-        K.attention_forward(a, bh, qb * kQueryChunk, std::min(Nq, (qb + 1) * kQueryChunk),
-                            scratch.data());
-      }
-    });
+    pdnet::cpu::parallel_items(
+        BH * nqc, [&] { return std::vector<scalar_t>(K.attention_scratch(d)); },
+        [&](int64_t item, std::vector<scalar_t>& scratch) {
+          const int64_t bh = item / nqc, qb = item % nqc;
+          K.attention_forward(a, bh, qb * kQueryChunk, std::min(Nq, (qb + 1) * kQueryChunk),
+                              scratch.data());
+        });
   });
   return {out.to(q.scalar_type()), lse};
 }
@@ -112,15 +112,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
           want_dmask ? dmask.mutable_data_ptr<scalar_t>() : nullptr,
           Nq, Nk, d, static_cast<scalar_t>(scale)};
       scalar_t* dqp = dq_parts.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, BH * nsplit, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(K.attention_scratch(d));
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t bh = item / nsplit, s = item % nsplit;
-          const int64_t k0 = s * chunk, k1 = std::min(Nk, k0 + chunk);
-          if (k0 >= k1) continue;
-          K.attention_backward(a, bh, k0, k1, dqp + (s * BH + bh) * Nq * d, scratch.data());
-        }
-      });
+      pdnet::cpu::parallel_items(
+          BH * nsplit, [&] { return std::vector<scalar_t>(K.attention_scratch(d)); },
+          [&](int64_t item, std::vector<scalar_t>& scratch) {
+            const int64_t bh = item / nsplit, s = item % nsplit;
+            const int64_t k0 = s * chunk, k1 = std::min(Nk, k0 + chunk);
+            if (k0 < k1)
+              K.attention_backward(a, bh, k0, k1, dqp + (s * BH + bh) * Nq * d, scratch.data());
+          });
     });
     dq = nsplit == 1 ? dq_parts.squeeze(0) : dq_parts.sum(0);
   }

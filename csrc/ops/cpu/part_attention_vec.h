@@ -53,14 +53,14 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
       gemm<T>(nq, bk, d, q + i0 * d, d, 1, kt + j0, Nk, S, kAttnBK, a.scale, false);  // S = q k^T * scale
       for (int64_t i = 0; i < nq; ++i) {
         T* s = S + i * kAttnBK;
-        if (mask != nullptr) row_axpby<T>(s, T(1), mask + j0, T(1), bk);  // s += mask
-        const T m_new = std::max(m[i], row_max(s, bk));
+        const T mx = mask != nullptr ? add_row_max(s, mask + j0, bk) : row_max(s, bk);  // s += mask
+        const T m_new = std::max(m[i], mx);
         if (m_new == kNegInf) {  // every key so far is masked: nothing to accumulate
           std::fill(s, s + bk, T(0));
           continue;
         }
         const T sum = exp_sub_sum(s, bk, m_new);  // s = exp(s - m_new)
-        const T alpha = std::exp(m[i] - m_new);   // 0 on the first live tile
+        const T alpha = m_new == m[i] ? T(1) : std::exp(m[i] - m_new);  // 0 on the first live tile
         if (alpha != T(1)) row_axpby<T>(O + i * d, alpha, nullptr, T(0), d);
         l[i] = l[i] * alpha + sum;
         m[i] = m_new;
@@ -116,16 +116,23 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
           std::fill(ds, ds + bk, T(0));
           continue;
         }
-        if (mask != nullptr) row_axpby<T>(p, T(1), mask + j0, T(1), bk);
-        exp_sub_sum(p, bk, L);  // P = exp(S - lse)
-        // dS = P * (dP - delta)
+        // one pass: P = exp(S + mask - lse), dS = P * (dP - delta)
         using Vec = Vectorized<T>;
         constexpr int64_t V = Vec::size();
-        const Vec vdelta(delta[i]);
+        const T* mk = mask != nullptr ? mask + j0 : nullptr;
+        const Vec vL(L), vdelta(delta[i]);
         int64_t j = 0;
-        for (; j + V <= bk; j += V)
-          (Vec::loadu(p + j) * (Vec::loadu(ds + j) - vdelta)).store(ds + j);
-        for (; j < bk; ++j) ds[j] = p[j] * (ds[j] - delta[i]);
+        for (; j + V <= bk; j += V) {
+          Vec sv = Vec::loadu(p + j);
+          if (mk != nullptr) sv = sv + Vec::loadu(mk + j);
+          const Vec pv = fast_exp(sv - vL);
+          pv.store(p + j);
+          (pv * (Vec::loadu(ds + j) - vdelta)).store(ds + j);
+        }
+        for (; j < bk; ++j) {
+          p[j] = std::exp(p[j] + (mk != nullptr ? mk[j] : T(0)) - L);
+          ds[j] = p[j] * (ds[j] - delta[i]);
+        }
       }
       // dv[j0:] += P^T dO ; dk[j0:] += scale * dS^T q ; dq[i0:] += scale * dS k
       gemm<T>(bk, d, nq, P, 1, kAttnBK, dout + i0 * d, d, dv + j0 * d, d, T(1), true);

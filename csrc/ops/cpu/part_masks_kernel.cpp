@@ -9,6 +9,7 @@
 #include "../common.h"
 #include "../ops.h"
 #include "isa.h"
+#include "parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -29,12 +30,11 @@ at::Tensor part_masks_cpu(const at::Tensor& part_logits, const at::Tensor& gate,
     const scalar_t* l = lc.const_data_ptr<scalar_t>();
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * nch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
+    pdnet::cpu::parallel_items(
+        B * nch, [] { return 0; }, [&](int64_t item, int) {
         const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
         K.part_masks_forward(l + b * p * hw, g + b * hw, o + b * p * hw, p, hw, s,
                              std::min(hw, s + kPixelChunk), gate_is_logit);
-      }
     });
   });
   return out.to(part_logits.scalar_type());
@@ -64,12 +64,11 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& gra
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gg = grad_gate.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * nch, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
+    pdnet::cpu::parallel_items(
+        B * nch, [] { return 0; }, [&](int64_t item, int) {
         const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
         K.part_masks_backward(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
                               gg + b * hw, p, hw, s, std::min(hw, s + kPixelChunk), gate_is_logit);
-      }
     });
   });
   return {grad_logits.to(dtype), grad_gate.to(dtype)};

@@ -134,6 +134,31 @@ inline T row_max(const T* x, int64_t n) {
   return mx;
 }
 
+// x[0:n] += y[0:n]; returns the max of the result (-inf when n == 0)
+template <typename T>
+inline T add_row_max(T* x, const T* y, int64_t n) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  T mx = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  if (n >= V) {
+    Vec vm(mx);
+    for (; i + V <= n; i += V) {
+      const Vec r = Vec::loadu(x + i) + Vec::loadu(y + i);
+      r.store(x + i);
+      vm = at::vec::maximum(vm, r);
+    }
+    T buf[V];
+    vm.store(buf);
+    for (int64_t u = 0; u < V; ++u) mx = std::max(mx, buf[u]);
+  }
+  for (; i < n; ++i) {
+    x[i] += y[i];
+    mx = std::max(mx, x[i]);
+  }
+  return mx;
+}
+
 // sum of x[0:n]
 template <typename T>
 inline T row_sum(const T* x, int64_t n) {
