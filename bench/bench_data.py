@@ -134,7 +134,7 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=150, help="timed batches")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--size", type=int, default=480)
-    ap.add_argument("--uint8", action="store_true", help="also measure normalize=False (uint8 output)")
+    ap.add_argument("--uint8", action="store_true", help='also measure output="uint8" (compact samples)')
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
 
@@ -174,9 +174,9 @@ def main() -> int:
         "with a free core per worker"
     )
     if args.uint8:
-        ds8 = build_dataset("davis", data, "train", size=args.size, augment=True, normalize=False)
+        ds8 = build_dataset("davis", data, "train", size=args.size, augment=True, output="uint8")
         r = loader_rate(ds8, args.workers, args.batch, args.batches, args.warmup)
-        r["normalize"] = False
+        r["output"] = "uint8"
         r["worker_cpu_ms_per_pair"] = worker_cpu_ms(ds8, args.batch)
         r["cpu_bound_pairs_per_s"] = args.workers * 1e3 / r["worker_cpu_ms_per_pair"]
         rates.append(r)

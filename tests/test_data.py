@@ -19,6 +19,7 @@ from pdnet.data import (
     detect_layout,
     make_loader,
     normalize_uint8,
+    prepare_batch,
     read_image,
     read_mask,
     scan_davis,
@@ -200,10 +201,15 @@ def test_crop_flip_distribution():
 def test_apply_crop_flip_resize_geometry():
     img = torch.arange(4 * 6, dtype=torch.uint8).view(1, 4, 6).expand(3, 4, 6).contiguous()
     mask = (img[:1] * 10).clamp(max=255)
-    out, m = apply_crop_flip_resize(img, mask, CropFlip(1, 2, 3, 4, True), (3, 4), normalize=False)
+    out, m = apply_crop_flip_resize(img, mask, CropFlip(1, 2, 3, 4, True), (3, 4), output="uint8")
     expect = img[:, 1:4, 2:6].flip(-1)
     assert torch.equal(out, expect)  # same size: crop + flip only, no resampling
+    assert torch.equal(m, expect[:1] * 10)
+    out, m = apply_crop_flip_resize(img, mask, CropFlip(1, 2, 3, 4, True), (3, 4), output="float")
+    torch.testing.assert_close(out, normalize(expect), atol=2e-6, rtol=0)
     torch.testing.assert_close(m, expect[:1].float() * 10 / 255, atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="output"):
+        apply_crop_flip_resize(img, mask, None, (3, 4), output="half")
 
 
 def test_alignment_after_augmentation(tmp_path):
@@ -223,7 +229,7 @@ def test_alignment_after_augmentation(tmp_path):
         Image.fromarray(mask).save(root / f"Annotations/480p/sq/{t:05d}.png")
     (root / "ImageSets").mkdir()
     (root / "ImageSets/train.txt").write_text("sq\n")
-    ds = build_dataset("davis", root, "train", size=(64, 48), augment=True, normalize=False, seed=3)
+    ds = build_dataset("davis", root, "train", size=(64, 48), augment=True, output="uint8", seed=3)
     centres = []
     for epoch in range(8):
         ds.set_epoch(epoch)
@@ -231,9 +237,10 @@ def test_alignment_after_augmentation(tmp_path):
             s = ds[i]
             for img, m in ((s["target"], s["target_mask"]), (s["reference"], s["reference_mask"])):
                 alpha = (img[0].float() - 20.0) / 210.0
-                assert (alpha - m[0]).abs().max() <= 1.0 / 210 + 1e-6, (epoch, i)  # one grey level
+                m = m.float() / 255.0
+                assert (alpha - m[0]).abs().max() <= 1.0 / 210 + 0.5 / 255 + 1e-6, (epoch, i)  # one grey level
                 assert m.sum() > 10  # the square is (mostly) in view
-            m = s["target_mask"][0]
+            m = s["target_mask"][0].float()
             centres.append(float((m * torch.arange(48)[None, :]).sum() / m.sum()))
     # the geometry really varies (crops and flips move the square around)
     assert np.std(centres) > 3.0
@@ -272,12 +279,36 @@ def test_loader_determinism_across_workers(davis):
     assert sorted(i for x in r0 for i in x[0]) == list(range(len(ds)))[: len(r0) * 2]
 
 
+def test_uint8_output_and_prepare_batch(davis):
+    f = build_dataset("davis", davis, "train", size=24, seed=2)
+    u = build_dataset("davis", davis, "train", size=24, seed=2, output="uint8")
+    loader = make_loader(u, batch_size=3, workers=0, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["target"].dtype == torch.uint8 and batch["target_mask"].dtype == torch.uint8
+    ready = prepare_batch(batch, "cpu")
+    for i in range(3):
+        s = f[i]
+        torch.testing.assert_close(ready["target"][i], s["target"], atol=2e-6, rtol=0)
+        torch.testing.assert_close(ready["reference"][i], s["reference"], atol=2e-6, rtol=0)
+        assert (ready["target_mask"][i] - s["target_mask"]).abs().max() <= 0.5 / 255 + 1e-6
+    assert ready["sequence"] == batch["sequence"]
+    fb = prepare_batch(next(iter(make_loader(f, batch_size=3, workers=0, shuffle=False))))
+    assert fb["target"].dtype == torch.float32  # float batches pass through
+
+
 def test_pair_augment_eval_resizes_only():
     img, m = square_frame(0)
-    aug = PairAugment((H * 2, W * 2), train=False, normalize=False)
+    aug = PairAugment((H * 2, W * 2), train=False, output="uint8")
     out, mo = aug(torch.from_numpy(img).permute(2, 0, 1).contiguous(), torch.from_numpy(m)[None])
-    assert out.shape == (3, H * 2, W * 2) and out.dtype == torch.uint8
-    assert 0.0 <= mo.min() and mo.max() <= 1.0
+    assert out.shape == (3, H * 2, W * 2) and out.dtype == torch.uint8 and mo.dtype == torch.uint8
+    ref_img, ref_m = PairAugment((H * 2, W * 2), train=False)(
+        torch.from_numpy(img).permute(2, 0, 1).contiguous(), torch.from_numpy(m)[None]
+    )
+    assert 0.0 <= ref_m.min() and ref_m.max() <= 1.0
+    assert (mo.float() / 255 - ref_m).abs().max() <= 0.5 / 255 + 1e-6  # the same mask, rounded
+    torch.testing.assert_close(normalize(out), ref_img)
+    with pytest.raises(ValueError, match="output"):
+        PairAugment(8, output="int")
     with pytest.raises(ValueError, match="Generator"):
         PairAugment(8, train=True)(out, None, None)
     with pytest.raises(ValueError, match="size"):

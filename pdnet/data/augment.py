@@ -18,7 +18,7 @@ pure function of its seed (see :func:`pdnet.data.datasets.sample_rng`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SizeLike = Union[int, Tuple[int, int]]
+#: sample formats: normalised float32 images and [0, 1] masks, or compact uint8 (see prepare_batch)
+OUTPUTS = ("float", "uint8")
 
 _SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32).view(3, 1, 1)
 _OFFSET = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32).view(3, 1, 1)
@@ -45,7 +47,7 @@ def as_size(size: SizeLike) -> Tuple[int, int]:
 def normalize_uint8(image: torch.Tensor) -> torch.Tensor:
     """Fast ImageNet normalisation of uint8 RGB, equal to :func:`pdnet.preprocess.normalize`
     up to float rounding (one multiply-subtract, in place on the float copy). Works on
-    any device: with ``normalize=False`` datasets, normalise batches on the GPU with it.
+    any device (used by :func:`pdnet.data.prepare_batch` for ``output="uint8"`` batches).
 
     Args:
         image (Tensor[..., 3, H, W] uint8)
@@ -90,7 +92,7 @@ def apply_crop_flip_resize(
     mask: Optional[torch.Tensor],
     geom: Optional[CropFlip],
     size: Tuple[int, int],
-    normalize: bool = True,
+    output: str = "float",
 ):
     """Crops, flips and resizes a frame and its mask.
 
@@ -99,12 +101,15 @@ def apply_crop_flip_resize(
         mask (Tensor[1, H, W] uint8 0..255, or None)
         geom: the crop and flip (None: whole frame, no flip).
         size: (h, w) output size.
-        normalize: ImageNet-normalised float32 image (True) or uint8 image (False).
+        output: "float": ImageNet-normalised float32 image, float32 mask in [0, 1];
+            "uint8": uint8 image and uint8 mask (0..255, the resized mask rounded), four
+            times less to move between processes (finish with ``prepare_batch``).
 
     Returns:
-        (image Tensor[3, h, w] float32 (uint8 when not normalize), mask Tensor[1, h, w]
-        float32 in [0, 1] or None)
+        (image Tensor[3, h, w], mask Tensor[1, h, w] or None)
     """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if geom is not None:
         sl = (slice(None), slice(geom.top, geom.top + geom.height), slice(geom.left, geom.left + geom.width))
         image = image[sl]
@@ -114,13 +119,16 @@ def apply_crop_flip_resize(
             mask = None if mask is None else mask.flip(-1)
     if tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-    out_image = normalize_uint8(image) if normalize else image.contiguous()
+    out_image = normalize_uint8(image) if output == "float" else image.contiguous()
     out_mask = None
     if mask is not None:
-        m = mask.to(torch.float32).mul_(1.0 / 255.0)
-        if tuple(m.shape[-2:]) != tuple(size):
+        if tuple(mask.shape[-2:]) != tuple(size):
+            m = mask.to(torch.float32).mul_(1.0 / 255.0)
             m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-        out_mask = m.clamp_(0.0, 1.0)
+            m = m.clamp_(0.0, 1.0)
+            out_mask = m if output == "float" else m.mul_(255.0).round_().to(torch.uint8)
+        else:
+            out_mask = mask.to(torch.float32).mul_(1.0 / 255.0) if output == "float" else mask.contiguous()
     return out_image, out_mask
 
 
@@ -130,18 +138,20 @@ class PairAugment:
     Args:
         size: output (H, W) (default 480 x 480).
         train: random crop + flip (True) or resize only (False).
-        normalize: ImageNet-normalised float32 output (True) or uint8 (False, to
-            normalise later, e.g. on the GPU with :func:`normalize_uint8`).
+        output: "float" (ImageNet-normalised image, mask in [0, 1]) or "uint8" (image
+            and mask as uint8, see :func:`apply_crop_flip_resize`).
 
     Call ``aug(image, mask, rng)`` with image Tensor[3, H, W] uint8, mask
     Tensor[1, H, W] uint8 and a ``numpy.random.Generator``; returns
-    (Tensor[3, h, w], Tensor[1, h, w] float32 in [0, 1]).
+    (Tensor[3, h, w], Tensor[1, h, w]).
     """
 
-    def __init__(self, size: SizeLike = 480, train: bool = True, normalize: bool = True):
+    def __init__(self, size: SizeLike = 480, train: bool = True, output: str = "float"):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self.size = as_size(size)
         self.train = bool(train)
-        self.normalize = bool(normalize)
+        self.output = output
 
     def geometry(self, rng: Optional[np.random.Generator], height: int, width: int) -> Optional[CropFlip]:
         if not self.train:
@@ -152,7 +162,28 @@ class PairAugment:
 
     def __call__(self, image: torch.Tensor, mask: Optional[torch.Tensor], rng: Optional[np.random.Generator] = None):
         geom = self.geometry(rng, image.shape[-2], image.shape[-1])
-        return apply_crop_flip_resize(image, mask, geom, self.size, self.normalize)
+        return apply_crop_flip_resize(image, mask, geom, self.size, self.output)
 
     def __repr__(self) -> str:
-        return f"PairAugment(size={self.size}, train={self.train}, normalize={self.normalize})"
+        return f"PairAugment(size={self.size}, train={self.train}, output={self.output!r})"
+
+
+def prepare_batch(batch: Dict[str, object], device=None, non_blocking: bool = True) -> Dict[str, object]:
+    """Moves a batch to ``device`` and finishes ``output="uint8"`` batches there.
+
+    Images (``target``, ``reference``) that are uint8 are ImageNet-normalised and masks
+    (``target_mask``, ``reference_mask``) that are uint8 become float32 in [0, 1], on
+    the device (cheap on a GPU); float batches are only moved. Other entries are kept.
+
+    Returns:
+        a new dict: images Tensor[B, 3, H, W] float32, masks Tensor[B, 1, H, W] float32.
+    """
+    out = dict(batch)
+    for key in ("target", "reference", "target_mask", "reference_mask"):
+        if key not in batch:
+            continue
+        x = batch[key].to(device, non_blocking=non_blocking) if device is not None else batch[key]
+        if x.dtype == torch.uint8:
+            x = normalize_uint8(x) if key in ("target", "reference") else x.to(torch.float32).mul_(1.0 / 255.0)
+        out[key] = x
+    return out

@@ -3,8 +3,8 @@
 A sample (``dataset[i]``) is a dict:
 
 ==================  ===============================================================
-``target``          Tensor[3, H, W] float32, ImageNet-normalised (uint8 with
-                    ``normalize=False``), H x W = ``size`` (default 480 x 480)
+``target``          Tensor[3, H, W] float32, ImageNet-normalised, H x W = ``size``
+                    (default 480 x 480)
 ``target_mask``     Tensor[1, H, W] float32 in [0, 1] (soft after the resize)
 ``reference``       Tensor[3, H, W]: the clip's first annotated frame
 ``reference_mask``  Tensor[1, H, W] float32
@@ -13,6 +13,11 @@ A sample (``dataset[i]``) is a dict:
 ``size``            Tensor[2] int64, (height, width) of the target frame on disk
 ``index``           int, ``i``
 ==================  ===============================================================
+
+With ``output="uint8"`` the images are uint8 RGB and the masks uint8 0..255: four times
+less data for DataLoader workers to hand over (at 480p this transfer, not the
+augmentation, limits the loader on small CPUs); :func:`pdnet.data.prepare_batch`
+finishes such a batch on the training device.
 
 Video datasets have one sample per annotated frame (every frame of a clip is a target,
 the first included); image datasets have one sample per image, used as both frames.
@@ -65,7 +70,8 @@ class PairDataset(Dataset):
         size: output (H, W) or int (default 480).
         augment: the release's random crop + flip (training) or resize only (evaluation).
         seed: augmentation seed.
-        normalize: ImageNet-normalised float32 images (True) or uint8 (False).
+        output: "float" (normalised float32 images, masks in [0, 1]) or "uint8"
+            (compact; finish batches with :func:`pdnet.data.prepare_batch`).
         skip_bad: warn and skip bad files instead of raising :class:`DataError`.
         validate: file checks run now, in this process: "none", "exists", "header"
             (default: formats, truncation, frame/mask sizes; no decoding), "full".
@@ -79,7 +85,7 @@ class PairDataset(Dataset):
         size: SizeLike = 480,
         augment: bool = True,
         seed: int = 0,
-        normalize: bool = True,
+        output: str = "float",
         skip_bad: bool = False,
         validate: str = "header",
         images: bool = False,
@@ -94,7 +100,7 @@ class PairDataset(Dataset):
         self.seed = int(seed)
         self.skip_bad = bool(skip_bad)
         self.images = bool(images)
-        self.transform = PairAugment(self.size, train=self.augment, normalize=normalize)
+        self.transform = PairAugment(self.size, train=self.augment, output=output)
         self._starts = np.cumsum([0] + [len(c) for c in self.clips]).tolist()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._ref_cache_size = int(ref_cache)
@@ -230,7 +236,7 @@ def build_dataset(
     size: SizeLike = 480,
     augment: Optional[bool] = None,
     seed: int = 0,
-    normalize: bool = True,
+    output: str = "float",
     skip_bad: bool = False,
     validate: str = "header",
     ref_cache: int = 16,
@@ -245,7 +251,7 @@ def build_dataset(
         split: the split list to read ("train", "val", ...).
         size: output (H, W) or int.
         augment: random crop + flip; default: ``split == "train"``.
-        seed, normalize, skip_bad, validate, ref_cache: see :class:`PairDataset`.
+        seed, output, skip_bad, validate, ref_cache: see :class:`PairDataset`.
 
     Returns:
         :class:`VideoPairDataset` or :class:`ImagePairDataset`.
@@ -263,7 +269,7 @@ def build_dataset(
         size=size,
         augment=(split == "train") if augment is None else augment,
         seed=seed,
-        normalize=normalize,
+        output=output,
         validate=validate,
         ref_cache=ref_cache,
     )
