@@ -55,8 +55,8 @@ def _extension_modules():
 
     sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/ops/cpu/*.cpp")
     cuda_sources = rel("csrc/ops/cuda/*.cu")
-    # -Wno-unknown-pragmas / -Wno-psabi: noise from torch's at::vec headers
-    cxx_flags = ["-O3", "-g0", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    # -Wno-*: noise from torch's at::vec headers and GCC's AVX-512 intrinsics
+    cxx_flags = ["-O3", "-g0", "-Wno-unknown-pragmas", "-Wno-psabi", "-Wno-maybe-uninitialized"]
     cuda_home = cpp_extension.CUDA_HOME
     nvcc = Path(cuda_home, "bin", "nvcc") if cuda_home else None
     if os.environ.get("PDNET_NO_CUDA", "0") == "1":
@@ -85,7 +85,7 @@ def _extension_modules():
             import nvidia
 
             for base in nvidia.__path__:
-                include_dirs += sorted(str(d) for d in Path(base).glob("cu*/include") if d.is_dir())
+                include_dirs += sorted(str(d) for d in Path(base).glob("cu[0-9]*/include") if d.is_dir())
         except ImportError:
             pass
         print(f"pdnet: building the C++ extension with CUDA kernels (nvcc {nvcc}, torch CUDA "

@@ -1,0 +1,89 @@
+// Shared pieces of the CUDA kernels: storage-type mapping, float conversions,
+// grid sizing and the dtype dispatch used by every op (float32, float16, bfloat16).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pdnet::cuda {
+
+// at::Half / at::BFloat16 -> the CUDA types the kernels compute with
+template <typename scalar_t>
+struct DeviceType {
+  using type = scalar_t;
+};
+template <>
+struct DeviceType<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <typename scalar_t>
+using device_t = typename DeviceType<scalar_t>::type;
+
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(__half x) {
+  return __half2float(x);
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <typename scalar_t>
+inline const device_t<scalar_t>* dptr(const at::Tensor& t) {
+  return reinterpret_cast<const device_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
+}
+template <typename scalar_t>
+inline device_t<scalar_t>* mptr(at::Tensor& t) {
+  return reinterpret_cast<device_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
+}
+
+constexpr int kThreads = 256;
+
+// blocks for a grid-stride loop over n elements
+inline unsigned int grid_for(int64_t n, int threads = kThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535LL * 32));
+}
+
+}  // namespace pdnet::cuda
+
+// float32 / float16 / bfloat16: the dtypes of the CUDA kernels (float64 is not compiled)
+#define PDNET_DISPATCH_CUDA_TYPES(TYPE, NAME, ...)                     \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
+                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
+                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
+
+// A clear error for float64 and other dtypes the CUDA kernels do not compile.
+#define PDNET_CHECK_CUDA_DTYPE(WHERE, T)                                                        \
+  TORCH_CHECK((T).scalar_type() == at::kFloat || (T).scalar_type() == at::kHalf ||             \
+                  (T).scalar_type() == at::kBFloat16,                                          \
+              WHERE, ": the CUDA kernels support float32, float16 and bfloat16, got ",         \
+              pdnet::ops::detail::describe(T), " (use backend=\"reference\" for float64)")

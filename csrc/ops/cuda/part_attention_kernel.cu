@@ -1,0 +1,171 @@
+// CUDA forward kernel of pdnet::part_attention: tiled online softmax (flash-attention
+// style), never materialising the Nq x Nk scores.
+//
+// One block = one head (b, part) x BM queries; NW = BM / 16 warps, warp w owns query
+// rows 16w .. 16w+15. Per key tile of BN keys, staged with the values in shared memory:
+//   S_w = Q_w K^T (tensor cores via WMMA for float16 / bfloat16, FMA for float32),
+//   online softmax in the log2 domain (two lanes per row, running max m and sum l in
+//   registers; P rounded to the storage type for the tensor cores), O_w = O_w * alpha
+//   + P_w V (O accumulated in float32 in shared memory).
+// Epilogue: out = O / l, lse = (m + log2 l) * ln 2. A row whose keys are all masked
+// (-inf) gets out = 0 and lse = -inf (the reference's softmax gives NaN there).
+// The backward is in part_attention_backward_kernel.cu.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "../ops.h"
+#include "attention_tiles.cuh"
+
+namespace pdnet::ops {
+namespace {
+
+using namespace pdnet::cuda;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
+    attn_fwd_kernel(const T* __restrict__ q,        // [BH, Nq, d]
+                    const T* __restrict__ k,        // [BH, Nk, d]
+                    const T* __restrict__ v,        // [BH, Nk, d]
+                    const float* __restrict__ mask, // [BH, Nk] additive, or nullptr
+                    T* __restrict__ out,            // [BH, Nq, d]
+                    float* __restrict__ lse,        // [BH, Nq]
+                    int64_t Nq, int64_t Nk, int d, float scale_log2, int64_t n_qblocks, bool vec16) {
+  using Cfg = AttnCfg<T, D>;
+  constexpr int BM = Cfg::FWD_BM, BN = Cfg::FWD_BN;
+  constexpr int LDT = Cfg::LDT, LDS = Cfg::FWD_LDS, LDP = Cfg::FWD_LDP, LDO = Cfg::LDD;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + Cfg::FWD_Q);          // [BM, LDT]
+  T* sK = reinterpret_cast<T*>(smem + Cfg::FWD_K);          // [BN, LDT]
+  T* sV = reinterpret_cast<T*>(smem + Cfg::FWD_V);          // [BN, LDT]
+  float* sS = reinterpret_cast<float*>(smem + Cfg::FWD_S);  // [BM, LDS] scores
+  T* sP = Cfg::kMma ? reinterpret_cast<T*>(smem + Cfg::FWD_P) : reinterpret_cast<T*>(sS);  // [BM, LDP]
+  float* sO = reinterpret_cast<float*>(smem + Cfg::FWD_O);        // [BM, LDO] accumulator
+  float* sMask = reinterpret_cast<float*>(smem + Cfg::FWD_MASK);  // [BN] mask * log2(e)
+  float* sRow = reinterpret_cast<float*>(smem + Cfg::FWD_ROW);    // [BM] 1 / l
+
+  const int64_t bh = blockIdx.x / n_qblocks;
+  const int64_t m0 = (blockIdx.x % n_qblocks) * BM;
+  q += bh * Nq * d;
+  k += bh * Nk * d;
+  v += bh * Nk * d;
+  out += bh * Nq * d;
+  lse += bh * Nq;
+  if (mask != nullptr) mask += bh * Nk;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = lane >> 1, h = lane & 1;  // two lanes per query row of the warp
+
+  load_rows<T, BM, D, LDT>(sQ, q, m0, Nq, d, vec16);
+  float* sOw = sO + warp * 16 * LDO;
+  for (int i = lane; i < 16 * LDO; i += 32) sOw[i] = 0.f;
+  float m_i = -INFINITY, l_i = 0.f;  // running max (log2 domain) and sum of the row
+
+  for (int64_t n0 = 0; n0 < Nk; n0 += BN) {
+    __syncthreads();  // the previous tile is consumed (first pass: sQ is loaded)
+    load_rows<T, BN, D, LDT>(sK, k, n0, Nk, d, vec16);
+    load_rows<T, BN, D, LDT>(sV, v, n0, Nk, d, vec16);
+    for (int j = threadIdx.x; j < BN; j += blockDim.x) {
+      const int64_t key = n0 + j;
+      sMask[j] = key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
+    }
+    __syncthreads();
+    {  // S_w = Q_w K^T  [16 x BN]
+      WarpTile<T, BN> st;
+      st.zero();
+      st.template mma<D, false, true>(sQ + warp * 16 * LDT, LDT, sK, LDT);
+      st.store(sS + warp * 16 * LDS, LDS);
+    }
+    __syncwarp();
+    const float* srow = sS + (warp * 16 + r) * LDS;
+    T* prow = sP + (warp * 16 + r) * LDP;  // float32: the same memory as srow, same lane
+    float mx = -INFINITY;
+    for (int c = h; c < BN; c += 2) mx = fmaxf(mx, fmaf(srow[c], scale_log2, sMask[c]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = fmaxf(m_i, mx);
+    float alpha = 1.f, sum = 0.f;
+    if (m_new == -INFINITY) {  // every key so far is masked
+      for (int c = h; c < BN; c += 2) prow[c] = from_float<T>(0.f);
+    } else {
+      alpha = exp2f(m_i - m_new);  // 0 on the first live tile
+      for (int c = h; c < BN; c += 2) {
+        const float pv = exp2f(fmaf(srow[c], scale_log2, sMask[c]) - m_new);
+        prow[c] = from_float<T>(pv);
+        sum += pv;
+      }
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l_i = l_i * alpha + sum;
+    m_i = m_new;
+    if (alpha != 1.f) {
+      float* orow = sOw + r * LDO;
+      for (int c = h; c < D; c += 2) orow[c] *= alpha;
+    }
+    __syncwarp();
+    {  // O_w += P_w V  [16 x D]
+      WarpTile<T, D> ot;
+      ot.load(sOw, LDO);
+      ot.template mma<BN, false, false>(sP + warp * 16 * LDP, LDP, sV, LDT);
+      ot.store(sOw, LDO);
+    }
+  }
+  __syncwarp();
+  if (h == 0) {
+    const bool live = l_i > 0.f;
+    sRow[warp * 16 + r] = live ? 1.f / l_i : 0.f;
+    const int64_t row = m0 + warp * 16 + r;
+    if (row < Nq) lse[row] = live ? (m_i + log2f(l_i)) * kLn2 : -INFINITY;
+  }
+  __syncwarp();
+  for (int idx = lane; idx < 16 * d; idx += 32) {
+    const int rr = idx / d, c = idx - rr * d;
+    const int64_t row = m0 + warp * 16 + rr;
+    if (row < Nq) out[row * d + c] = from_float<T>(sOw[rr * LDO + c] * sRow[warp * 16 + rr]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v, double scale,
+                                                       const std::optional<at::Tensor>& key_mask) {
+  const char* where = "pdnet::part_attention (CUDA)";
+  detail::check_part_attention(where, q, k, v, key_mask);
+  PDNET_CHECK_CUDA_DTYPE(where, q);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), p = q.size(1), Nq = q.size(2), Nk = k.size(2), d = q.size(3);
+  const int64_t BH = B * p;
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  at::Tensor mc;
+  if (key_mask.has_value()) mc = key_mask->to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({B, p, Nq, d}, qc.options());
+  at::Tensor lse = at::empty({B, p, Nq}, qc.options().dtype(at::kFloat));
+  if (BH * Nq == 0) return {out, lse};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  PDNET_DISPATCH_CUDA_TYPES(qc.scalar_type(), "part_attention_cuda", [&] {
+    using T = device_t<scalar_t>;
+    dispatch_head_dim(where, d, [&](auto dc) {
+      constexpr int D = decltype(dc)::value;
+      using Cfg = AttnCfg<T, D>;
+      const bool vec16 = d == D && aligned16(qc.const_data_ptr()) && aligned16(kc.const_data_ptr()) &&
+                         aligned16(vc.const_data_ptr());
+      const int64_t n_qblocks = (Nq + Cfg::FWD_BM - 1) / Cfg::FWD_BM;
+      TORCH_CHECK(BH * n_qblocks < (int64_t(1) << 31), where, ": too many blocks for ", detail::describe(q));
+      auto kernel = attn_fwd_kernel<T, D>;
+      set_smem(where, kernel, Cfg::FWD_SMEM);
+      kernel<<<static_cast<unsigned>(BH * n_qblocks), Cfg::FWD_BM * 2, Cfg::FWD_SMEM, stream>>>(
+          dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
+          mc.defined() ? mc.const_data_ptr<float>() : nullptr, mptr<scalar_t>(out),
+          lse.mutable_data_ptr<float>(), Nq, Nk, static_cast<int>(d),
+          static_cast<float>(scale) * kLog2e, n_qblocks, vec16);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pdnet, CUDA, m) {
+  m.impl("part_attention", &part_attention_cuda);
+}
+
+}  // namespace pdnet::ops
