@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.pdnet-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # sources whose change requires re-installing (extension rebuild, new entry points)
-INSTALL_DEPS := setup.py $(wildcard pyproject.toml CMakeLists.txt csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
+INSTALL_DEPS := setup.py $(wildcard pyproject.toml CMakeLists.txt csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*/*.cpp csrc/*/*/*.h csrc/*/*/*.cu csrc/*/*/*.cuh)
 
 .PHONY: venv demo test test-all clean
 
