@@ -25,7 +25,7 @@ from pdnet.data import (
     scan_davis,
 )
 from pdnet.data.augment import CropFlip, apply_crop_flip_resize, sample_crop_flip
-from pdnet.preprocess import normalize
+from pdnet.preprocess import IMAGENET_STD, normalize
 
 H, W = 40, 56
 
@@ -294,6 +294,63 @@ def test_uint8_output_and_prepare_batch(davis):
     assert ready["sequence"] == batch["sequence"]
     fb = prepare_batch(next(iter(make_loader(f, batch_size=3, workers=0, shuffle=False))))
     assert fb["target"].dtype == torch.float32  # float batches pass through
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_raw_output_and_prepare_batch(davis, augment):
+    """Workers decode only (output="raw"); prepare_batch does the pixels and, on the CPU,
+    gives exactly the output="float" samples."""
+    f = build_dataset("davis", davis, "train", size=(24, 20), seed=4, augment=augment)
+    r = build_dataset("davis", davis, "train", size=(24, 20), seed=4, augment=augment, output="raw")
+    f.set_epoch(3)
+    r.set_epoch(3)
+    s = r[4]
+    assert s["target"].dtype == torch.uint8 and s["target"].shape == (3, H, W)  # the decoded frame
+    assert s["target_crop"].shape == (5,) and s["out_size"].tolist() == [24, 20]
+    if not augment:
+        assert s["target_crop"].tolist() == [0, 0, H, W, 0]
+    batch = next(iter(make_loader(r, batch_size=6, workers=0, shuffle=False)))
+    ready = prepare_batch(batch, "cpu")
+    for i in range(6):
+        e = f[i]
+        for k in ("target", "target_mask", "reference", "reference_mask"):
+            assert torch.equal(ready[k][i], e[k]), (i, k)
+    assert ready["sequence"] == [f[i]["sequence"] for i in range(6)]
+    with pytest.raises(ValueError, match="output must be one of"):
+        build_dataset("davis", davis, "train", output="jpeg")
+
+
+def test_raw_output_mixed_frame_sizes(tmp_path):
+    root = tmp_path / "imgs"
+    for t, (h, w) in enumerate([(H, W), (W, H), (30, 30)]):
+        img = np.random.default_rng(t).integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[5:15, 3:12] = 255
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        (root / "mask").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"img/{t}.png")
+        Image.fromarray(mask).save(root / f"mask/{t}.png")
+    f = build_dataset("images", root, "train", size=16, seed=1)
+    r = build_dataset("images", root, "train", size=16, seed=1, output="raw")
+    batch = next(iter(make_loader(r, batch_size=3, workers=0, shuffle=False)))
+    assert batch["target"].shape == (3, 3, W, W)  # padded to the largest frame
+    ready = prepare_batch(batch)
+    for i in range(3):
+        assert torch.equal(ready["target"][i], f[i]["target"]) and torch.equal(ready["target_mask"][i], f[i]["target_mask"])
+
+
+def test_float_resize_path_matches_uint8():
+    """The device path (float resize, used where uint8 resize does not exist) agrees with
+    the CPU uint8 path within one grey level."""
+    img = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
+    mask = (torch.rand(1, 37, 53) > 0.5).to(torch.uint8) * 255
+    geom = CropFlip(2, 5, 33, 47, True)
+    a, ma = apply_crop_flip_resize(img, mask, geom, (40, 30))
+    b, mb = apply_crop_flip_resize(img.float(), mask, geom, (40, 30))
+    assert (a - b).abs().max() <= 1.0 / 255 / min(IMAGENET_STD) + 1e-5
+    assert torch.equal(ma, mb)
+    with pytest.raises(ValueError, match="output"):
+        apply_crop_flip_resize(img, mask, geom, (40, 30), output="raw")  # raw is a dataset format only
 
 
 def test_pair_augment_eval_resizes_only():

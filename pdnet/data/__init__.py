@@ -5,14 +5,15 @@
   ``target``, ``target_mask``, ``reference``, ``reference_mask``, ``sequence``,
   ``frame``, ``size``, ``index`` (see :mod:`pdnet.data.datasets`).
 - :func:`make_loader` / :func:`seed_worker`: a DataLoader with deterministic seeding;
-  :func:`prepare_batch` moves a batch to the device (finishing ``output="uint8"`` ones).
+  :func:`prepare_batch` moves a batch to the device, finishing ``output="uint8"`` and
+  ``output="raw"`` batches there (the fast formats for GPU training on few CPU cores).
 - ``scan_*`` readers of each layout (:mod:`pdnet.data.layouts`) and
   :func:`validate_clips`, the main-process file check.
 - :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation.
 - :mod:`pdnet.data.synth`: ``pdnet synth``, fake-motion clips in the DAVIS-2016 layout.
 - :class:`DataError` (a ``ValueError`` naming the bad file), :class:`DataWarning`.
 """
-from .augment import PairAugment, normalize_uint8, prepare_batch
+from .augment import PairAugment, collate_pairs, normalize_uint8, prepare_batch
 from .datasets import (
     ImagePairDataset,
     PairDataset,
@@ -45,6 +46,7 @@ __all__ = [
     "PairDataset",
     "VideoPairDataset",
     "build_dataset",
+    "collate_pairs",
     "detect_layout",
     "make_loader",
     "normalize_uint8",

@@ -7,10 +7,11 @@ resize (``align_corners=False``, no antialiasing, like ``cv2.resize``) to the co
 size, and ImageNet normalisation. The mask gets the same crop, flip and resize, so it
 becomes soft (values in [0, 1]). Evaluation uses the resize and normalisation only.
 
-Differences from the release, on purpose: the image is resized in uint8 and normalised
-afterwards (the release normalises first, then resizes in float); the difference is the
-uint8 rounding of the resized image (within one grey level), and it is several times
-faster on the CPU.
+Differences from the release, on purpose: on the CPU the image is resized in uint8 and
+normalised afterwards (the release normalises first, then resizes in float); the
+difference is the uint8 rounding of the resized image (within one grey level), and it
+is several times faster. On other devices (``prepare_batch`` of ``output="raw"``
+batches on a GPU) the image is resized in float32.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a
 pure function of its seed (see :func:`pdnet.data.datasets.sample_rng`).
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SizeLike = Union[int, Tuple[int, int]]
-#: sample formats: normalised float32 images and [0, 1] masks, or compact uint8 (see prepare_batch)
-OUTPUTS = ("float", "uint8")
+#: sample formats (see pdnet.data.datasets): "float" (normalised images, [0, 1] masks),
+#: "uint8" (compact), "raw" (decoded frames + crop/flip, resampled by prepare_batch)
+OUTPUTS = ("float", "uint8", "raw")
 
 _SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32).view(3, 1, 1)
 _OFFSET = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32).view(3, 1, 1)
@@ -97,7 +99,7 @@ def apply_crop_flip_resize(
     """Crops, flips and resizes a frame and its mask.
 
     Args:
-        image (Tensor[3, H, W] uint8)
+        image (Tensor[3, H, W] uint8; or float 0..255, as on devices without uint8 resize)
         mask (Tensor[1, H, W] uint8 0..255, or None)
         geom: the crop and flip (None: whole frame, no flip).
         size: (h, w) output size.
@@ -108,8 +110,8 @@ def apply_crop_flip_resize(
     Returns:
         (image Tensor[3, h, w], mask Tensor[1, h, w] or None)
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if output not in ("float", "uint8"):
+        raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
     if geom is not None:
         sl = (slice(None), slice(geom.top, geom.top + geom.height), slice(geom.left, geom.left + geom.width))
         image = image[sl]
@@ -117,9 +119,14 @@ def apply_crop_flip_resize(
         if geom.flip:
             image = image.flip(-1)
             mask = None if mask is None else mask.flip(-1)
+    if image.dtype == torch.uint8 and image.device.type != "cpu":
+        image = image.to(torch.float32)  # bilinear resize of uint8 is a CPU speciality
     if tuple(image.shape[-2:]) != tuple(size):
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-    out_image = normalize_uint8(image) if output == "float" else image.contiguous()
+    if output == "float":
+        out_image = normalize_uint8(image) if image.dtype == torch.uint8 else _normalize_255(image)
+    else:
+        out_image = image.contiguous() if image.dtype == torch.uint8 else image.round().clamp_(0, 255).to(torch.uint8)
     out_mask = None
     if mask is not None:
         if tuple(mask.shape[-2:]) != tuple(size):
@@ -132,6 +139,18 @@ def apply_crop_flip_resize(
     return out_image, out_mask
 
 
+def _normalize_255(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of float RGB in 0..255 (Tensor[3, H, W]), any device."""
+    return image.to(torch.float32).mul(_SCALE.to(image.device)).sub_(_OFFSET.to(image.device))
+
+
+def geometry_tensor(geom: Optional[CropFlip], height: int, width: int) -> torch.Tensor:
+    """A crop/flip as Tensor[5] int64 (top, left, height, width, flip); None = whole frame."""
+    if geom is None:
+        geom = CropFlip(0, 0, height, width, False)
+    return torch.tensor([geom.top, geom.left, geom.height, geom.width, int(geom.flip)], dtype=torch.int64)
+
+
 class PairAugment:
     """The release's training (or evaluation) transform of one frame and its mask.
 
@@ -139,7 +158,8 @@ class PairAugment:
         size: output (H, W) (default 480 x 480).
         train: random crop + flip (True) or resize only (False).
         output: "float" (ImageNet-normalised image, mask in [0, 1]) or "uint8" (image
-            and mask as uint8, see :func:`apply_crop_flip_resize`).
+            and mask as uint8, see :func:`apply_crop_flip_resize`); "raw" datasets use
+            only :meth:`geometry` and leave the pixels to :func:`prepare_batch`.
 
     Call ``aug(image, mask, rng)`` with image Tensor[3, H, W] uint8, mask
     Tensor[1, H, W] uint8 and a ``numpy.random.Generator``; returns
@@ -169,21 +189,63 @@ class PairAugment:
 
 
 def prepare_batch(batch: Dict[str, object], device=None, non_blocking: bool = True) -> Dict[str, object]:
-    """Moves a batch to ``device`` and finishes ``output="uint8"`` batches there.
+    """Moves a collated batch to ``device`` and finishes it there.
 
-    Images (``target``, ``reference``) that are uint8 are ImageNet-normalised and masks
-    (``target_mask``, ``reference_mask``) that are uint8 become float32 in [0, 1], on
-    the device (cheap on a GPU); float batches are only moved. Other entries are kept.
+    - ``output="raw"`` batches (full decoded frames plus ``target_crop`` /
+      ``reference_crop``): each frame is cropped, flipped and resized to ``out_size`` on
+      the device (on the CPU this is exactly the ``output="float"`` computation);
+    - uint8 images (``output="uint8"``) are ImageNet-normalised, uint8 masks become
+      float32 in [0, 1];
+    - float batches are only moved. Other entries are kept.
 
     Returns:
-        a new dict: images Tensor[B, 3, H, W] float32, masks Tensor[B, 1, H, W] float32.
+        a new dict: ``target``/``reference`` Tensor[B, 3, H, W] float32,
+        ``target_mask``/``reference_mask`` Tensor[B, 1, H, W] float32 in [0, 1].
     """
     out = dict(batch)
+    moved = {}
     for key in ("target", "reference", "target_mask", "reference_mask"):
-        if key not in batch:
-            continue
-        x = batch[key].to(device, non_blocking=non_blocking) if device is not None else batch[key]
+        if key in batch:
+            moved[key] = batch[key].to(device, non_blocking=non_blocking) if device is not None else batch[key]
+    if "target_crop" in batch:
+        size = tuple(int(v) for v in batch["out_size"][0])
+        for frame in ("target", "reference"):
+            geoms = batch[f"{frame}_crop"].tolist()
+            images, masks = [], []
+            for b, (top, left, h, w, flip) in enumerate(geoms):
+                img, m = apply_crop_flip_resize(
+                    moved[frame][b], moved[f"{frame}_mask"][b], CropFlip(top, left, h, w, bool(flip)), size, "float"
+                )
+                images.append(img)
+                masks.append(m)
+            out[frame] = torch.stack(images)
+            out[f"{frame}_mask"] = torch.stack(masks)
+        return out
+    for key, x in moved.items():
         if x.dtype == torch.uint8:
             x = normalize_uint8(x) if key in ("target", "reference") else x.to(torch.float32).mul_(1.0 / 255.0)
         out[key] = x
     return out
+
+
+def collate_pairs(samples):
+    """``default_collate``, except that frames of different sizes (``output="raw"``
+    samples of a dataset with mixed frame sizes) are zero-padded at the bottom and right
+    to the largest in the batch (their crops stay inside the original frames)."""
+    from torch.utils.data import default_collate
+
+    keys = ("target", "target_mask", "reference", "reference_mask")
+    if isinstance(samples[0], dict) and all(k in samples[0] for k in keys):
+        shapes = {tuple(s[k].shape[-2:]) for s in samples for k in keys}
+        if len(shapes) > 1:
+            hmax = max(h for h, _ in shapes)
+            wmax = max(w for _, w in shapes)
+            padded = []
+            for s in samples:
+                s = dict(s)
+                for k in keys:
+                    x = s[k]
+                    s[k] = F.pad(x, (0, wmax - x.shape[-1], 0, hmax - x.shape[-2]))
+                padded.append(s)
+            samples = padded
+    return default_collate(samples)

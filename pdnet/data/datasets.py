@@ -14,10 +14,17 @@ A sample (``dataset[i]``) is a dict:
 ``index``           int, ``i``
 ==================  ===============================================================
 
-With ``output="uint8"`` the images are uint8 RGB and the masks uint8 0..255: four times
-less data for DataLoader workers to hand over (at 480p this transfer, not the
-augmentation, limits the loader on small CPUs); :func:`pdnet.data.prepare_batch`
-finishes such a batch on the training device.
+Faster formats for training on a GPU fed by few CPU cores (finish each collated batch
+with :func:`pdnet.data.prepare_batch` on the device):
+
+- ``output="uint8"``: images uint8 RGB, masks uint8 0..255, four times less for
+  DataLoader workers to hand over;
+- ``output="raw"``: the decoded frames at their own size (``target``, ``target_mask``,
+  ``reference``, ``reference_mask`` uint8) plus the sampled geometry
+  ``target_crop`` / ``reference_crop`` (Tensor[5] int64: top, left, height, width, flip)
+  and ``out_size`` (Tensor[2]); workers only decode, and ``prepare_batch`` crops, flips,
+  resizes and normalises on the device (on the CPU: exactly the ``"float"`` result).
+  Use :func:`pdnet.data.collate_pairs` (``make_loader`` does) when frame sizes differ.
 
 Video datasets have one sample per annotated frame (every frame of a clip is a target,
 the first included); image datasets have one sample per image, used as both frames.
@@ -47,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import PairAugment, SizeLike, as_size
+from .augment import OUTPUTS, PairAugment, SizeLike, as_size, collate_pairs, geometry_tensor
 from .errors import DataError, PathLike, problem, raise_or_warn
 from .io import read_image, read_mask
 from .layouts import LAYOUTS, SCANNERS, Clip, detect_layout, validate_clips
@@ -70,8 +77,9 @@ class PairDataset(Dataset):
         size: output (H, W) or int (default 480).
         augment: the release's random crop + flip (training) or resize only (evaluation).
         seed: augmentation seed.
-        output: "float" (normalised float32 images, masks in [0, 1]) or "uint8"
-            (compact; finish batches with :func:`pdnet.data.prepare_batch`).
+        output: "float" (normalised float32 images, masks in [0, 1]), "uint8"
+            (compact) or "raw" (decoded frames + geometry); finish "uint8" and "raw"
+            batches with :func:`pdnet.data.prepare_batch`.
         skip_bad: warn and skip bad files instead of raising :class:`DataError`.
         validate: file checks run now, in this process: "none", "exists", "header"
             (default: formats, truncation, frame/mask sizes; no decoding), "full".
@@ -91,6 +99,8 @@ class PairDataset(Dataset):
         images: bool = False,
         ref_cache: int = 16,
     ):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         clips = list(clips)
         if not clips:
             raise DataError("no clips: the dataset is empty")
@@ -100,7 +110,8 @@ class PairDataset(Dataset):
         self.seed = int(seed)
         self.skip_bad = bool(skip_bad)
         self.images = bool(images)
-        self.transform = PairAugment(self.size, train=self.augment, output=output)
+        self.output = output
+        self.transform = PairAugment(self.size, train=self.augment, output="float" if output == "raw" else output)
         self._starts = np.cumsum([0] + [len(c) for c in self.clips]).tolist()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._ref_cache_size = int(ref_cache)
@@ -179,6 +190,25 @@ class PairDataset(Dataset):
         epoch = self.epoch
         rng_t = sample_rng(self.seed, epoch, index, 0) if self.augment else None
         rng_r = sample_rng(self.seed, epoch, index, 1) if self.augment else None
+        info = {
+            "sequence": clip.name,
+            "frame": clip.frames[pos].stem,
+            "size": torch.tensor(image.shape[1:], dtype=torch.int64),
+            "index": index,
+        }
+        if self.output == "raw":
+            geom_t = self.transform.geometry(rng_t, *image.shape[1:])
+            geom_r = self.transform.geometry(rng_r, *ref_image.shape[1:])
+            return {
+                "target": image,
+                "target_mask": mask,
+                "reference": ref_image,
+                "reference_mask": ref_mask,
+                "target_crop": geometry_tensor(geom_t, *image.shape[1:]),
+                "reference_crop": geometry_tensor(geom_r, *ref_image.shape[1:]),
+                "out_size": torch.tensor(self.size, dtype=torch.int64),
+                **info,
+            }
         target, target_mask = self.transform(image, mask, rng_t)
         reference, reference_mask = self.transform(ref_image, ref_mask, rng_r)
         return {
@@ -186,10 +216,7 @@ class PairDataset(Dataset):
             "target_mask": target_mask,
             "reference": reference,
             "reference_mask": reference_mask,
-            "sequence": clip.name,
-            "frame": clip.frames[pos].stem,
-            "size": torch.tensor(image.shape[1:], dtype=torch.int64),
-            "index": index,
+            **info,
         }
 
     def __getstate__(self):
@@ -300,7 +327,8 @@ def make_loader(
     sampler=None,
 ) -> DataLoader:
     """A DataLoader with this package's conventions: ``seed_worker``, a seeded shuffle
-    order (``torch.Generator().manual_seed(seed)``), persistent workers, prefetch 4."""
+    order (``torch.Generator().manual_seed(seed)``), persistent workers, prefetch 4,
+    :func:`collate_pairs`."""
     g = torch.Generator()
     g.manual_seed(int(seed))
     kw = {}
@@ -316,5 +344,6 @@ def make_loader(
         generator=g,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        collate_fn=collate_pairs,
         **kw,
     )
