@@ -57,6 +57,12 @@ def _extension_modules():
     cuda_sources = rel("csrc/ops/cuda/*.cu")
     # -Wno-*: noise from torch's at::vec headers and GCC's AVX-512 intrinsics
     cxx_flags = ["-O3", "-g0", "-Wno-unknown-pragmas", "-Wno-psabi", "-Wno-maybe-uninitialized"]
+    # at::parallel_for runs threads only where the including file is compiled with OpenMP;
+    # the linked libgomp.so.1 resolves to the one torch already loaded
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     cuda_home = cpp_extension.CUDA_HOME
     nvcc = Path(cuda_home, "bin", "nvcc") if cuda_home else None
     if os.environ.get("PDNET_NO_CUDA", "0") == "1":
@@ -71,7 +77,9 @@ def _extension_modules():
         skip = None
     if skip is not None:
         print(f"pdnet: building the C++ extension WITHOUT its CUDA kernels: {skip}", file=sys.stderr)
-        ext = cpp_extension.CppExtension("pdnet._C", sources, extra_compile_args={"cxx": cxx_flags})
+        ext = cpp_extension.CppExtension(
+            "pdnet._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+        )
     else:
         nvcc_flags = ["-O3"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -96,6 +104,7 @@ def _extension_modules():
             include_dirs=include_dirs,
             define_macros=[("PDNET_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 

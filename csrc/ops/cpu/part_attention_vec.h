@@ -23,9 +23,10 @@ constexpr int64_t kAttnBQ = 48;  // query rows per block (a multiple of the GEMM
 constexpr int64_t kAttnBK = 192;  // keys per tile (likewise)
 
 inline int64_t attention_scratch(int64_t d) {
-  // forward: S [BQ, BK], O [BQ, d], m [BQ], l [BQ]
-  // backward: P [BQ, BK], dS [BQ, BK], delta [BQ]
-  return std::max(kAttnBQ * kAttnBK + kAttnBQ * d + 2 * kAttnBQ, 2 * kAttnBQ * kAttnBK + kAttnBQ);
+  // forward: S [BQ, BK], O [BQ, d], m [BQ], l [BQ], q^T [d, BQ]
+  // backward: P [BQ, BK], dS [BQ, BK], delta [BQ], q^T [d, BQ], dO^T [d, BQ]
+  return std::max(kAttnBQ * kAttnBK + 2 * kAttnBQ * d + 2 * kAttnBQ,
+                  2 * kAttnBQ * kAttnBK + kAttnBQ + 2 * kAttnBQ * d);
 }
 
 template <typename T>
@@ -42,15 +43,17 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
   T* O = S + kAttnBQ * kAttnBK;        // [BQ, d]
   T* m = O + kAttnBQ * d;              // [BQ]
   T* l = m + kAttnBQ;                  // [BQ]
+  T* qt = l + kAttnBQ;                 // [d, BQ] the query block transposed (GEMM A operand)
 
   for (int64_t i0 = q0; i0 < q1; i0 += kAttnBQ) {
     const int64_t nq = std::min(kAttnBQ, q1 - i0);
     std::fill(O, O + nq * d, T(0));
     std::fill(m, m + nq, kNegInf);
     std::fill(l, l + nq, T(0));
+    transpose_rows(q + i0 * d, nq, d, qt, kAttnBQ);
     for (int64_t j0 = 0; j0 < Nk; j0 += kAttnBK) {
       const int64_t bk = std::min(kAttnBK, Nk - j0);
-      gemm<T>(nq, bk, d, q + i0 * d, d, 1, kt + j0, Nk, S, kAttnBK, a.scale, false);  // S = q k^T * scale
+      gemm<T, 1, kAttnBQ>(nq, bk, d, qt, kt + j0, Nk, S, kAttnBK, a.scale, false);  // S = q k^T * scale
       for (int64_t i = 0; i < nq; ++i) {
         T* s = S + i * kAttnBK;
         const T mx = mask != nullptr ? add_row_max(s, mask + j0, bk) : row_max(s, bk);  // s += mask
@@ -65,7 +68,7 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
         l[i] = l[i] * alpha + sum;
         m[i] = m_new;
       }
-      gemm<T>(nq, d, bk, S, kAttnBK, 1, v + j0 * d, d, O, d, T(1), true);  // O += P v
+      gemm<T, kAttnBK, 1>(nq, d, bk, S, v + j0 * d, d, O, d, T(1), true);  // O += P v
     }
     for (int64_t i = 0; i < nq; ++i) {
       const bool live = l[i] > T(0);
@@ -97,16 +100,20 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
   T* P = scratch;                        // [BQ, BK]
   T* dS = P + kAttnBQ * kAttnBK;         // [BQ, BK]
   T* delta = dS + kAttnBQ * kAttnBK;     // [BQ]
+  T* qt = delta + kAttnBQ;               // [d, BQ] query block transposed
+  T* dot = qt + kAttnBQ * d;             // [d, BQ] dO block transposed
 
   for (int64_t i0 = 0; i0 < Nq; i0 += kAttnBQ) {
     const int64_t nq = std::min(kAttnBQ, Nq - i0);
     for (int64_t i = 0; i < nq; ++i)
       delta[i] = row_dot(dout + (i0 + i) * d, out + (i0 + i) * d, d) -
                  (dlse != nullptr ? dlse[i0 + i] : T(0));
+    transpose_rows(q + i0 * d, nq, d, qt, kAttnBQ);
+    transpose_rows(dout + i0 * d, nq, d, dot, kAttnBQ);
     for (int64_t j0 = k0; j0 < k1; j0 += kAttnBK) {
       const int64_t bk = std::min(kAttnBK, k1 - j0);
-      gemm<T>(nq, bk, d, q + i0 * d, d, 1, kt + j0, Nk, P, kAttnBK, a.scale, false);    // S
-      gemm<T>(nq, bk, d, dout + i0 * d, d, 1, vt + j0, Nk, dS, kAttnBK, T(1), false);  // dP
+      gemm<T, 1, kAttnBQ>(nq, bk, d, qt, kt + j0, Nk, P, kAttnBK, a.scale, false);   // S
+      gemm<T, 1, kAttnBQ>(nq, bk, d, dot, vt + j0, Nk, dS, kAttnBK, T(1), false);    // dP
       for (int64_t i = 0; i < nq; ++i) {
         T* p = P + i * kAttnBK;
         T* ds = dS + i * kAttnBK;
@@ -135,9 +142,9 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
         }
       }
       // dv[j0:] += P^T dO ; dk[j0:] += scale * dS^T q ; dq[i0:] += scale * dS k
-      gemm<T>(bk, d, nq, P, 1, kAttnBK, dout + i0 * d, d, dv + j0 * d, d, T(1), true);
-      gemm<T>(bk, d, nq, dS, 1, kAttnBK, q + i0 * d, d, dk + j0 * d, d, a.scale, true);
-      gemm<T>(nq, d, bk, dS, kAttnBK, 1, k + j0 * d, d, dq + i0 * d, d, a.scale, true);
+      gemm<T, 1, kAttnBK>(bk, d, nq, P, dout + i0 * d, d, dv + j0 * d, d, T(1), true);
+      gemm<T, 1, kAttnBK>(bk, d, nq, dS, q + i0 * d, d, dk + j0 * d, d, a.scale, true);
+      gemm<T, kAttnBK, 1>(nq, d, bk, dS, k + j0 * d, d, dq + i0 * d, d, a.scale, true);
       if (dmask != nullptr)
         for (int64_t i = 0; i < nq; ++i) row_axpby<T>(dmask + j0, T(1), dS + i * kAttnBK, T(1), bk);
     }

@@ -24,11 +24,12 @@ inline Vectorized<T> fast_exp(const Vectorized<T>& x) {
 
 // One register tile of C[MR x n] (n <= NV vectors):
 //   C = (accumulate ? C : 0) + alpha * A[MR x K] B[K x n]
-// A(i, k) = a[i * a_rs + k * a_cs] (any strides: each element is broadcast),
+// A(i, k) = a[i * A_RS + k * A_CS]: compile-time strides (one of them 1), so that the
+// broadcasts of a tile's rows address one base register with constant offsets;
 // B(k, j) = b[k * ldb + j] (rows contiguous), C(i, j) = c[i * ldc + j].
-template <typename T, int MR, int NV>
-inline void gemm_tile(int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
-                      int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+template <typename T, int MR, int NV, int64_t A_RS, int64_t A_CS>
+inline void gemm_tile(int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                      T alpha, bool accumulate) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   Vec acc[MR][NV];
@@ -39,7 +40,7 @@ inline void gemm_tile(int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_
       Vec bv[NV];
       for (int u = 0; u < NV; ++u) bv[u] = Vec::loadu(b + kk * ldb + u * V);
       for (int r = 0; r < MR; ++r) {
-        const Vec av(a[r * a_rs + kk * a_cs]);
+        const Vec av(a[r * A_RS + kk * A_CS]);
         for (int u = 0; u < NV; ++u) acc[r][u] = at::vec::fmadd(av, bv[u], acc[r][u]);
       }
     }
@@ -51,7 +52,7 @@ inline void gemm_tile(int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_
       for (int u = 0; u < NV; ++u)
         bv[u] = cnt[u] > 0 ? Vec::loadu(b + kk * ldb + u * V, cnt[u]) : Vec(T(0));
       for (int r = 0; r < MR; ++r) {
-        const Vec av(a[r * a_rs + kk * a_cs]);
+        const Vec av(a[r * A_RS + kk * A_CS]);
         for (int u = 0; u < NV; ++u) acc[r][u] = at::vec::fmadd(av, bv[u], acc[r][u]);
       }
     }
@@ -85,35 +86,42 @@ constexpr int gemm_mr(int nv) {
 }
 
 // Column block [j, j + NV*V) of C for every row, rows in tiles of gemm_mr(NV) then 1.
-template <typename T, int NV>
-inline void gemm_columns(int64_t m, int64_t nn, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
-                         const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+template <typename T, int NV, int64_t A_RS, int64_t A_CS>
+inline void gemm_columns(int64_t m, int64_t nn, int64_t K, const T* a, const T* b, int64_t ldb, T* c,
+                         int64_t ldc, T alpha, bool accumulate) {
   constexpr int MR = gemm_mr(NV);
   int64_t i = 0;
   for (; i + MR <= m; i += MR)
-    gemm_tile<T, MR, NV>(nn, K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, alpha, accumulate);
+    gemm_tile<T, MR, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b, ldb, c + i * ldc, ldc, alpha, accumulate);
   for (; i < m; ++i)
-    gemm_tile<T, 1, NV>(nn, K, a + i * a_rs, a_rs, a_cs, b, ldb, c + i * ldc, ldc, alpha, accumulate);
+    gemm_tile<T, 1, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b, ldb, c + i * ldc, ldc, alpha, accumulate);
 }
 
 // C[m x n] = (accumulate ? C : 0) + alpha * A[m x K] B[K x n], layouts as gemm_tile.
 // Columns go in blocks of kGemmNVWide vectors, then half that, then single (possibly
 // partial) vectors, so that no tile computes on padding.
-template <typename T>
-inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
-                 const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, bool accumulate) {
+template <typename T, int64_t A_RS, int64_t A_CS>
+inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c,
+                 int64_t ldc, T alpha, bool accumulate) {
   constexpr int64_t V = Vectorized<T>::size();
   constexpr int NVW = kGemmNVWide;
   int64_t j = 0;
   for (; j + NVW * V <= n; j += NVW * V)
-    gemm_columns<T, NVW>(m, NVW * V, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha, accumulate);
+    gemm_columns<T, NVW, A_RS, A_CS>(m, NVW * V, K, a, b + j, ldb, c + j, ldc, alpha, accumulate);
   if constexpr (NVW > 2) {
     for (; j + 2 * V <= n; j += 2 * V)
-      gemm_columns<T, 2>(m, 2 * V, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha, accumulate);
+      gemm_columns<T, 2, A_RS, A_CS>(m, 2 * V, K, a, b + j, ldb, c + j, ldc, alpha, accumulate);
   }
   for (; j < n; j += V)
-    gemm_columns<T, 1>(m, std::min(V, n - j), K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, alpha,
-                       accumulate);
+    gemm_columns<T, 1, A_RS, A_CS>(m, std::min(V, n - j), K, a, b + j, ldb, c + j, ldc, alpha,
+                                   accumulate);
+}
+
+// dst[c * ld + r] = src[r * d + c] for r < rows, c < d (dst columns rows..ld-1 untouched)
+template <typename T>
+inline void transpose_rows(const T* src, int64_t rows, int64_t d, T* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < d; ++c) dst[c * ld + r] = src[r * d + c];
 }
 
 // max of x[0:n] (-inf when n == 0)
