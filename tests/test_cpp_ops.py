@@ -302,7 +302,8 @@ def test_backward_ops_opcheck():
             torch.ops.pdnet.part_attention_backward.default, (go, None, q, k, v, out, lse, 0.5, mask, want)
         )
     x, s = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 1, 5, 6, generator=g)
-    torch.library.opcheck(torch.ops.pdnet.part_masks_backward.default, (torch.randn(2, 4, 5, 6), x, s, True))
+    for gate_grad in (True, False):
+        torch.library.opcheck(torch.ops.pdnet.part_masks_backward.default, (torch.randn(2, 4, 5, 6), x, s, True, gate_grad))
     P, Y, M = torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 6)
     for fg, mg in ((True, True), (True, False), (False, True)):
         torch.library.opcheck(torch.ops.pdnet.assemble_parts_backward.default, (torch.randn(2, 4, 5, 6), P, Y, M, fg, mg))

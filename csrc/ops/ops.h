@@ -34,10 +34,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
 // [B,p,h,w] = softmax over parts(part_logits [B,p,h,w]) * (sigmoid(gate) or gate) [B,1,h,w].
 at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit);
 
-// (grad_part_logits [B,p,h,w], grad_gate [B,1,h,w]).
+// (grad_part_logits [B,p,h,w], grad_gate [B,1,h,w], or empty unless gate_grad).
 std::tuple<at::Tensor, at::Tensor> part_masks_backward(
     const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& gate,
-    bool gate_is_logit);
+    bool gate_is_logit, bool gate_grad);
 
 // [B,C,h,w] = sum_k (p_feats + y_feats)[:,k] * masks[:,k]; feats [B,p,C,h,w], masks [B,p,h,w].
 at::Tensor assemble_parts(const at::Tensor& p_feats, const at::Tensor& y_feats, const at::Tensor& masks);

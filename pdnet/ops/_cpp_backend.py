@@ -69,8 +69,8 @@ def _register_fakes() -> None:
         return part_logits.new_empty(part_logits.shape)
 
     @torch.library.register_fake(lib + "part_masks_backward")
-    def _(grad_out, part_logits, gate, gate_is_logit):
-        return part_logits.new_empty(part_logits.shape), gate.new_empty(gate.shape)
+    def _(grad_out, part_logits, gate, gate_is_logit, gate_grad):
+        return part_logits.new_empty(part_logits.shape), gate.new_empty(gate.shape if gate_grad else (0,))
 
     @torch.library.register_fake(lib + "assemble_parts")
     def _(p_feats, y_feats, masks):
@@ -124,12 +124,9 @@ def _register_autograd() -> None:
 
     def pm_backward(ctx, grad_out):
         part_logits, gate = ctx.saved_tensors
-        gl, gg = ops.part_masks_backward(grad_out, part_logits, gate, ctx.gate_is_logit)
-        return (
-            gl if ctx.needs_input_grad[0] else None,
-            gg if ctx.needs_input_grad[1] else None,
-            None,
-        )
+        need_gate = bool(ctx.needs_input_grad[1])
+        gl, gg = ops.part_masks_backward(grad_out, part_logits, gate, ctx.gate_is_logit, need_gate)
+        return (gl if ctx.needs_input_grad[0] else None, gg if need_gate else None, None)
 
     torch.library.register_autograd("pdnet::part_masks", pm_backward, setup_context=pm_setup)
 

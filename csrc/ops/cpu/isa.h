@@ -60,6 +60,7 @@ struct Kernels {
   void (*part_masks_forward)(const T* logits, const T* gate, T* out, int64_t p, int64_t hw,
                              int64_t s, int64_t e, bool gate_is_logit);
   // one batch element: grad_out, logits [p, hw], gate [hw] -> grad_logits [p, hw], grad_gate [hw]
+  // (grad_gate may be null)
   void (*part_masks_backward)(const T* grad_out, const T* logits, const T* gate, T* grad_logits,
                               T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
                               bool gate_is_logit);

@@ -3,7 +3,8 @@
 // (resp. grad_logits) buffer holds exp(D_k - max) between passes.
 //
 // Backward, with s = softmax(D), go = grad_out and sg = sum_k s_k go_k:
-//   grad_D_k = s_k * G * (go_k - sg),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1).
+//   grad_D_k = s_k * G * (go_k - sg),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1)
+// (skipped when grad_gate is null).
 #pragma once
 
 #include "vec_common.h"
@@ -64,8 +65,10 @@ void part_masks_backward(const T* grad_out, const T* logits, const T* gate, T* g
       const Vec gk = Vec::loadu(grad_logits + k * hw + x, n) * sG * (Vec::loadu(grad_out + k * hw + x, n) - sg);
       gk.store(grad_logits + k * hw + x, n);
     }
-    const Vec gg = gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg;
-    gg.store(grad_gate + x, n);
+    if (grad_gate != nullptr) {
+      const Vec gg = gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg;
+      gg.store(grad_gate + x, n);
+    }
   }
 }
 

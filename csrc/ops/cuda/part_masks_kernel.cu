@@ -37,7 +37,8 @@ __global__ void part_masks_fwd_kernel(const T* __restrict__ logits, const T* __r
   }
 }
 
-// grad_logits = s * G * (go - sum_k s_k go_k); grad_gate = that sum * (G (1 - G) or 1)
+// grad_logits = s * G * (go - sum_k s_k go_k); grad_gate = that sum * (G (1 - G) or 1),
+// when grad_gate is not null
 template <typename T>
 __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ logits,
                                       const T* __restrict__ gate, T* __restrict__ grad_logits,
@@ -60,7 +61,7 @@ __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* _
       const float s = __expf(to_float(logits[base + k * hw]) - mx) * inv;
       grad_logits[base + k * hw] = from_float<T>(s * G * (to_float(grad_out[base + k * hw]) - sg));
     }
-    grad_gate[idx] = from_float<T>(gate_is_logit ? sg * G * (1.f - G) : sg);
+    if (grad_gate != nullptr) grad_gate[idx] = from_float<T>(gate_is_logit ? sg * G * (1.f - G) : sg);
   }
 }
 
@@ -87,7 +88,7 @@ at::Tensor part_masks_cuda(const at::Tensor& part_logits, const at::Tensor& gate
 std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& grad_out,
                                                             const at::Tensor& part_logits,
                                                             const at::Tensor& gate,
-                                                            bool gate_is_logit) {
+                                                            bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CUDA)";
   detail::check_part_masks(where, part_logits, gate);
   detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
@@ -97,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
   const at::Tensor lc = part_logits.contiguous();
   const at::Tensor gc = gate.contiguous();
   at::Tensor grad_logits = at::empty(lc.sizes(), lc.options());
-  at::Tensor grad_gate = at::empty(gc.sizes(), gc.options());
+  at::Tensor grad_gate = gate_grad ? at::empty(gc.sizes(), gc.options()) : at::empty({0}, gc.options());
   const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
   const int64_t n_pix = B * hw;
   if (n_pix == 0) return {grad_logits, grad_gate};
@@ -106,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
   PDNET_DISPATCH_CUDA_TYPES(lc.scalar_type(), "part_masks_backward_cuda", [&] {
     part_masks_bwd_kernel<device_t<scalar_t>><<<grid_for(n_pix), kThreads, 0, stream>>>(
         dptr<scalar_t>(goc), dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(grad_logits),
-        mptr<scalar_t>(grad_gate), n_pix, p, hw, gate_is_logit);
+        gate_grad ? mptr<scalar_t>(grad_gate) : nullptr, n_pix, p, hw, gate_is_logit);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_logits, grad_gate};
