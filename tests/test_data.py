@@ -88,7 +88,7 @@ def test_davis_reader(tmp_path, pair_list):
     assert detect_layout(root) == "davis"
     ds = build_dataset("davis", root, "train", size=(H, W), augment=False)
     assert isinstance(ds, VideoPairDataset)
-    assert len(ds) == 6 and ds.sequences == ["bear", "dog"]
+    assert len(ds) == 6 and ds.sequences == ["bear", "dog"] and ds.clip_start(1) == 3
     s = ds[4]  # dog, frame 1
     assert s["sequence"] == "dog" and s["frame"] == "00001" and s["index"] == 4
     assert s["size"].tolist() == [H, W]

@@ -136,6 +136,11 @@ class PairDataset(Dataset):
         c = bisect.bisect_right(self._starts, index) - 1
         return self.clips[c], c, index - self._starts[c]
 
+    def clip_start(self, c: int) -> int:
+        """Index of the first sample (the reference frame) of clip ``c``; its samples are
+        ``clip_start(c) .. clip_start(c) + len(clips[c]) - 1`` in time order."""
+        return self._starts[c]
+
     @property
     def sequences(self) -> List[str]:
         return [c.name for c in self.clips]
