@@ -67,6 +67,7 @@ ATTN_SHAPES = [
     (1, 2, 200, 7, 16),  # many queries, few keys
     (2, 1, 5, 300, 64),  # p = 1, keys over several tiles, few queries
     (1, 2, 97, 401, 8),  # tails everywhere
+    (1, 1, 7, 2100, 8),  # several forward key tiles: the online rescaling
 ]
 
 
@@ -114,6 +115,17 @@ def test_part_attention_fully_masked_rows_give_zero_and_no_nan():
     torch.testing.assert_close(out[keep], r[keep], atol=2e-6, rtol=1e-5)
     # the single live key of head (1, 2) gets all the weight
     torch.testing.assert_close(out[1, 2], v[1, 2, 12].expand(11, 8).detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_part_attention_first_key_tiles_fully_masked():
+    """Rows whose first key tiles are all -inf and whose live keys come later."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = _rand(1, 2, 5, 4, dtype=torch.float64, gen=g), _rand(1, 2, 2500, 4, dtype=torch.float64, gen=g), _rand(1, 2, 2500, 4, dtype=torch.float64, gen=g)
+    mask = torch.zeros(1, 2, 2500, dtype=torch.float64)
+    mask[0, 0, :2200] = -INF
+    mask[0, 1, 1000:] = -INF
+    mask.requires_grad_()
+    _compare(lambda *a: ops.part_attention(*a, backend="cpp"), ref.part_attention, [q, k, v, 1.0, mask], atol=1e-10, rtol=1e-8)
 
 
 def test_part_attention_lse_and_its_gradient():

@@ -1,7 +1,7 @@
 // CPU compute cores of part_attention (forward and backward), vectorised.
 //
-// Forward, per head and block of BQ query rows: for each tile of BK keys,
-// S = q k^T * scale (+ mask) in a BQ x BK buffer, online softmax per row (running
+// Forward, per head and block of BQ query rows: for each tile of kAttnFwdBK keys,
+// S = q k^T * scale (+ mask) in a BQ x kAttnFwdBK buffer, online softmax per row (running
 // max m and sum l; the accumulator O is rescaled by exp(m_old - m_new)), O += P v.
 // Finally out = O / l and lse = m + log(l). A row whose keys are all masked (-inf)
 // gets out = 0 and lse = -inf.
@@ -20,12 +20,15 @@ namespace pdnet::cpu {
 inline namespace CPU_CAPABILITY {
 
 constexpr int64_t kAttnBQ = 48;  // query rows per block (a multiple of the GEMM row tiles)
-constexpr int64_t kAttnBK = 192;  // keys per tile (likewise)
+constexpr int64_t kAttnBK = 192;  // keys per tile of the backward (likewise)
+// keys per tile of the forward: large, so that rows pay the online-softmax bookkeeping
+// (horizontal reductions, rescaling) rarely; Nk <= 1024 takes one tile
+constexpr int64_t kAttnFwdBK = 1024;
 
 inline int64_t attention_scratch(int64_t d) {
   // forward: S [BQ, BK], O [BQ, d], m [BQ], l [BQ], q^T [d, BQ]
   // backward: P [BQ, BK], dS [BQ, BK], delta [BQ], q^T [d, BQ], dO^T [d, BQ]
-  return std::max(kAttnBQ * kAttnBK + 2 * kAttnBQ * d + 2 * kAttnBQ,
+  return std::max(kAttnBQ * kAttnFwdBK + 2 * kAttnBQ * d + 2 * kAttnBQ,
                   2 * kAttnBQ * kAttnBK + kAttnBQ + 2 * kAttnBQ * d);
 }
 
@@ -40,7 +43,7 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
   T* out = a.out + bh * Nq * d;        // [Nq, d]
   T* lse = a.lse + bh * Nq;            // [Nq]
   T* S = scratch;                      // [BQ, BK]
-  T* O = S + kAttnBQ * kAttnBK;        // [BQ, d]
+  T* O = S + kAttnBQ * kAttnFwdBK;        // [BQ, d]
   T* m = O + kAttnBQ * d;              // [BQ]
   T* l = m + kAttnBQ;                  // [BQ]
   T* qt = l + kAttnBQ;                 // [d, BQ] the query block transposed (GEMM A operand)
@@ -51,11 +54,11 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
     std::fill(m, m + nq, kNegInf);
     std::fill(l, l + nq, T(0));
     transpose_rows(q + i0 * d, nq, d, qt, kAttnBQ);
-    for (int64_t j0 = 0; j0 < Nk; j0 += kAttnBK) {
-      const int64_t bk = std::min(kAttnBK, Nk - j0);
-      gemm<T, 1, kAttnBQ>(nq, bk, d, qt, kt + j0, Nk, S, kAttnBK, a.scale, false);  // S = q k^T * scale
+    for (int64_t j0 = 0; j0 < Nk; j0 += kAttnFwdBK) {
+      const int64_t bk = std::min(kAttnFwdBK, Nk - j0);
+      gemm<T, 1, kAttnBQ>(nq, bk, d, qt, kt + j0, Nk, S, kAttnFwdBK, a.scale, false);  // S = q k^T * scale
       for (int64_t i = 0; i < nq; ++i) {
-        T* s = S + i * kAttnBK;
+        T* s = S + i * kAttnFwdBK;
         const T mx = mask != nullptr ? add_row_max(s, mask + j0, bk) : row_max(s, bk);  // s += mask
         const T m_new = std::max(m[i], mx);
         if (m_new == kNegInf) {  // every key so far is masked: nothing to accumulate
@@ -68,7 +71,7 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
         l[i] = l[i] * alpha + sum;
         m[i] = m_new;
       }
-      gemm<T, kAttnBK, 1>(nq, d, bk, S, v + j0 * d, d, O, d, T(1), true);  // O += P v
+      gemm<T, kAttnFwdBK, 1>(nq, d, bk, S, v + j0 * d, d, O, d, T(1), true);  // O += P v
     }
     for (int64_t i = 0; i < nq; ++i) {
       const bool live = l[i] > T(0);
