@@ -20,7 +20,7 @@ $(STAMP): $(INSTALL_DEPS)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q "setuptools>=70" wheel ninja
-	$(PIP) install -q --no-build-isolation -e ".[test,data]"
+	$(PIP) install -q --no-build-isolation -e ".[test,data,train]"
 	touch $(STAMP)
 
 demo: venv

@@ -132,6 +132,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless"],  # cv2: the DAVIS toolkit's dilation, as a test oracle
         "data": ["scikit-image", "av"],
+        "train": ["tensorboard"],
     },
     entry_points={"console_scripts": ["pdnet = pdnet.cli:main"]},
     ext_modules=ext_modules,
