@@ -9,7 +9,8 @@
 // Backward, per head and chunk of keys (the work unit of one thread, so dk, dv and the
 // key-mask gradient of the chunk need no synchronisation), for each query block and
 // key tile: P = exp(q k^T * scale + mask - lse) (0 where lse = -inf), dP = dO v^T,
-// dS = P (dP - delta) with delta = rowsum(dO * out) - dlse, then dv += P^T dO,
+// dS = P (dP - delta) with delta = rowsum(dO * out) - dlse (in the epilogues of the two
+// register-tiled products, bwd_scores), then dv += P^T dO,
 // dk += scale dS^T q, dq += scale dS k and dmask += column sums of dS.
 #pragma once
 
@@ -27,9 +28,9 @@ constexpr int64_t kAttnFwdBK = 1024;
 
 inline int64_t attention_scratch(int64_t d) {
   // forward: S [BQ, BK], O [BQ, d], m [BQ], l [BQ], q^T [d, BQ]
-  // backward: P [BQ, BK], dS [BQ, BK], delta [BQ], q^T [d, BQ], dO^T [d, BQ]
+  // backward: P [BQ, BK], dS [BQ, BK], delta [BQ], q^T [d, BQ], dO^T [d, BQ], lse [BQ]
   return std::max(kAttnBQ * kAttnFwdBK + 2 * kAttnBQ * d + 2 * kAttnBQ,
-                  2 * kAttnBQ * kAttnBK + kAttnBQ + 2 * kAttnBQ * d);
+                  2 * kAttnBQ * kAttnBK + 2 * kAttnBQ + 2 * kAttnBQ * d);
 }
 
 template <typename T>
@@ -83,6 +84,41 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
   }
 }
 
+// Backward scores of a [nq x bk] block, from the block's transposed queries qt and
+// output gradients dot ([d, BQ]) and the key tile's kt, vt ([d, ldk] at its first key):
+//   P = exp(q k^T * scale + mask - L)      (L: +inf for rows without a live key -> P = 0)
+//   dS = P * (dO v^T - delta)
+// Two register-tiled products whose epilogues apply the softmax pieces, so neither S
+// nor dP is written to memory; P, dS: [BQ, BK].
+template <typename T>
+inline void bwd_scores(int64_t nq, int64_t bk, int64_t d, const T* qt, const T* dot, const T* kt,
+                       const T* vt, int64_t ldk, const T* mask, const T* L, const T* delta, T scale,
+                       T* P, T* dS) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  auto load = [](const T* p, int64_t live) { return live == V ? Vec::loadu(p) : Vec::loadu(p, live); };
+  auto store = [](const Vec& x, T* p, int64_t live) {
+    if (live == V)
+      x.store(p);
+    else
+      x.store(p, live);
+  };
+  for_each_tile<T, 1, kAttnBQ>(nq, bk, d, qt, kt, ldk, [=](int64_t i, int64_t j) {
+    return [=](int r, int u, const Vec& s, int64_t live) {
+      const int64_t col = j + u * V;
+      Vec x = s * Vec(scale);
+      if (mask != nullptr) x = x + load(mask + col, live);
+      store(fast_exp(x - Vec(L[i + r])), P + (i + r) * kAttnBK + col, live);
+    };
+  });
+  for_each_tile<T, 1, kAttnBQ>(nq, bk, d, dot, vt, ldk, [=](int64_t i, int64_t j) {
+    return [=](int r, int u, const Vec& dp, int64_t live) {
+      const int64_t off = (i + r) * kAttnBK + j + u * V;
+      store(load(P + off, live) * (dp - Vec(delta[i + r])), dS + off, live);
+    };
+  });
+}
+
 template <typename T>
 void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq,
                         T* scratch) {
@@ -105,45 +141,22 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
   T* delta = dS + kAttnBQ * kAttnBK;     // [BQ]
   T* qt = delta + kAttnBQ;               // [d, BQ] query block transposed
   T* dot = qt + kAttnBQ * d;             // [d, BQ] dO block transposed
+  T* Lrow = dot + kAttnBQ * d;           // [BQ] lse of the block's rows (+inf: no live key)
 
   for (int64_t i0 = 0; i0 < Nq; i0 += kAttnBQ) {
     const int64_t nq = std::min(kAttnBQ, Nq - i0);
-    for (int64_t i = 0; i < nq; ++i)
+    for (int64_t i = 0; i < nq; ++i) {
       delta[i] = row_dot(dout + (i0 + i) * d, out + (i0 + i) * d, d) -
                  (dlse != nullptr ? dlse[i0 + i] : T(0));
+      // +inf for a row without any live key: then P = exp(S - inf) = 0 and no gradient flows
+      Lrow[i] = lse[i0 + i] == kNegInf ? -kNegInf : lse[i0 + i];
+    }
     transpose_rows(q + i0 * d, nq, d, qt, kAttnBQ);
     transpose_rows(dout + i0 * d, nq, d, dot, kAttnBQ);
     for (int64_t j0 = k0; j0 < k1; j0 += kAttnBK) {
       const int64_t bk = std::min(kAttnBK, k1 - j0);
-      gemm<T, 1, kAttnBQ>(nq, bk, d, qt, kt + j0, Nk, P, kAttnBK, a.scale, false);   // S
-      gemm<T, 1, kAttnBQ>(nq, bk, d, dot, vt + j0, Nk, dS, kAttnBK, T(1), false);    // dP
-      for (int64_t i = 0; i < nq; ++i) {
-        T* p = P + i * kAttnBK;
-        T* ds = dS + i * kAttnBK;
-        const T L = lse[i0 + i];
-        if (L == kNegInf) {  // row without any live key: no gradient flows through it
-          std::fill(p, p + bk, T(0));
-          std::fill(ds, ds + bk, T(0));
-          continue;
-        }
-        // one pass: P = exp(S + mask - lse), dS = P * (dP - delta)
-        using Vec = Vectorized<T>;
-        constexpr int64_t V = Vec::size();
-        const T* mk = mask != nullptr ? mask + j0 : nullptr;
-        const Vec vL(L), vdelta(delta[i]);
-        int64_t j = 0;
-        for (; j + V <= bk; j += V) {
-          Vec sv = Vec::loadu(p + j);
-          if (mk != nullptr) sv = sv + Vec::loadu(mk + j);
-          const Vec pv = fast_exp(sv - vL);
-          pv.store(p + j);
-          (pv * (Vec::loadu(ds + j) - vdelta)).store(ds + j);
-        }
-        for (; j < bk; ++j) {
-          p[j] = std::exp(p[j] + (mk != nullptr ? mk[j] : T(0)) - L);
-          ds[j] = p[j] * (ds[j] - delta[i]);
-        }
-      }
+      bwd_scores<T>(nq, bk, d, qt, dot, kt + j0, vt + j0, Nk, mask != nullptr ? mask + j0 : nullptr, Lrow,
+                    delta, a.scale, P, dS);
       // dv[j0:] += P^T dO ; dk[j0:] += scale * dS^T q ; dq[i0:] += scale * dS k
       gemm<T, 1, kAttnBK>(bk, d, nq, P, dout + i0 * d, d, dv + j0 * d, d, T(1), true);
       gemm<T, 1, kAttnBK>(bk, d, nq, dS, q + i0 * d, d, dk + j0 * d, d, a.scale, true);

@@ -22,14 +22,14 @@ inline Vectorized<T> fast_exp(const Vectorized<T>& x) {
   return Vectorized<T>::blendv(x.exp_u20(), x, x.isnan());
 }
 
-// One register tile of C[MR x n] (n <= NV vectors):
-//   C = (accumulate ? C : 0) + alpha * A[MR x K] B[K x n]
+// One register tile of a product, rows [0, MR) x columns [0, n) (n <= NV vectors):
+//   acc[r][u] = sum_k A(r, k) B(k, u*V : u*V + V)
+// then epi(r, u, acc[r][u], live) for every vector with live > 0 columns.
 // A(i, k) = a[i * A_RS + k * A_CS]: compile-time strides (one of them 1), so that the
 // broadcasts of a tile's rows address one base register with constant offsets;
-// B(k, j) = b[k * ldb + j] (rows contiguous), C(i, j) = c[i * ldc + j].
-template <typename T, int MR, int NV, int64_t A_RS, int64_t A_CS>
-inline void gemm_tile(int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
-                      T alpha, bool accumulate) {
+// B(k, j) = b[k * ldb + j] (rows contiguous).
+template <typename T, int MR, int NV, int64_t A_RS, int64_t A_CS, typename Epi>
+inline void tile_product(int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, const Epi& epi) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   Vec acc[MR][NV];
@@ -57,15 +57,10 @@ inline void gemm_tile(int64_t n, int64_t K, const T* a, const T* b, int64_t ldb,
       }
     }
   }
-  const Vec va(alpha);
   for (int r = 0; r < MR; ++r) {
     for (int u = 0; u < NV; ++u) {
-      const int64_t cn = std::clamp<int64_t>(n - u * V, 0, V);
-      if (cn == 0) continue;
-      T* cp = c + r * ldc + u * V;
-      Vec res = alpha == T(1) ? acc[r][u] : acc[r][u] * va;
-      if (accumulate) res = res + Vec::loadu(cp, cn);
-      res.store(cp, cn);
+      const int64_t live = std::clamp<int64_t>(n - u * V, 0, V);
+      if (live > 0) epi(r, u, acc[r][u], live);
     }
   }
 }
@@ -85,36 +80,53 @@ constexpr int gemm_mr(int nv) {
   return std::min(12, kGemmAccRegs / nv);
 }
 
-// Column block [j, j + NV*V) of C for every row, rows in tiles of gemm_mr(NV) then 1.
-template <typename T, int NV, int64_t A_RS, int64_t A_CS>
-inline void gemm_columns(int64_t m, int64_t nn, int64_t K, const T* a, const T* b, int64_t ldb, T* c,
-                         int64_t ldc, T alpha, bool accumulate) {
-  constexpr int MR = gemm_mr(NV);
-  int64_t i = 0;
-  for (; i + MR <= m; i += MR)
-    gemm_tile<T, MR, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b, ldb, c + i * ldc, ldc, alpha, accumulate);
-  for (; i < m; ++i)
-    gemm_tile<T, 1, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b, ldb, c + i * ldc, ldc, alpha, accumulate);
+// Every tile of an [m x n] product A[m x K] B[K x n] (layouts as tile_product): columns
+// in blocks of kGemmNVWide vectors, then half that, then single (possibly partial)
+// vectors, so that no tile computes on padding; rows in tiles of gemm_mr(NV), then 1.
+// make_epi(i, j) returns the epilogue of the tile whose first element is (i, j); it is
+// called as epi(r, u, value, live) for row i + r and the vector of columns j + u*V.
+template <typename T, int64_t A_RS, int64_t A_CS, typename MakeEpi>
+inline void for_each_tile(int64_t m, int64_t n, int64_t K, const T* a, const T* b, int64_t ldb,
+                          const MakeEpi& make_epi) {
+  constexpr int64_t V = Vectorized<T>::size();
+  auto columns = [&](auto nv_tag, int64_t j, int64_t nn) {
+    constexpr int NV = decltype(nv_tag)::value;
+    constexpr int MR = gemm_mr(NV);
+    int64_t i = 0;
+    for (; i + MR <= m; i += MR)
+      tile_product<T, MR, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
+    for (; i < m; ++i)
+      tile_product<T, 1, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
+  };
+  constexpr int NVW = kGemmNVWide;
+  int64_t j = 0;
+  for (; j + NVW * V <= n; j += NVW * V) columns(std::integral_constant<int, NVW>{}, j, NVW * V);
+  if constexpr (NVW > 2) {
+    for (; j + 2 * V <= n; j += 2 * V) columns(std::integral_constant<int, 2>{}, j, 2 * V);
+  }
+  for (; j < n; j += V) columns(std::integral_constant<int, 1>{}, j, std::min(V, n - j));
 }
 
-// C[m x n] = (accumulate ? C : 0) + alpha * A[m x K] B[K x n], layouts as gemm_tile.
-// Columns go in blocks of kGemmNVWide vectors, then half that, then single (possibly
-// partial) vectors, so that no tile computes on padding.
+// C[m x n] = (accumulate ? C : 0) + alpha * A[m x K] B[K x n], C(i, j) = c[i * ldc + j].
 template <typename T, int64_t A_RS, int64_t A_CS>
 inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c,
                  int64_t ldc, T alpha, bool accumulate) {
-  constexpr int64_t V = Vectorized<T>::size();
-  constexpr int NVW = kGemmNVWide;
-  int64_t j = 0;
-  for (; j + NVW * V <= n; j += NVW * V)
-    gemm_columns<T, NVW, A_RS, A_CS>(m, NVW * V, K, a, b + j, ldb, c + j, ldc, alpha, accumulate);
-  if constexpr (NVW > 2) {
-    for (; j + 2 * V <= n; j += 2 * V)
-      gemm_columns<T, 2, A_RS, A_CS>(m, 2 * V, K, a, b + j, ldb, c + j, ldc, alpha, accumulate);
-  }
-  for (; j < n; j += V)
-    gemm_columns<T, 1, A_RS, A_CS>(m, std::min(V, n - j), K, a, b + j, ldb, c + j, ldc, alpha,
-                                   accumulate);
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  for_each_tile<T, A_RS, A_CS>(m, n, K, a, b, ldb, [=](int64_t i, int64_t j) {
+    T* ct = c + i * ldc + j;
+    return [=](int r, int u, const Vec& v, int64_t live) {
+      T* cp = ct + r * ldc + u * V;
+      Vec res = alpha == T(1) ? v : v * Vec(alpha);
+      if (live == V) {
+        if (accumulate) res = res + Vec::loadu(cp);
+        res.store(cp);
+      } else {
+        if (accumulate) res = res + Vec::loadu(cp, live);
+        res.store(cp, live);
+      }
+    };
+  });
 }
 
 // dst[c * ld + r] = src[r * d + c] for r < rows, c < d (dst columns rows..ld-1 untouched)
