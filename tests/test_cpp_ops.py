@@ -379,6 +379,34 @@ def test_each_cpu_instruction_set_build(capability):
     assert float(err) < 2e-5
 
 
+def test_import_without_the_extension_falls_back_with_one_warning():
+    script = textwrap.dedent(
+        """
+        import sys, warnings
+        sys.modules["pdnet._C"] = None  # as if the extension were not built
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import pdnet, torch
+            from pdnet import ops
+            import pdnet.ops._cpp_backend
+        msgs = [str(x.message) for x in w if "pdnet._C" in str(x.message)]
+        assert len(msgs) == 1, msgs
+        assert "cpp" not in ops.available_backends(), ops.available_backends()
+        q = torch.randn(1, 1, 3, 4)
+        assert ops.part_attention(q, q, q).shape == (1, 1, 3, 4)
+        try:
+            ops.part_attention(q, q, q, backend="cpp")
+        except RuntimeError as e:
+            assert "not built" in str(e), e
+        else:
+            raise AssertionError("backend='cpp' should fail")
+        print("ok")
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ end to end
 def test_pdnet_with_cpp_ops_matches_reference():
     """resnet18 PDNet at 64 x 64, ops_backend="cpp" vs "reference": outputs, loss and gradients."""

@@ -27,6 +27,7 @@ Ops (shapes: B batch, p parts, Nq/Nk queries/keys, d head dim, C channels):
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Optional
 
@@ -38,8 +39,13 @@ _C = None
 _LOAD_ERROR: Optional[str] = None
 
 try:
-    from pdnet import _C  # noqa: F811  (registers torch.ops.pdnet.*)
-except Exception as exc:  # ImportError, OSError (undefined symbol, wrong torch), ...
+    _C = importlib.import_module("pdnet._C")  # registers torch.ops.pdnet.*
+except ModuleNotFoundError as exc:
+    if exc.name != "pdnet._C":
+        _LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
+    else:
+        _LOAD_ERROR = "the compiled extension pdnet._C is not built"
+except Exception as exc:  # ImportError, OSError (undefined symbol: built for another torch), ...
     _LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
 
 
