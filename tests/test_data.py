@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pdnet.data import (
@@ -511,3 +512,24 @@ def test_missing_lists_and_folders(tmp_path, davis):
     with pytest.raises(ValueError, match="kind must be"):
         build_dataset("kinetics", davis, "train")
     assert issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("size", [(40, 30), (17, 61), (33, 47)])
+def test_resize_commutes_with_flip(size):
+    """apply_crop_flip_resize flips after resizing (the smaller copy); that equals the
+    release's flip-then-resize: up to float rounding for float frames, within one grey
+    level for uint8 frames (fixed-point weights), for images and masks."""
+    g = torch.Generator().manual_seed(sum(size))
+    img = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=g)
+    img_hwc = img.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # decoded-frame layout
+    mask = torch.randint(0, 256, (1, 37, 53), dtype=torch.uint8, generator=g)
+    geom = CropFlip(2, 5, 33, 47, True)
+    crop = (slice(None), slice(2, 35), slice(5, 52))
+    for frame in (img, img_hwc, img.float()):
+        out, m = apply_crop_flip_resize(frame, mask, geom, size, output="uint8")
+        pre = F.interpolate(frame[crop].flip(-1)[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        assert (out.float() - pre).abs().max() <= 1.0
+        pre_m = F.interpolate(mask[crop].flip(-1)[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        assert (m.float() - pre_m).abs().max() <= 0.5 + 1e-3
+        _, mf = apply_crop_flip_resize(frame, mask, geom, size, output="float")
+        torch.testing.assert_close(mf, pre_m / 255, atol=1e-5, rtol=0)

@@ -127,6 +127,7 @@ def test_sampler_shards_and_resumes():
         (["train.lr"], "section.key=value"),
         (["data.size=100"], "multiples of 32"),
         (["train.amp=fp8"], "train.amp"),
+        (["data.output=half"], "data.output"),
     ],
 )
 def test_config_errors(sets, msg):

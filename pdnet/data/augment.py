@@ -112,17 +112,23 @@ def apply_crop_flip_resize(
     """
     if output not in ("float", "uint8"):
         raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
+    flip = False
     if geom is not None:
         sl = (slice(None), slice(geom.top, geom.top + geom.height), slice(geom.left, geom.left + geom.width))
         image = image[sl]
         mask = None if mask is None else mask[sl]
-        if geom.flip:
-            image = image.flip(-1)
-            mask = None if mask is None else mask.flip(-1)
+        flip = geom.flip
+    # The flip is applied after the resize, to the smaller output: a bilinear resize with
+    # align_corners=False samples symmetrically about the centre, so it commutes with a
+    # horizontal flip (tested). The crop is a view, so nothing is copied before the resize.
     if image.dtype == torch.uint8 and image.device.type != "cpu":
         image = image.to(torch.float32)  # bilinear resize of uint8 is a CPU speciality
     if tuple(image.shape[-2:]) != tuple(size):
+        # uint8 on the CPU: torch's vectorised uint8 kernel (decoded frames are HWC in
+        # memory, the layout it wants); float elsewhere
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
+    if flip:
+        image = image.flip(-1)
     if output == "float":
         out_image = normalize_uint8(image) if image.dtype == torch.uint8 else _normalize_255(image)
     else:
@@ -130,12 +136,14 @@ def apply_crop_flip_resize(
     out_mask = None
     if mask is not None:
         if tuple(mask.shape[-2:]) != tuple(size):
-            m = mask.to(torch.float32).mul_(1.0 / 255.0)
-            m = F.interpolate(m[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-            m = m.clamp_(0.0, 1.0)
-            out_mask = m if output == "float" else m.mul_(255.0).round_().to(torch.uint8)
+            # resized as float in 0..255 (torch has no vectorised one-channel uint8 resize);
+            # a bilinear blend of values in [0, 255] stays in [0, 255]
+            m = F.interpolate(mask[None].to(torch.float32), size=size, mode="bilinear", align_corners=False)[0]
+            out_mask = m.mul_(1.0 / 255.0).clamp_(0.0, 1.0) if output == "float" else m.round_().to(torch.uint8)
         else:
             out_mask = mask.to(torch.float32).mul_(1.0 / 255.0) if output == "float" else mask.contiguous()
+        if flip:
+            out_mask = out_mask.flip(-1)
     return out_image, out_mask
 
 

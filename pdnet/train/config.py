@@ -28,6 +28,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "image": [],  # [{"kind": "images", "root": DIR}] ; empty: video frames serve as still images
         "size": 480,  # int or [H, W], multiples of 32
         "workers": 2,
+        "output": "uint8",  # DataLoader sample format: uint8 (finished on the device) | float | raw
         "val_split": "val",
         "skip_bad": False,
         "seed": 0,
@@ -144,6 +145,8 @@ def validate(cfg: Dict[str, Dict[str, Any]]) -> None:
         raise ConfigError(f"train.semantic_impl must be factored or dense, got {t['semantic_impl']!r}")
     if not isinstance(d["workers"], int) or d["workers"] < 0:
         raise ConfigError(f"data.workers must be a non-negative integer, got {d['workers']!r}")
+    if d["output"] not in ("uint8", "float", "raw"):
+        raise ConfigError(f"data.output must be uint8, float or raw, got {d['output']!r}")
     size = d["size"]
     sizes = [size, size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else None
     if not sizes or len(sizes) != 2 or any(not isinstance(s, int) or s <= 0 or s % 32 for s in sizes):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from .. import losses as L
+from ..data.augment import collate_pairs, prepare_batch
 from ..model import PDNet, PDNetConfig
 
 # ----------------------------------------------------------------------------- helpers
@@ -281,6 +282,7 @@ class Trainer:
                     size=dc["size"],
                     augment=augment,
                     seed=dc["seed"] + (0 if group == "video" else 7919),
+                    output=dc["output"] if augment else "float",
                     skip_bad=dc["skip_bad"],
                 )
             )
@@ -305,6 +307,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            collate_fn=collate_pairs,
         )
         return Stream(loader, sampler, tc["batch_size"])
 
@@ -359,6 +362,8 @@ class Trainer:
         return x
 
     def train_step(self, batch: Dict[str, Any], image: bool) -> Dict[str, torch.Tensor]:
+        # uint8 / raw batches are finished (normalised, resized) on the training device
+        batch = prepare_batch(batch, self.device)
         x_t, m_t = self._to_device(batch["target"]), self._to_device(batch["target_mask"])
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
@@ -459,7 +464,7 @@ class Trainer:
         limit = self.cfg["log"]["val_clips"] or None
         for ds in self.val:
             for clip_idx, clip in enumerate(ds.clips[:limit]):
-                start = ds._starts[clip_idx]
+                start = ds.clip_start(clip_idx)
                 state = None
                 pred_list, gt_list = [], []
                 for pos in range(len(clip)):
