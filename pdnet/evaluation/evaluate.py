@@ -196,13 +196,16 @@ def _device(device) -> torch.device:
     return torch.device(device)
 
 
-def score_sequence(name: str, pred, gt, device=None, bound_th: float = 0.008) -> SequenceResult:
-    """J, F and flicker of one sequence of binary masks (bool array or Tensor[T, H, W] each)."""
+def score_sequence(name: str, pred, gt, device=None, bound_th: float = 0.008, backend: str = "auto") -> SequenceResult:
+    """J, F and flicker of one sequence of binary masks (bool array or Tensor[T, H, W] each).
+
+    ``backend``: how the counts are computed, see :func:`pdnet.evaluation.metrics.frame_counts`.
+    """
     dev = _device(device)
     p = (pred if isinstance(pred, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pred))).to(dev)
     g = (gt if isinstance(gt, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(gt))).to(dev)
     t, h, w = g.shape
-    c = metrics.frame_counts(p.contiguous(), g.contiguous(), metrics.boundary_radius(h, w, bound_th))
+    c = metrics.frame_counts(p.contiguous(), g.contiguous(), metrics.boundary_radius(h, w, bound_th), backend=backend)
     j = metrics.j_from_counts(c["inter"], c["union"]).cpu().numpy()
     f = metrics.f_from_counts(c["pred_b"], c["gt_b"], c["pred_match"], c["gt_match"]).cpu().numpy()
     flick = metrics.flicker_from_counts(c["flicker_sq"], h * w)
