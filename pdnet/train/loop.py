@@ -247,9 +247,14 @@ class Trainer:
 
         self.net = self.module
         if self.world > 1:
+            # SyncBatchNorm runs on GPUs only; CPU ranks (gloo) keep per-rank BatchNorm
+            # statistics, all else (gradients, weights) is synchronised by DDP
+            cuda = self.device.type == "cuda"
             self.net = nn.parallel.DistributedDataParallel(
-                nn.SyncBatchNorm.convert_sync_batchnorm(self.module),
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                nn.SyncBatchNorm.convert_sync_batchnorm(self.module) if cuda else self.module,
+                device_ids=[self.device.index] if cuda else None,
+                # image steps do not use the part basis (no part losses on still images)
+                find_unused_parameters=tc["image_every"] > 0,
             )
         if tc["compile"]:
             self.net = torch.compile(self.net)
