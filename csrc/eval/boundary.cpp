@@ -37,12 +37,7 @@ void frame_block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch) {
 }  // namespace dflt
 
 int64_t scratch_words(const Args& a) {
-  const int64_t R = dflt::ring_rows(a);
-  return 4 * a.H * a.Wp                  // packed masks, current and previous frame
-         + R * 2 * a.levels * a.Wp       // ring of boundary rows and their dilations
-         + R * 2 * 4                     // ring row spans
-         + 4 * a.Wp                      // right-neighbour differences
-         + a.levels * dflt::local_words(a);  // one row's dilations, zero-padded
+  return dflt::block_scratch_words(a);
 }
 
 namespace {

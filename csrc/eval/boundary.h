@@ -45,7 +45,7 @@ int64_t scratch_words(const Args& a);
 
 // Frames [t0, t1): every count of those frames, and the flicker of pairs (t, t + 1) for
 // t0 - 1 <= t < t1 - 1 (t >= 0), i.e. each frame's pair with the frame before it.
-// scratch: scratch_words(a) words.
+// scratch: scratch_words(a) words, zero-initialised (by the caller, once per thread).
 namespace dflt {
 void frame_block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch);
 }

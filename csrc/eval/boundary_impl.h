@@ -15,10 +15,10 @@
 //     dilated by the disk's half-width at dy (closest rows first, stopping as soon as
 //     every bit of w is covered). Rows and words without boundary pixels cost nothing.
 //
-// Horizontal dilations are computed on a zero-padded copy of the row's span of words
-// that can hold dilated bits (the boundary words +- ceil(r / 64)), wide enough that
-// no bit is ever dropped at the image border before the last step: the dilation is the
-// exact Minkowski sum, clipped to the image only when stored.
+// Horizontal dilations are computed on the row's words extended by ceil(r / 64) words on
+// each side (kept zero-padded beyond), so that no bit is dropped at the image border
+// before the last step: each level is the exact Minkowski sum; bits outside the image
+// are never matched (the other boundary has none there).
 
 #ifdef PDNET_EVAL_AVX2
 // 64 bytes -> 64 bits (bit k = byte k != 0)
@@ -54,11 +54,10 @@ static inline int64_t popc(uint64_t x) {
 static inline void pack_row(const uint8_t* src, int64_t W, int64_t Wp, uint64_t* dst) {
   const int64_t full = W / 64;
   for (int64_t j = 0; j < full; ++j) dst[j] = pack64(src + 64 * j);
-  if (full < Wp) {
-    uint64_t v = 0;
-    for (int64_t x = 64 * full; x < W; ++x) v |= static_cast<uint64_t>(src[x] != 0) << (x - 64 * full);
-    dst[full] = v;
-    for (int64_t j = full + 1; j < Wp; ++j) dst[j] = 0;
+  if (full < Wp) {  // the last W % 64 pixels, through a zero-padded copy
+    alignas(32) uint8_t tail[64] = {};
+    std::memcpy(tail, src + 64 * full, static_cast<size_t>(W - 64 * full));
+    dst[full] = pack64(tail);
   }
 }
 
@@ -90,21 +89,34 @@ inline int64_t ring_rows(const Args& a) {
   return a.H < 2 * a.radius + 1 ? a.H : 2 * a.radius + 1;
 }
 
-inline int64_t local_words(const Args& a) {
-  return a.Wp + 4 * a.ext + 2;  // a row's span (Wp + 2 ext) plus ext + 1 zero words each side
+// Words of a stored level row: the row's words [0, Wp) plus ext words each side that the
+// dilation reaches, plus ext + 1 words each side that are never written (always 0) and
+// that the shifts read. Word j of the row is at index j + level_offset.
+inline int64_t level_words(const Args& a) {
+  return a.Wp + 4 * a.ext + 2;
+}
+inline int64_t level_offset(const Args& a) {
+  return 2 * a.ext + 1;
+}
+
+// Scratch words (zero-initialised by the caller, once) of block().
+inline int64_t block_scratch_words(const Args& a) {
+  return 4 * a.H * a.Wp                                 // packed masks: current and previous frame
+         + ring_rows(a) * 2 * a.levels * level_words(a)  // ring of boundary rows and their dilations
+         + ring_rows(a) * 2 * 2                          // ring: boundary words [lo, hi) of each row
+         + 4 * a.Wp;                                     // right-neighbour differences
 }
 
 void block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch) {
   const int64_t H = a.H, W = a.W, Wp = a.Wp, r = a.radius, L = a.levels, ext = a.ext;
   const int64_t frame_words = H * Wp;
   const int64_t R = ring_rows(a);
-  const int64_t lw = local_words(a);
+  const int64_t Wx = level_words(a), off = level_offset(a);
   // scratch layout (words)
   uint64_t* packed[2] = {scratch, scratch + 2 * frame_words};  // [2 masks][H][Wp] each: current, previous
-  uint64_t* ring = scratch + 4 * frame_words;                   // [R][2 masks][L levels][Wp]
-  int64_t* meta = reinterpret_cast<int64_t*>(ring + R * 2 * L * Wp);  // [R][2][lo, hi, clo, chi]
-  uint64_t* erows = reinterpret_cast<uint64_t*>(meta + R * 2 * 4);  // [2 masks][2][Wp]
-  uint64_t* local = erows + 4 * Wp;                                 // [L][lw]
+  uint64_t* ring = scratch + 4 * frame_words;                   // [R][2 masks][L levels][Wx]
+  int64_t* span = reinterpret_cast<int64_t*>(ring + R * 2 * L * Wx);  // [R][2][lo, hi]
+  uint64_t* erows = reinterpret_cast<uint64_t*>(span + R * 2 * 2);    // [2 masks][2][Wp]
   int64_t* counts = a.counts;
   const int64_t T = a.T;
 
@@ -157,46 +169,35 @@ void block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch) {
       if (y < H) {
         const int64_t slot = y % R;
         for (int m = 0; m < 2; ++m) {
-          uint64_t* b = ring + ((slot * 2 + m) * L) * Wp;  // level 0
-          int64_t* mt = meta + (slot * 2 + m) * 4;
+          uint64_t* lev = ring + (slot * 2 + m) * L * Wx + off;  // level l, word j: lev[l * Wx + j]
+          int64_t* sp = span + (slot * 2 + m) * 2;
           const uint64_t* row = rows[m] + y * Wp;
-          if (y + 1 < H) {
-            const uint64_t* below = row + Wp;
-            right_diff(below, a.e_mask, Wp, e_next[m]);
-            for (int64_t j = 0; j < Wp; ++j) b[j] = e_cur[m][j] | (row[j] ^ below[j]) | e_next[m][j];
-          } else {
-            for (int64_t j = 0; j < Wp; ++j) b[j] = e_cur[m][j];
-          }
-          std::swap(e_cur[m], e_next[m]);
+          const uint64_t* ec = e_cur[m];
+          uint64_t* en = e_next[m];
           int64_t lo = Wp, hi = 0, n = 0;
           for (int64_t j = 0; j < Wp; ++j) {
-            if (b[j]) {
+            uint64_t v = ec[j];
+            if (y + 1 < H) {  // (E | V | E below) of rows y, y + 1
+              const uint64_t* below = row + Wp;
+              const uint64_t next = j + 1 < Wp ? below[j + 1] : 0;
+              en[j] = (below[j] ^ ((below[j] >> 1) | (next << 63))) & a.e_mask[j];
+              v |= (row[j] ^ below[j]) | en[j];
+            }
+            lev[j] = v;
+            if (v) {
               lo = lo < j ? lo : j;
               hi = j + 1;
-              n += popc(b[j]);
+              n += popc(v);
             }
           }
+          std::swap(e_cur[m], e_next[m]);
           nb[m] += n;
-          if (n == 0) {
-            mt[0] = mt[1] = mt[2] = mt[3] = 0;
-            continue;
-          }
-          // levels on the zero-padded span [lo - ext, hi + ext) of words
-          const int64_t wlo = lo - ext, span = hi - lo + 2 * ext, pad = ext + 1;
-          const int64_t clo = wlo < 0 ? 0 : wlo, chi = hi + ext > Wp ? Wp : hi + ext;
-          mt[0] = lo;
-          mt[1] = hi;
-          mt[2] = clo;
-          mt[3] = chi;
-          if (L == 1) continue;
-          const int64_t stride = span + 2 * pad;
-          std::memset(local, 0, sizeof(uint64_t) * stride);
-          std::memcpy(local + pad + ext, b + lo, sizeof(uint64_t) * (hi - lo));
+          sp[0] = lo;
+          sp[1] = hi;
+          if (n == 0) continue;  // the stale levels of this slot are never read
+          // levels on words [-ext, Wp + ext): every bit of the dilation, none dropped
           for (int64_t l = 1; l < L; ++l) {
-            uint64_t* dst = local + l * stride;
-            for (int64_t i = 0; i < pad; ++i) dst[i] = dst[pad + span + i] = 0;
-            widen(local + a.step_src[l] * stride + pad, dst + pad, span, a.step_shift[l]);
-            std::memcpy(b + l * Wp + clo, dst + pad + (clo - wlo), sizeof(uint64_t) * (chi - clo));
+            widen(lev + a.step_src[l] * Wx - ext, lev + l * Wx - ext, Wp + 2 * ext, a.step_shift[l]);
           }
         }
       }
@@ -204,11 +205,11 @@ void block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch) {
       if (yc < 0) continue;
       const int64_t slot = yc % R;  // row yc +- d is in slot +- d, modulo R (d <= r < R, or R = H)
       for (int m = 0; m < 2; ++m) {
-        const int64_t* mt = meta + (slot * 2 + m) * 4;
-        if (mt[1] <= mt[0]) continue;
-        const uint64_t* b = ring + ((slot * 2 + m) * L) * Wp;
+        const int64_t* sp = span + (slot * 2 + m) * 2;
+        if (sp[1] <= sp[0]) continue;
+        const uint64_t* b = ring + (slot * 2 + m) * L * Wx + off;
         const int o = 1 - m;
-        for (int64_t j = mt[0]; j < mt[1]; ++j) {
+        for (int64_t j = sp[0]; j < sp[1]; ++j) {
           const uint64_t w = b[j];
           if (w == 0) continue;
           uint64_t acc = 0;
@@ -218,9 +219,9 @@ void block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch) {
               if (yy < 0 || yy >= H) continue;
               int64_t s2 = side == 0 ? slot + d : slot - d;
               s2 += s2 >= R ? -R : (s2 < 0 ? R : 0);
-              const int64_t* mo = meta + (s2 * 2 + o) * 4;
-              if (j < mo[2] || j >= mo[3]) continue;
-              acc |= ring[((s2 * 2 + o) * L + a.dy_level[d]) * Wp + j];
+              const int64_t* so = span + (s2 * 2 + o) * 2;
+              if (so[1] <= so[0]) continue;  // no boundary in that row
+              acc |= ring[((s2 * 2 + o) * L + a.dy_level[d]) * Wx + off + j];
             }
           }
           nmatch[m] += popc(w & acc);
