@@ -24,6 +24,9 @@ package_dir = {"": "."}
 if (ROOT / "kernels" / "__init__.py").is_file():
     packages.append("pdnet.kernels")
     package_dir["pdnet.kernels"] = "kernels"
+if (ROOT / "configs").is_dir():  # the shipped training recipes, found by name (pdnet train --config release)
+    packages.append("pdnet.configs")
+    package_dir["pdnet.configs"] = "configs"
 
 
 
@@ -120,7 +123,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"pdnet": ["assets/*.png", "assets/*.md", "configs/*.yaml"]},
+    package_data={"pdnet": ["assets/*.png", "assets/*.md"], "pdnet.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.11",
         "torchvision>=0.26",

@@ -101,9 +101,18 @@ def find_config(name: str) -> Path:
     p = Path(name)
     if p.is_file():
         return p
-    shipped = Path(__file__).resolve().parents[2] / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    stem = f"{name.removesuffix('.yaml')}.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "configs" / stem  # a source checkout
     if shipped.is_file():
         return shipped
+    try:  # an installed wheel: configs/ is installed as the data package pdnet.configs
+        from importlib import resources
+
+        installed = resources.files("pdnet.configs").joinpath(stem)
+        if installed.is_file():
+            return Path(str(installed))
+    except (ModuleNotFoundError, TypeError):
+        pass
     raise ConfigError(f"config file not found: {name} (nor a shipped config {shipped})")
 
 
