@@ -113,8 +113,18 @@ def test_load_errors(small, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         load(tmp_path / "nowhere.pt")
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match="junk.pt is not a torch file"):
         load(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt is not a torch file .*an empty file"):
+        load(tmp_path / "empty.pt")
+    torch.save({"weights": torch.zeros(100)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200])  # truncated zip
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*cut.pt"):
+        load(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="neither a pdnet checkpoint"):  # legacy format read, then judged
+        load(tmp_path / "legacy.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="neither a pdnet checkpoint"):
         load(tmp_path / "other.pt")

@@ -127,6 +127,16 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..); the legacy format (torch < 1.6, some
+    # released checkpoints) is a pickle stream, which starts with the PROTO opcode 0x80
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else f"a file starting with {head!r}"
+        raise CheckpointError(
+            f"checkpoint {path} is not a torch file (neither a zip archive nor a pickle stream: {what}); "
+            "it may be truncated or of another format"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
