@@ -538,7 +538,7 @@ class Trainer:
                 line.update(step=self.step, epoch=self.epoch_of(self.step - 1), lr=lr, pairs_per_s=pairs_per_s)
                 self._log(line, writer)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{line['total']:.3f}", pairs_s=f"{pairs_per_s:.1f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(_bar_terms(line, lr, pairs_per_s), refresh=False)
                 sums, counts, pairs, t_last = {}, {}, 0, time.perf_counter()
             if bar is not None:
                 bar.update(1)
@@ -581,6 +581,23 @@ class Trainer:
             for k, v in line.items():
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(k, v, line["step"])
+
+
+def _bar_terms(line: Dict[str, Any], lr: float, pairs_per_s: float) -> Dict[str, str]:
+    """The progress bar's postfix: total loss, the main loss terms of the logged steps
+    (segmentation of the final prediction, part losses of the target frame, the image
+    steps' total), lr and pairs/s."""
+    out = {"loss": f"{line['total']:.3f}"}
+    pred = [line[k] for k in ("video.pred.wbce", "video.pred.l1") if k in line]
+    if pred:
+        out["seg"] = f"{pred[0] + 0.8 * pred[1]:.3f}" if len(pred) == 2 else f"{pred[0]:.3f}"
+    if "video.parts_t.total" in line:
+        out["parts"] = f"{line['video.parts_t.total']:.3f}"
+    if "image.total" in line:
+        out["image"] = f"{line['image.total']:.3f}"
+    out["lr"] = f"{lr:.2e}"
+    out["pairs_s"] = f"{pairs_per_s:.1f}"
+    return out
 
 
 def _seed_worker(worker_id: int) -> None:
