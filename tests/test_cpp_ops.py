@@ -228,6 +228,57 @@ def test_part_masks_public_api_and_extreme_logits():
     torch.testing.assert_close(ops.part_masks_gt(x, gt, backend="cpp"), ref.part_masks(x, gt, False))
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 17, 19), (1, 1, 3, 3), (3, 2, 1, 1), (1, 3, 1, 37)])
+def test_part_masks_gt_without_gate_gradient(shape):
+    """The backward from the forward's output (no exps): a ground-truth mask that needs no
+    gradient, with exact zeros, ones, tiny and negative values, and large logits."""
+    B, p, h, w = shape
+    g = torch.Generator().manual_seed(B * 10 + p + w)
+    x = (_rand(B, p, h, w, gen=g).detach() * 8).requires_grad_()
+    gt = torch.rand(B, 1, h, w, generator=g)
+    flat = gt.view(-1)
+    flat[::3] = 0.0
+    flat[1::5] = 1.0
+    flat[2::7] = 1e-30
+    flat[4::11] = -0.5
+    f_cpp = lambda x, s: ops.part_masks_gt(x, s, backend="cpp")  # noqa: E731
+    f_ref = lambda x, s: ref.part_masks(x, s, False)  # noqa: E731
+    _compare(f_cpp, f_ref, [x, gt], atol=1e-6, rtol=1e-5, ref_dtype=torch.float64)
+    _compare(f_cpp, f_ref, [x.detach().double().requires_grad_(), gt.double()], atol=1e-14, rtol=1e-12)
+
+
+def test_part_masks_gradients_at_saturated_gates():
+    """sigmoid(S) = 0 or 1 exactly, and gates of a ground-truth mask that are 0 (its
+    gradient then needs the softmax itself, not the output)."""
+    x = torch.tensor([[[[80.0, -80.0, 3.0, 0.5]], [[-80.0, 80.0, 3.0, -0.5]], [[0.0, 0.0, -1.0, 2.0]]]])
+    s = torch.tensor([[[[-200.0, 200.0, -104.0, 40.0]]]])
+    for dtype, tol in ((torch.float32, dict(atol=1e-6, rtol=1e-5)), (torch.float64, dict(atol=1e-14, rtol=1e-12))):
+        xi, si = x.to(dtype).requires_grad_(), s.to(dtype).requires_grad_()
+        _compare(lambda a, b: ops.part_masks(a, b, backend="cpp"), lambda a, b: ref.part_masks(a, b, True), [xi, si], **tol)
+        gt = torch.tensor([[[[0.0, 1.0, 0.0, 0.25]]]], dtype=dtype).requires_grad_()
+        _compare(lambda a, b: ops.part_masks_gt(a, b, backend="cpp"), lambda a, b: ref.part_masks(a, b, False), [xi, gt], **tol)
+
+
+def test_part_masks_low_precision_inputs_on_cpu():
+    """float16 / bfloat16: computed in float32 (the backward from the logits, not from the
+    rounded output); error within 2x PyTorch's own at that precision."""
+    g = torch.Generator().manual_seed(12)
+    x, s = torch.randn(2, 5, 9, 13, generator=g), torch.randn(2, 1, 9, 13, generator=g)
+    cot = torch.randn(2, 5, 9, 13, generator=g)
+
+    def run(fn, dt):
+        xi, si = x.to(dt).requires_grad_(), s.to(dt).requires_grad_()
+        out = fn(xi, si)
+        return [out.float()] + [t.float() for t in torch.autograd.grad(out, (xi, si), cot.to(dt))]
+
+    r32 = run(lambda a, b: ref.part_masks(a, b, True), torch.float32)
+    for dt in (torch.float16, torch.bfloat16):
+        mine = run(lambda a, b: ops.part_masks(a, b, backend="cpp"), dt)
+        pt = run(lambda a, b: ref.part_masks(a, b, True), dt)
+        for m, p_, r in zip(mine, pt, r32):
+            assert (m - r).abs().max() <= 2 * (p_ - r).abs().max() + 1e-6
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 7, 9, 11), (1, 1, 1, 1, 1), (2, 3, 4, 50, 51), (1, 2, 0, 3, 3)])
 def test_assemble_parts_matches_reference(shape):
     B, p, C, h, w = shape
@@ -265,6 +316,32 @@ def test_area_variance_zero_input_and_single_part():
     assert out.item() == 0.0
     out.backward()
     assert torch.all(one.grad == 0)
+
+
+def test_area_variance_gradient_is_a_broadcast():
+    """The gradient is coef[b, k] broadcast over the pixels (an expanded view, as torch's sum
+    backward): it feeds a consumer that needs no materialised copy, and a leaf gets a
+    dense .grad."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.rand(2, 3, 5, 7, generator=g).requires_grad_()
+    loss, areas = torch.ops.pdnet.area_variance(x)
+    coef = torch.ops.pdnet.area_variance_backward(torch.tensor(2.0), x.detach(), areas)
+    assert coef.shape == (2, 3) and coef.dtype == x.dtype
+    (gx,) = torch.autograd.grad(loss, x, torch.tensor(2.0))
+    assert gx.shape == x.shape
+    torch.testing.assert_close(gx, coef[:, :, None, None].expand_as(x))
+    ops.area_variance(x, backend="cpp").backward()
+    assert x.grad.is_contiguous()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(ref.area_variance(x), x)[0], atol=1e-7, rtol=1e-5)
+    # through a softmax over parts, as the part losses use it
+    z = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    (gz,) = torch.autograd.grad(ops.area_variance(torch.softmax(z, 1), backend="cpp"), z)
+    (gz_r,) = torch.autograd.grad(ref.area_variance(torch.softmax(z, 1)), z)
+    torch.testing.assert_close(gz, gz_r, atol=1e-15, rtol=1e-10)
+    # no pixels / no batch
+    e = torch.rand(2, 3, 0, 4, requires_grad=True)
+    ops.area_variance(e, backend="cpp").backward()
+    assert e.grad.shape == e.shape
 
 
 def test_gradcheck_float64_small_ops():
@@ -315,7 +392,11 @@ def test_backward_ops_opcheck():
         )
     x, s = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 1, 5, 6, generator=g)
     for gate_grad in (True, False):
-        torch.library.opcheck(torch.ops.pdnet.part_masks_backward.default, (torch.randn(2, 4, 5, 6), x, s, True, gate_grad))
+        for logit in (True, False):
+            m = torch.ops.pdnet.part_masks(x, s, logit)
+            torch.library.opcheck(
+                torch.ops.pdnet.part_masks_backward.default, (torch.randn(2, 4, 5, 6), x, m, s, logit, gate_grad)
+            )
     P, Y, M = torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 4, 5, 6), torch.randn(2, 3, 5, 6)
     for fg, mg in ((True, True), (True, False), (False, True)):
         torch.library.opcheck(torch.ops.pdnet.assemble_parts_backward.default, (torch.randn(2, 4, 5, 6), P, Y, M, fg, mg))

@@ -34,10 +34,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
 // [B,p,h,w] = softmax over parts(part_logits [B,p,h,w]) * (sigmoid(gate) or gate) [B,1,h,w].
 at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit);
 
-// (grad_part_logits [B,p,h,w], grad_gate [B,1,h,w], or empty unless gate_grad).
+// (grad_part_logits [B,p,h,w], grad_gate [B,1,h,w], or empty unless gate_grad). masks is
+// the forward's output for these inputs (kernels may use it instead of recomputing the
+// softmax of part_logits).
 std::tuple<at::Tensor, at::Tensor> part_masks_backward(
-    const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& gate,
-    bool gate_is_logit, bool gate_grad);
+    const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& masks,
+    const at::Tensor& gate, bool gate_is_logit, bool gate_grad);
 
 // [B,C,h,w] = sum_k (p_feats + y_feats)[:,k] * masks[:,k]; feats [B,p,C,h,w], masks [B,p,h,w].
 at::Tensor assemble_parts(const at::Tensor& p_feats, const at::Tensor& y_feats, const at::Tensor& masks);
@@ -51,7 +53,9 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(
 // (loss [] in x's dtype, areas [B,p] opmath = sum over pixels of x [B,p,H,W]).
 std::tuple<at::Tensor, at::Tensor> area_variance(const at::Tensor& x);
 
-// grad_x [B,p,H,W] from grad_loss [] and the areas saved by the forward.
+// coef [B,p] (x's dtype) from grad_loss [] and the areas saved by the forward: the
+// gradient of x is coef[b, k] at every pixel of (b, k), i.e. coef[:, :, None, None]
+// expanded to x's shape.
 at::Tensor area_variance_backward(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& areas);
 
 namespace detail {

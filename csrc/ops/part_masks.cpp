@@ -12,7 +12,8 @@ TORCH_LIBRARY_FRAGMENT(pdnet, m) {
   m.def("part_masks(Tensor part_logits, Tensor gate, bool gate_is_logit) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   m.def(
-      "part_masks_backward(Tensor grad_out, Tensor part_logits, Tensor gate, bool gate_is_logit, "
+      "part_masks_backward(Tensor grad_out, Tensor part_logits, Tensor masks, Tensor gate, "
+      "bool gate_is_logit, "
       "bool gate_grad) -> (Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }
@@ -25,12 +26,12 @@ at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, boo
 }
 
 std::tuple<at::Tensor, at::Tensor> part_masks_backward(
-    const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& gate,
-    bool gate_is_logit, bool gate_grad) {
+    const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& masks,
+    const at::Tensor& gate, bool gate_is_logit, bool gate_grad) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pdnet::part_masks_backward", "")
                        .typed<decltype(part_masks_backward)>();
-  return op.call(grad_out, part_logits, gate, gate_is_logit, gate_grad);
+  return op.call(grad_out, part_logits, masks, gate, gate_is_logit, gate_grad);
 }
 
 namespace detail {

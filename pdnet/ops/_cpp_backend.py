@@ -23,7 +23,9 @@ Ops (shapes: B batch, p parts, Nq/Nk queries/keys, d head dim, C channels):
 * ``part_masks(part_logits, gate, gate_is_logit) -> masks``.
 * ``assemble_parts(p_feats, y_feats, masks) -> out``.
 * ``area_variance(x) -> (loss, areas)``: areas [B,p] (opmath dtype) are saved for the
-  backward so that it does not read x again.
+  backward so that it does not read x again; ``area_variance_backward`` returns the
+  per-(b, part) coefficients [B,p] and the gradient of x is their broadcast (an
+  expanded view, as torch's sum backward gives).
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _register_fakes() -> None:
         return part_logits.new_empty(part_logits.shape)
 
     @torch.library.register_fake(lib + "part_masks_backward")
-    def _(grad_out, part_logits, gate, gate_is_logit, gate_grad):
+    def _(grad_out, part_logits, masks, gate, gate_is_logit, gate_grad):
         return part_logits.new_empty(part_logits.shape), gate.new_empty(gate.shape if gate_grad else (0,))
 
     @torch.library.register_fake(lib + "assemble_parts")
@@ -96,7 +98,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake(lib + "area_variance_backward")
     def _(grad_loss, x, areas):
-        return x.new_empty(x.shape)
+        return x.new_empty(x.shape[:2])
 
 
 def _register_autograd() -> None:
@@ -122,16 +124,17 @@ def _register_autograd() -> None:
 
     torch.library.register_autograd("pdnet::part_attention", pa_backward, setup_context=pa_setup)
 
-    # part_masks: inputs (part_logits, gate, gate_is_logit)
+    # part_masks: inputs (part_logits, gate, gate_is_logit); the output is saved too: the
+    # CPU backward takes the softmax from it instead of recomputing p exps per pixel
     def pm_setup(ctx, inputs, output):
         part_logits, gate, gate_is_logit = inputs
         ctx.gate_is_logit = gate_is_logit
-        ctx.save_for_backward(part_logits, gate)
+        ctx.save_for_backward(part_logits, output, gate)
 
     def pm_backward(ctx, grad_out):
-        part_logits, gate = ctx.saved_tensors
+        part_logits, masks, gate = ctx.saved_tensors
         need_gate = bool(ctx.needs_input_grad[1])
-        gl, gg = ops.part_masks_backward(grad_out, part_logits, gate, ctx.gate_is_logit, need_gate)
+        gl, gg = ops.part_masks_backward(grad_out, part_logits, masks, gate, ctx.gate_is_logit, need_gate)
         return (gl if ctx.needs_input_grad[0] else None, gg if need_gate else None, None)
 
     torch.library.register_autograd("pdnet::part_masks", pm_backward, setup_context=pm_setup)
@@ -160,7 +163,9 @@ def _register_autograd() -> None:
 
     def av_backward(ctx, grad_loss, grad_areas):
         x, areas = ctx.saved_tensors
-        return ops.area_variance_backward(grad_loss, x, areas)
+        coef = ops.area_variance_backward(grad_loss, x, areas)  # [B, p]
+        # one value per (b, part): broadcast, as torch's sum backward does
+        return coef[:, :, None, None].expand(x.shape)
 
     torch.library.register_autograd("pdnet::area_variance", av_backward, setup_context=av_setup)
 

@@ -1,6 +1,7 @@
 // CPU kernels of pdnet::area_variance and pdnet::area_variance_backward: part areas by
 // a parallel chunked reduction (cores in area_variance_vec.h), the loss and the
-// gradient coefficients by the formula in ../area_variance_math.h, in float64.
+// per-(b, part) gradient coefficients by the formula in ../area_variance_math.h, in
+// float64.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -52,34 +53,26 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
   return {at::full({}, loss, x.options()), areas_t.to(work)};
 }
 
+// The gradient of x is coef[b, k] at every pixel of (b, k): the kernel returns coef
+// [B, p] and the autograd formula broadcasts it with expand (no pass over the pixels, as
+// torch's own sum backward), so that a consumer of the gradient reads it without it
+// ever being written out in full.
 at::Tensor area_variance_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& areas) {
   const char* where = "pdnet::area_variance_backward (CPU)";
   detail::check_area_variance(where, x);
-  const int64_t B = x.size(0), p = x.size(1), hw = x.size(2) * x.size(3), BP = B * p;
+  const int64_t B = x.size(0), p = x.size(1);
   TORCH_CHECK(grad_loss.numel() == 1, where, ": grad_loss must hold one value, got ",
               detail::describe(grad_loss));
   TORCH_CHECK(areas.dim() == 2 && areas.size(0) == B && areas.size(1) == p, where,
               ": areas must be (B, p) to match x ", detail::describe(x), ", got ",
               detail::describe(areas));
-  const auto work = detail::opmath_type(x.scalar_type());
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().dtype(work));
-  if (grad_x.numel() == 0) return grad_x.to(x.scalar_type());
+  at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kDouble));
+  if (B * p == 0) return coef.to(x.scalar_type());
   const double g = grad_loss.item<double>() / static_cast<double>(B);
   const at::Tensor ac = areas.to(at::kDouble).contiguous();
-  std::vector<double> coef(BP);
   for (int64_t b = 0; b < B; ++b)
-    area_math::variance_grad(ac.const_data_ptr<double>() + b * p, p, g, coef.data() + b * p);
-  const int64_t nch = (hw + kPixelChunk - 1) / kPixelChunk;
-  AT_DISPATCH_FLOATING_TYPES(work, "area_variance_backward_cpu", [&] {
-    const auto& K = pdnet::cpu::kernels<scalar_t>();
-    scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-    pdnet::cpu::parallel_items(
-        BP * nch, [] { return 0; }, [&](int64_t item, int) {
-        const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
-        K.fill(gx + row * hw + s, static_cast<scalar_t>(coef[row]), std::min(kPixelChunk, hw - s));
-    });
-  });
-  return grad_x.to(x.scalar_type());
+    area_math::variance_grad(ac.const_data_ptr<double>() + b * p, p, g, coef.mutable_data_ptr<double>() + b * p);
+  return coef.to(x.scalar_type());
 }
 
 }  // namespace

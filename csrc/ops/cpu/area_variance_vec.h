@@ -1,6 +1,5 @@
-// CPU compute cores of area_variance: the part areas (sums over pixels) and the
-// broadcast of the per-part gradient coefficient. The per-batch formula itself is in
-// ../area_variance_math.h (shared with CUDA).
+// CPU compute core of area_variance: the part areas (sums over pixels). The per-batch
+// formula itself is in ../area_variance_math.h (shared with CUDA).
 #pragma once
 
 #include "vec_common.h"
@@ -34,16 +33,6 @@ double sum(const T* x, int64_t n) {
     total += block;
   }
   return total;
-}
-
-template <typename T>
-void fill(T* y, T value, int64_t n) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t V = Vec::size();
-  const Vec vv(value);
-  int64_t i = 0;
-  for (; i + V <= n; i += V) vv.store(y + i);
-  for (; i < n; ++i) y[i] = value;
 }
 
 }  // namespace CPU_CAPABILITY

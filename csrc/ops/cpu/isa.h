@@ -64,6 +64,11 @@ struct Kernels {
   void (*part_masks_backward)(const T* grad_out, const T* logits, const T* gate, T* grad_logits,
                               T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
                               bool gate_is_logit);
+  // the same from the forward's output masks [p, hw] instead of the logits (see
+  // part_masks_vec.h; not for the gradient of a ground-truth gate)
+  void (*part_masks_backward_from_masks)(const T* grad_out, const T* masks, const T* gate,
+                                         T* grad_logits, T* grad_gate, int64_t p, int64_t hw,
+                                         int64_t s, int64_t e, bool gate_is_logit);
   // one batch element: feats [p, C, hw], masks [p, hw] -> out[c, s:e] of [C, hw]
   void (*assemble_forward)(const T* pf, const T* yf, const T* masks, T* out, int64_t p, int64_t C,
                            int64_t hw, int64_t c, int64_t s, int64_t e);
@@ -74,8 +79,6 @@ struct Kernels {
                             int64_t e);
   // sum of x[0:n] in double precision accumulation
   double (*sum)(const T* x, int64_t n);
-  // y[0:n] = value
-  void (*fill)(T* y, T value, int64_t n);
 };
 
 struct KernelTable {

@@ -26,8 +26,9 @@ inline namespace CPU_CAPABILITY {
 template <typename T>
 constexpr Kernels<T> make_kernels() {
   return Kernels<T>{
-      &attention_forward<T>, &attention_backward<T>, &attention_scratch, &part_masks_forward<T>,
-      &part_masks_backward<T>, &assemble_forward<T>, &assemble_backward<T>, &sum<T>, &fill<T>,
+      &attention_forward<T>,      &attention_backward<T>, &attention_scratch,
+      &part_masks_forward<T>,     &part_masks_backward<T>, &part_masks_backward_from_masks<T>,
+      &assemble_forward<T>,       &assemble_backward<T>,  &sum<T>,
   };
 }
 

@@ -42,34 +42,40 @@ at::Tensor part_masks_cpu(const at::Tensor& part_logits, const at::Tensor& gate,
 
 std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& grad_out,
                                                            const at::Tensor& part_logits,
+                                                           const at::Tensor& masks,
                                                            const at::Tensor& gate,
                                                            bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CPU)";
   detail::check_part_masks(where, part_logits, gate);
   detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
+  detail::check_same_shape(where, "masks", masks, "part_logits", part_logits);
   const auto work = detail::opmath_type(part_logits.scalar_type());
-  const at::Tensor goc = grad_out.to(work).contiguous();
-  const at::Tensor lc = part_logits.to(work).contiguous();
-  const at::Tensor gc = gate.to(work).contiguous();
-  at::Tensor grad_logits = at::empty(lc.sizes(), lc.options());
-  at::Tensor grad_gate = gate_grad ? at::empty(gc.sizes(), gc.options()) : at::empty({0}, gc.options());
-  const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
   const auto dtype = part_logits.scalar_type();
+  // The forward's output gives the softmax without exps, unless it was rounded to a low
+  // precision dtype or the gradient of a ground-truth gate is wanted (part_masks_vec.h).
+  const bool from_masks = dtype == work && (gate_is_logit || !gate_grad);
+  const at::Tensor goc = grad_out.to(work).contiguous();
+  const at::Tensor src = (from_masks ? masks : part_logits).to(work).contiguous();
+  const at::Tensor gc = gate.to(work).contiguous();
+  at::Tensor grad_logits = at::empty(src.sizes(), src.options());
+  at::Tensor grad_gate = gate_grad ? at::empty(gc.sizes(), gc.options()) : at::empty({0}, gc.options());
+  const int64_t B = src.size(0), p = src.size(1), hw = src.size(2) * src.size(3);
   if (B * hw == 0 || p == 0) return {grad_logits.to(dtype), grad_gate.zero_().to(dtype)};
   const int64_t nch = (hw + kPixelChunk - 1) / kPixelChunk;
   AT_DISPATCH_FLOATING_TYPES(work, "part_masks_backward_cpu", [&] {
     const auto& K = pdnet::cpu::kernels<scalar_t>();
+    const auto core = from_masks ? K.part_masks_backward_from_masks : K.part_masks_backward;
     const scalar_t* go = goc.const_data_ptr<scalar_t>();
-    const scalar_t* l = lc.const_data_ptr<scalar_t>();
+    const scalar_t* l = src.const_data_ptr<scalar_t>();  // [B, p, hw] masks or logits
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gg = gate_grad ? grad_gate.mutable_data_ptr<scalar_t>() : nullptr;
     pdnet::cpu::parallel_items(
         B * nch, [] { return 0; }, [&](int64_t item, int) {
         const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
-        K.part_masks_backward(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
-                              gg != nullptr ? gg + b * hw : nullptr, p, hw, s,
-                              std::min(hw, s + kPixelChunk), gate_is_logit);
+        core(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
+             gg != nullptr ? gg + b * hw : nullptr, p, hw, s, std::min(hw, s + kPixelChunk),
+             gate_is_logit);
     });
   });
   return {grad_logits.to(dtype), grad_gate.to(dtype)};

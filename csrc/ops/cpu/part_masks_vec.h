@@ -4,7 +4,14 @@
 //
 // Backward, with s = softmax(D), go = grad_out and sg = sum_k s_k go_k:
 //   grad_D_k = s_k * G * (go_k - sg),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1)
-// (skipped when grad_gate is null).
+// (skipped when grad_gate is null). part_masks_backward recomputes s from D (p exps per
+// pixel); part_masks_backward_from_masks takes the forward's output R = s G instead and
+// needs no exp for the parts: with rg = sum_k R_k go_k = G sg,
+//   grad_D_k = R_k (go_k - rg / G),   grad_gate = rg (1 - G)   (gate_is_logit only)
+// where rg / G is taken as 0 unless |G| is a normal number: then |R_k| <= |G| and the
+// error of grad_D is below |G| max|go|, far under any rounding of the other pixels. The
+// gradient of a ground-truth gate (sg itself) cannot be recovered from R where G = 0,
+// so that case keeps the recomputing core.
 #pragma once
 
 #include "vec_common.h"
@@ -69,6 +76,28 @@ void part_masks_backward(const T* grad_out, const T* logits, const T* gate, T* g
       const Vec gg = gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg;
       gg.store(grad_gate + x, n);
     }
+  }
+}
+
+template <typename T>
+void part_masks_backward_from_masks(const T* grad_out, const T* masks, const T* gate, T* grad_logits,
+                                    T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
+                                    bool gate_is_logit) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec tiny(std::numeric_limits<T>::min());
+  for (int64_t x = s; x < e; x += V) {
+    const int64_t n = std::min(V, e - x);
+    Vec rg(T(0));  // sum_k R_k go_k
+    for (int64_t k = 0; k < p; ++k)
+      rg = at::vec::fmadd(Vec::loadu(masks + k * hw + x, n), Vec::loadu(grad_out + k * hw + x, n), rg);
+    const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
+    const Vec sg = rg * Vec::blendv(Vec(T(0)), Vec(T(1)) / G, G.abs() >= tiny);
+    for (int64_t k = 0; k < p; ++k) {
+      const Vec gk = Vec::loadu(masks + k * hw + x, n) * (Vec::loadu(grad_out + k * hw + x, n) - sg);
+      gk.store(grad_logits + k * hw + x, n);
+    }
+    if (grad_gate != nullptr) (rg * (Vec(T(1)) - G)).store(grad_gate + x, n);
   }
 }
 

@@ -2,7 +2,7 @@
 // Forward: per-chunk partial sums of every (b, part) row (a block each, deterministic,
 // no atomics), then one block adds the partials and evaluates the loss with the
 // formula of ../area_variance_math.h. Backward: the per-(b, part) coefficient from the
-// saved areas, then a broadcast fill. Accumulation in float32.
+// saved areas (the autograd formula broadcasts it). Accumulation in float32.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -80,14 +80,6 @@ __global__ void area_coef_kernel(const T* __restrict__ grad_loss, const float* _
   area_math::variance_grad(areas + b * p, p, g, coef + b * p);
 }
 
-template <typename T>
-__global__ void area_fill_kernel(const float* __restrict__ coef, T* __restrict__ grad_x, int64_t n,
-                                 int64_t hw) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x)
-    grad_x[idx] = from_float<T>(coef[idx / hw]);
-}
-
 std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
   const char* where = "pdnet::area_variance (CUDA)";
   detail::check_area_variance(where, x);
@@ -119,34 +111,30 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
   return {loss, areas};
 }
 
+// Returns the coefficients [B, p] (x's dtype); the autograd formula broadcasts them.
 at::Tensor area_variance_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& areas) {
   const char* where = "pdnet::area_variance_backward (CUDA)";
   detail::check_area_variance(where, x);
   PDNET_CHECK_CUDA_DTYPE(where, x);
-  const int64_t B = x.size(0), p = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t B = x.size(0), p = x.size(1);
   TORCH_CHECK(grad_loss.numel() == 1, where, ": grad_loss must hold one value, got ",
               detail::describe(grad_loss));
   TORCH_CHECK(areas.dim() == 2 && areas.size(0) == B && areas.size(1) == p, where,
               ": areas must be (B, p) to match x ", detail::describe(x), ", got ",
               detail::describe(areas));
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
-  const int64_t n = grad_x.numel();
-  if (n == 0) return grad_x;
+  at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kFloat));
+  if (B * p == 0) return coef.to(x.scalar_type());
   const at::Tensor gl = grad_loss.to(x.scalar_type()).contiguous();
   const at::Tensor ac = areas.to(at::kFloat).contiguous();
-  at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kFloat));
   auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(x.scalar_type(), "area_variance_backward_cuda", [&] {
     using T = device_t<scalar_t>;
     area_coef_kernel<T><<<grid_for(B), kThreads, 0, stream>>>(
         dptr<scalar_t>(gl), ac.const_data_ptr<float>(), coef.mutable_data_ptr<float>(), B, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    area_fill_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(coef.const_data_ptr<float>(),
-                                                              mptr<scalar_t>(grad_x), n, hw);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return grad_x;
+  return coef.to(x.scalar_type());
 }
 
 }  // namespace

@@ -85,13 +85,17 @@ at::Tensor part_masks_cuda(const at::Tensor& part_logits, const at::Tensor& gate
   return out;
 }
 
+// The softmax is recomputed from part_logits (masks, the forward's output, is not read):
+// on the GPU the exps are cheap next to the memory traffic, which is the same either way.
 std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& grad_out,
                                                             const at::Tensor& part_logits,
+                                                            const at::Tensor& masks,
                                                             const at::Tensor& gate,
                                                             bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CUDA)";
   detail::check_part_masks(where, part_logits, gate);
   detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
+  detail::check_same_shape(where, "masks", masks, "part_logits", part_logits);
   PDNET_CHECK_CUDA_DTYPE(where, part_logits);
   const c10::cuda::CUDAGuard guard(part_logits.device());
   const at::Tensor goc = grad_out.to(part_logits.scalar_type()).contiguous();
