@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import OUTPUTS, PairAugment, SizeLike, as_size, collate_pairs, geometry_tensor
+from .augment import OUTPUTS, PairAugment, SizeLike, as_size, augment_rgba, collate_pairs, geometry_tensor, rgba_to_float
 from .errors import DataError, PathLike, problem, raise_or_warn
-from .io import read_image, read_mask
+from .io import read_image, read_mask, read_rgba
 from .layouts import LAYOUTS, SCANNERS, Clip, detect_layout, validate_clips
 
 #: tries to find a loadable sample after a bad one when ``skip_bad=True``
@@ -173,12 +173,18 @@ class PairDataset(Dataset):
             raise problem(mask_path, f"mask is {mw}x{mh} (WxH) but its frame {frame} is {w}x{h}")
         return image, mask
 
+    def _read(self, clip: Clip, pos: int):
+        """``output="raw"``: (image, mask); otherwise the RGBA frame (mask as alpha)."""
+        if self.output == "raw":
+            return self._read_pair(clip, pos)
+        return read_rgba(clip.frames[pos], clip.masks[pos], clip.mask_mode)
+
     def _reference(self, c: int, clip: Clip):
         hit = self._ref_cache.get(c)
         if hit is not None:
             self._ref_cache.move_to_end(c)
             return hit
-        pair = self._read_pair(clip, 0)
+        pair = self._read(clip, 0)
         if self._ref_cache_size > 0:
             self._ref_cache[c] = pair
             if len(self._ref_cache) > self._ref_cache_size:
@@ -187,14 +193,16 @@ class PairDataset(Dataset):
 
     def _load(self, index: int) -> Dict[str, object]:
         clip, c, pos = self.locate(index)
+        epoch = self.epoch
+        rng_t = sample_rng(self.seed, epoch, index, 0) if self.augment else None
+        rng_r = sample_rng(self.seed, epoch, index, 1) if self.augment else None
+        if self.output != "raw":
+            return self._load_rgba(clip, c, pos, index, rng_t, rng_r)
         ref_image, ref_mask = self._reference(c, clip)
         if pos == 0:
             image, mask = ref_image, ref_mask
         else:
             image, mask = self._read_pair(clip, pos)
-        epoch = self.epoch
-        rng_t = sample_rng(self.seed, epoch, index, 0) if self.augment else None
-        rng_r = sample_rng(self.seed, epoch, index, 1) if self.augment else None
         info = {
             "sequence": clip.name,
             "frame": clip.frames[pos].stem,
@@ -222,6 +230,36 @@ class PairDataset(Dataset):
             "reference": reference,
             "reference_mask": reference_mask,
             **info,
+        }
+
+    def _load_rgba(self, clip: Clip, c: int, pos: int, index: int, rng_t, rng_r) -> Dict[str, object]:
+        """"float" / "uint8" samples: each frame is read as one RGBA buffer (the mask as
+        alpha; the reference stays cached in that layout) and cropped, resized and flipped
+        in one pass (:func:`pdnet.data.augment.augment_rgba`). uint8 samples are views of
+        that [h, w, 4] buffer (image ``[3, h, w]`` and mask ``[1, h, w]`` with HWC strides),
+        which :func:`collate_pairs` packs into one buffer per batch."""
+        ref = self._reference(c, clip)
+        frame = ref if pos == 0 else self._read(clip, pos)
+        h, w = frame.shape[:2]
+        rh, rw = ref.shape[:2]
+        target = augment_rgba(frame, self.transform.geometry(rng_t, h, w), self.size)
+        reference = augment_rgba(ref, self.transform.geometry(rng_r, rh, rw), self.size)
+        out = {}
+        for key, rgba in (("target", target), ("reference", reference)):
+            if self.output == "float":
+                out[key], out[f"{key}_mask"] = rgba_to_float(rgba)
+            else:
+                chw = rgba.permute(2, 0, 1)
+                out[key], out[f"{key}_mask"] = chw[:3], chw[3:]
+        return {
+            "target": out["target"],
+            "target_mask": out["target_mask"],
+            "reference": out["reference"],
+            "reference_mask": out["reference_mask"],
+            "sequence": clip.name,
+            "frame": clip.frames[pos].stem,
+            "size": torch.tensor((h, w), dtype=torch.int64),
+            "index": index,
         }
 
     def __getstate__(self):

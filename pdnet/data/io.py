@@ -7,6 +7,14 @@ keeps palette indices) to ``Tensor[1, H, W]`` uint8 in 0..255. (torchvision's
 ``decode_png`` is a little faster but, in torchvision 0.29.1, kills the process with a
 segmentation fault on a PNG whose pixel data fails its CRC, so it is not used.)
 
+Datasets read a frame and its mask together as one RGBA buffer (:func:`read_rgba`,
+``Tensor[H, W, 4]``, the mask as alpha), the layout their augmentation resizes in one
+pass. For those, an RGB JPEG is decoded by Pillow, which decodes straight into its own
+four-bytes-a-pixel layout so the mask is attached without reshuffling the pixels: that
+measured faster than torchvision's decoder plus an interleaving copy (bench/bench_data.py).
+Both use libjpeg-turbo and give the same pixels (tested); any other image goes through
+:func:`read_image`.
+
 Any failure is raised as :class:`~pdnet.data.errors.DataError` naming the file.
 """
 from __future__ import annotations
@@ -126,6 +134,12 @@ def read_mask(path: PathLike, mode: str = "auto") -> torch.Tensor:
     Raises:
         DataError: missing, unreadable, truncated or undecodable file (message names it).
     """
+    return torch.from_numpy(np.ascontiguousarray(_decode_mask(path, mode), dtype=np.uint8))[None]
+
+
+def _decode_mask(path: PathLike, mode: str = "auto", as_image: bool = False):
+    """The mask of :func:`read_mask` as a ``numpy`` [H, W] uint8 array, or with
+    ``as_image`` as a decoded Pillow "L" image (the stored one when it is already grey)."""
     if mode not in MASK_MODES:
         raise ValueError(f"read_mask: mode must be one of {MASK_MODES}, got {mode!r}")
     import io
@@ -139,6 +153,11 @@ def read_mask(path: PathLike, mode: str = "auto") -> torch.Tensor:
     if reason:
         raise problem(path, reason)
     try:
+        if as_image and mode == "auto":
+            im = Image.open(io.BytesIO(data))
+            if im.mode == "L":
+                im.load()
+                return im
         with Image.open(io.BytesIO(data)) as im:
             if im.mode == "P":
                 arr = (np.asarray(im) != 0).astype(np.uint8) * 255
@@ -158,7 +177,65 @@ def read_mask(path: PathLike, mode: str = "auto") -> torch.Tensor:
         raise problem(path, f"cannot decode mask ({exc})") from None
     if mode == "nonzero":
         arr = (arr != 0).astype(np.uint8) * 255
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.uint8))[None]
+    if as_image:
+        return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), mode="L")
+    return arr
+
+
+def read_rgba(image_path: PathLike, mask_path: PathLike, mask_mode: str = "auto") -> torch.Tensor:
+    """A frame and its mask as one RGBA buffer: RGB as :func:`read_image`, alpha as
+    :func:`read_mask` (``mask_mode``).
+
+    Returns:
+        Tensor[H, W, 4] uint8, contiguous (possibly read-only memory: do not write to it).
+
+    Raises:
+        DataError: as :func:`read_image` / :func:`read_mask`, or when the mask's size is
+        not the frame's (the message names both files).
+    """
+    mask = _decode_mask(mask_path, mask_mode, as_image=True)
+    data = _read_bytes(image_path)
+    if data.startswith(_JPEG_MAGIC) and _JPEG_END in data[-_TAIL:]:
+        rgba = _pil_jpeg_rgba(data, mask)
+        if rgba is not None:
+            return rgba
+    image = read_image(image_path)
+    h, w = image.shape[1:]
+    if (w, h) != mask.size:
+        raise _size_mismatch(image_path, mask_path, (h, w), mask.size[::-1])
+    from .augment import pack_rgba
+
+    return pack_rgba(image, torch.from_numpy(np.asarray(mask).copy())[None])
+
+
+def _size_mismatch(image_path: PathLike, mask_path: PathLike, frame_hw, mask_hw) -> DataError:
+    return problem(
+        mask_path,
+        f"mask is {mask_hw[1]}x{mask_hw[0]} (WxH) but its frame {image_path} is {frame_hw[1]}x{frame_hw[0]}",
+    )
+
+
+def _pil_jpeg_rgba(data: bytes, mask) -> "torch.Tensor | None":
+    """Pillow decode of an RGB JPEG with ``mask`` (a Pillow "L" image) as its alpha;
+    None when Pillow cannot or the sizes differ (the caller's slow path decides)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.mode != "RGB" or im.size != mask.size:
+            return None
+        im.load()
+        im.putalpha(mask)  # RGB is stored four bytes a pixel: the mask fills the fourth
+        buf = im.tobytes()
+    except Exception:  # noqa: BLE001 - any Pillow failure: read_image decides (and names the file)
+        return None
+    w, h = im.size
+    with warnings.catch_warnings():
+        # bytes are read-only; the buffer is only ever read (cropped, resized)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(h, w, 4)
 
 
 def probe(path: PathLike) -> Tuple[int, int]:
