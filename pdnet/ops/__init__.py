@@ -2,7 +2,9 @@
 
 Every op takes a ``backend`` argument:
 
-* ``"auto"`` (default): the fastest registered backend for the tensors' device;
+* ``"auto"`` (default): the fastest registered backend for the tensors' device (on
+  CUDA, with both kernel backends built, timed once per input signature; see
+  :func:`auto_choices` and :mod:`pdnet.ops._dispatch`);
 * ``"reference"``: the pure-PyTorch implementation in :mod:`pdnet.ops.reference`;
 * ``"triton"`` / ``"cpp"`` (alias ``"cuda"``): the kernel backends, when built.
 
@@ -18,6 +20,7 @@ import torch
 from . import _checks, reference
 from ._dispatch import (
     KNOWN_BACKENDS,
+    auto_choices,
     available_backends,
     mark_unavailable,
     register_backend,
@@ -31,6 +34,7 @@ __all__ = [
     "assemble_parts",
     "area_variance",
     "available_backends",
+    "auto_choices",
     "register_backend",
     "KNOWN_BACKENDS",
 ]
