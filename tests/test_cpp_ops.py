@@ -259,6 +259,22 @@ def test_part_masks_gradients_at_saturated_gates():
         _compare(lambda a, b: ops.part_masks_gt(a, b, backend="cpp"), lambda a, b: ref.part_masks(a, b, False), [xi, gt], **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_part_masks_one_part_gives_exactly_zero_logit_gradient(dtype):
+    """softmax over a single part is constant: its gradient is exactly 0 (the model relies
+    on it: with p = 1 the part head must not move), for every backward core."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(2, 1, 7, 9, generator=g, dtype=dtype).requires_grad_()
+    cot = torch.randn(2, 1, 7, 9, generator=g, dtype=dtype)
+    for gate, fn in (
+        (torch.randn(2, 1, 7, 9, generator=g, dtype=dtype), ops.part_masks),
+        (torch.rand(2, 1, 7, 9, generator=g, dtype=dtype), ops.part_masks_gt),
+        (torch.rand(2, 1, 7, 9, generator=g, dtype=dtype).requires_grad_(), ops.part_masks_gt),
+    ):
+        (gx,) = torch.autograd.grad(fn(x, gate, backend="cpp"), x, cot)
+        assert torch.equal(gx, torch.zeros_like(gx))
+
+
 def test_part_masks_low_precision_inputs_on_cpu():
     """float16 / bfloat16: computed in float32 (the backward from the logits, not from the
     rounded output); error within 2x PyTorch's own at that precision."""

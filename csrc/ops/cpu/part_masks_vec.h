@@ -9,7 +9,8 @@
 // needs no exp for the parts: with rg = sum_k R_k go_k = G sg,
 //   grad_D_k = R_k (go_k - rg / G),   grad_gate = rg (1 - G)   (gate_is_logit only)
 // where rg / G is taken as 0 unless |G| is a normal number: then |R_k| <= |G| and the
-// error of grad_D is below |G| max|go|, far under any rounding of the other pixels. The
+// error of grad_D is below |G| max|go|, far under any rounding of the other pixels
+// (and with p = 1, rg / G is go itself: the gradient is exactly 0). The
 // gradient of a ground-truth gate (sg itself) cannot be recovered from R where G = 0,
 // so that case keeps the recomputing core.
 #pragma once
@@ -92,7 +93,10 @@ void part_masks_backward_from_masks(const T* grad_out, const T* masks, const T* 
     for (int64_t k = 0; k < p; ++k)
       rg = at::vec::fmadd(Vec::loadu(masks + k * hw + x, n), Vec::loadu(grad_out + k * hw + x, n), rg);
     const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
-    const Vec sg = rg * Vec::blendv(Vec(T(0)), Vec(T(1)) / G, G.abs() >= tiny);
+    // sg = sum_k s_k go_k; with one part s = 1 and sg = go exactly, so that the gradient
+    // of the (constant) softmax is exactly 0 as in the recomputing core
+    const Vec sg = p == 1 ? Vec::loadu(grad_out + x, n)
+                          : Vec::blendv(Vec(T(0)), rg / G, G.abs() >= tiny);
     for (int64_t k = 0; k < p; ++k) {
       const Vec gk = Vec::loadu(masks + k * hw + x, n) * (Vec::loadu(grad_out + k * hw + x, n) - sg);
       gk.store(grad_logits + k * hw + x, n);
