@@ -548,3 +548,184 @@ def test_resize_commutes_with_flip(size):
         else:  # float frames (the device path): the mask is resized in float
             assert (m.float() - pre_m).abs().max() <= 0.5 + 1e-3
             torch.testing.assert_close(mf, pre_m / 255, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- RGBA path and packed batches
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rgba_resize_equals_separate_resizes(seed):
+    """augment_rgba (frame and mask resized together, the mask as alpha) gives exactly the
+    uint8 resize of the image alone, and the mask within MASK_LEVELS of a float resize
+    (at most one level from its rounding), for down- and upscaling, with and without
+    crop and flip."""
+    from pdnet.data.augment import augment_rgba, pack_rgba
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = 30 + 7 * seed, 70 - 5 * seed
+    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    mask = torch.randint(0, 256, (1, h, w), dtype=torch.uint8, generator=g)
+    if seed % 2:
+        mask = (mask > 127).to(torch.uint8) * 255  # binary, as stored masks mostly are
+    rng = np.random.default_rng(seed)
+    for size in ((24, 24), (h * 2 - 3, w + 11), (h, w)):
+        for geom in (None, sample_crop_flip(rng, h, w), CropFlip(1, 2, h - 3, w - 5, True)):
+            out = augment_rgba(pack_rgba(img, mask), geom, size)
+            assert out.shape == (*size, 4) and out.dtype == torch.uint8 and out.is_contiguous()
+            g_ = geom or CropFlip(0, 0, h, w, False)
+            crop = (slice(None), slice(g_.top, g_.top + g_.height), slice(g_.left, g_.left + g_.width))
+            x = img[crop][None].contiguous(memory_format=torch.channels_last)
+            ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
+            ref_m = F.interpolate(mask[crop][None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            if g_.flip:
+                ref, ref_m = ref.flip(-1), ref_m.flip(-1)
+            assert torch.equal(out.permute(2, 0, 1)[:3], ref), (size, geom)
+            alpha = out.permute(2, 0, 1)[3:].float()
+            assert (alpha - ref_m).abs().max() <= MASK_LEVELS, (size, geom)
+            assert (alpha - ref_m.round()).abs().max() <= 1, (size, geom)
+
+
+@pytest.mark.parametrize("output", ["uint8", "float"])
+def test_alignment_after_augmentation_outputs(tmp_path, output):
+    """The alignment check of test_alignment_after_augmentation for both augmented formats
+    of the RGBA path, from JPEG-free frames: mask and square stay together."""
+    root = tmp_path / "sq"
+    for t in range(3):
+        img = np.full((H, W, 3), 20, np.uint8)
+        mask = np.zeros((H, W), np.uint8)
+        y, x = 5 + 7 * t, 4 + 12 * t
+        img[y : y + 11, x : x + 15] = (230, 90, 40)
+        mask[y : y + 11, x : x + 15] = 255
+        (root / "JPEGImages/480p/sq").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations/480p/sq").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"JPEGImages/480p/sq/{t:05d}.png")
+        Image.fromarray(mask).save(root / f"Annotations/480p/sq/{t:05d}.png")
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets/train.txt").write_text("sq\n")
+    ds = build_dataset("davis", root, "train", size=(50, 70), augment=True, output=output, seed=1)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        batch = prepare_batch(next(iter(make_loader(ds, batch_size=3, workers=0, shuffle=False))))
+        for frame in ("target", "reference"):
+            red = batch[frame][:, 0] * IMAGENET_STD[0] + 0.485  # back to [0, 1]
+            alpha = (red * 255 - 20) / 210
+            assert (alpha - batch[f"{frame}_mask"][:, 0]).abs().max() <= 1.0 / 210 + 1.5 / 255, (epoch, frame)
+
+
+def test_read_rgba(tmp_path):
+    """read_rgba = read_image + read_mask as one buffer, for a JPEG frame (Pillow decodes
+    it: same pixels as torchvision), PNG and grey frames (read_image path), palette and
+    label-map masks; a size mismatch and a bad file name the file."""
+    from pdnet.data.io import read_rgba
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    rgb[10:30] = (200, 30, 90)
+    m = np.zeros((H, W), np.uint8)
+    m[5:20, 7:33] = 255
+    Image.fromarray(rgb).save(tmp_path / "f.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "f.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.jpg", quality=90)
+    Image.fromarray(m).save(tmp_path / "m.png")
+    pal = Image.fromarray((m > 0).astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    pal.save(tmp_path / "p.png")
+    Image.fromarray((m > 0).astype(np.uint8)).save(tmp_path / "l01.png")
+    for frame in ("f.jpg", "f.png", "g.jpg"):
+        for mask, mode in (("m.png", "auto"), ("p.png", "auto"), ("l01.png", "nonzero")):
+            out = read_rgba(tmp_path / frame, tmp_path / mask, mode)
+            assert out.shape == (H, W, 4) and out.dtype == torch.uint8
+            assert torch.equal(out.permute(2, 0, 1)[:3], read_image(tmp_path / frame)), (frame, mask)
+            assert torch.equal(out.permute(2, 0, 1)[3:], read_mask(tmp_path / mask, mode)), (frame, mask)
+    Image.new("L", (W + 4, H), 0).save(tmp_path / "big.png")
+    for frame in ("f.jpg", "f.png"):
+        with pytest.raises(DataError, match=r"big\.png: mask is 60x40 \(WxH\) but its frame .*" + frame):
+            read_rgba(tmp_path / frame, tmp_path / "big.png")
+    (tmp_path / "t.jpg").write_bytes((tmp_path / "f.jpg").read_bytes()[:200])
+    with pytest.raises(DataError, match=r"t\.jpg: truncated JPEG"):
+        read_rgba(tmp_path / "t.jpg", tmp_path / "m.png")
+
+
+def test_jpeg_decoders_agree(tmp_path):
+    """The RGBA path decodes JPEGs with Pillow, read_image with torchvision: both are
+    libjpeg-turbo and must give the same pixels (4:2:0 and 4:4:4 chroma, odd sizes)."""
+    from pdnet.data.io import read_rgba
+
+    rng = np.random.default_rng(3)
+    for i, (h, w, sub) in enumerate(((37, 53, 2), (48, 80, 0), (481, 854, 2))):
+        img = np.clip(rng.normal(128, 60, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.jpg", quality=85, subsampling=sub)
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / f"{i}.png")
+        out = read_rgba(tmp_path / f"{i}.jpg", tmp_path / f"{i}.png")
+        assert torch.equal(out.permute(2, 0, 1)[:3], read_image(tmp_path / f"{i}.jpg")), (h, w, sub)
+
+
+@pytest.mark.parametrize("output", ["uint8", "float", "raw"])
+def test_packed_batches(davis, output):
+    """collate_pairs packs the four pixel entries into one buffer (a PairBatch): batches
+    from worker processes equal in-process ones (and stacked samples), small tensors
+    travel by value, prepare_batch of the packed buffer equals the per-entry path."""
+    import pickle
+
+    from pdnet.data.augment import PIXEL_KEYS, PairBatch, collate_pairs
+
+    ds = build_dataset("davis", davis, "train", size=(24, 20), seed=3, output=output)
+    ds.set_epoch(1)
+    samples = [ds[i] for i in range(3)]
+    batch = collate_pairs(samples)
+    assert isinstance(batch, PairBatch) and batch.intact()
+    assert batch.layout == ("planes" if output == "float" else "rgba")
+    for k in PIXEL_KEYS:
+        assert torch.equal(batch[k], torch.stack([s[k] for s in samples])), k
+    assert batch["index"].tolist() == [0, 1, 2] and batch["sequence"] == ["bear"] * 3
+    back = pickle.loads(pickle.dumps(batch))  # plain pickle (tensors by value)
+    assert isinstance(back, PairBatch) and back.intact()
+    ready = prepare_batch(batch)
+    loose = prepare_batch(dict(batch))  # a plain dict: per-entry path
+    for k in PIXEL_KEYS:
+        assert ready[k].dtype == torch.float32 and ready[k].is_contiguous(), k
+        assert torch.equal(ready[k], loose[k]) and torch.equal(prepare_batch(back)[k], ready[k]), k
+    # an entry replaced: the buffer is no longer used
+    changed = batch.__copy__()
+    changed["target"] = changed["target"].clone()
+    assert not changed.intact() and torch.equal(prepare_batch(changed)["target"], ready["target"])
+
+    def run(workers):
+        loader = make_loader(ds, batch_size=3, workers=workers, seed=4, persistent_workers=False)
+        return list(loader)
+
+    b0, b2 = run(0), run(2)
+    assert len(b0) == len(b2) == 2
+    for x, y in zip(b0, b2):
+        assert isinstance(y, PairBatch) and y.intact()
+        assert y["size"].dtype == torch.int64 and y["index"].tolist() == x["index"].tolist()
+        for k in PIXEL_KEYS:
+            assert torch.equal(x[k], y[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("output", ["uint8", "raw"])
+def test_packed_batches_cuda(davis, output):
+    """On a GPU: the packed buffer is pinned once (DataLoader pin_memory) and moved once;
+    the result matches the CPU one (float resize there for raw: within one grey level)."""
+    from pdnet.data.augment import PIXEL_KEYS, collate_pairs
+
+    ds = build_dataset("davis", davis, "train", size=(24, 20), seed=3, output=output)
+    batch = collate_pairs([ds[i] for i in range(3)])
+    pinned = batch.pin_memory()
+    assert pinned.intact() and pinned.pixels.is_pinned()
+    cpu = prepare_batch(batch, "cpu")
+    gpu = prepare_batch(pinned, "cuda")
+    tol = 2e-6 if output == "uint8" else 1.0 / 255 / min(IMAGENET_STD) + 1e-5
+    for k in PIXEL_KEYS:
+        assert gpu[k].device.type == "cuda" and gpu[k].is_contiguous()
+        assert (gpu[k].cpu() - cpu[k]).abs().max() <= (tol if "mask" not in k else MASK_LEVELS / 255), k
+    loader = make_loader(ds, batch_size=3, workers=2, pin_memory=True, persistent_workers=False)
+    for b in loader:
+        assert b.intact() and b.pixels.is_pinned()
+
+
+def test_tune_worker_malloc_only_in_workers():
+    from pdnet.data.datasets import tune_worker_malloc
+
+    assert tune_worker_malloc() is False  # the main process keeps its allocator settings

@@ -193,13 +193,18 @@ def read_rgba(image_path: PathLike, mask_path: PathLike, mask_mode: str = "auto"
         DataError: as :func:`read_image` / :func:`read_mask`, or when the mask's size is
         not the frame's (the message names both files).
     """
-    mask = _decode_mask(mask_path, mask_mode, as_image=True)
     data = _read_bytes(image_path)
-    if data.startswith(_JPEG_MAGIC) and _JPEG_END in data[-_TAIL:]:
+    if not data:
+        raise problem(image_path, "empty file")
+    reason = _truncation(image_path, data[:8], data[-_TAIL:])
+    if reason:
+        raise problem(image_path, reason)
+    mask = _decode_mask(mask_path, mask_mode, as_image=True)
+    if data.startswith(_JPEG_MAGIC):
         rgba = _pil_jpeg_rgba(data, mask)
         if rgba is not None:
             return rgba
-    image = read_image(image_path)
+    image = read_image(image_path)  # anything else, and whatever Pillow declined: names the problem
     h, w = image.shape[1:]
     if (w, h) != mask.size:
         raise _size_mismatch(image_path, mask_path, (h, w), mask.size[::-1])
