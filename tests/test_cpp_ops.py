@@ -275,6 +275,21 @@ def test_part_masks_one_part_gives_exactly_zero_logit_gradient(dtype):
         assert torch.equal(gx, torch.zeros_like(gx))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 0, 4), (0, 3, 4, 4), (2, 0, 4, 4)])
+def test_part_masks_empty_inputs(shape):
+    B, p, h, w = shape
+    x = torch.randn(*shape, requires_grad=True)
+    for gate in (torch.randn(B, 1, h, w, requires_grad=True), torch.rand(B, 1, h, w)):
+        for fn in (ops.part_masks, ops.part_masks_gt):
+            out = fn(x, gate, backend="cpp")
+            assert out.shape == shape
+            wrt = (x, gate) if gate.requires_grad else (x,)
+            grads = torch.autograd.grad(out.sum(), wrt)
+            assert grads[0].shape == shape
+            if gate.requires_grad:
+                assert grads[1].shape == gate.shape and torch.all(grads[1] == 0)
+
+
 def test_part_masks_low_precision_inputs_on_cpu():
     """float16 / bfloat16: computed in float32 (the backward from the logits, not from the
     rounded output); error within 2x PyTorch's own at that precision."""
@@ -355,9 +370,10 @@ def test_area_variance_gradient_is_a_broadcast():
     (gz_r,) = torch.autograd.grad(ref.area_variance(torch.softmax(z, 1)), z)
     torch.testing.assert_close(gz, gz_r, atol=1e-15, rtol=1e-10)
     # no pixels / no batch
-    e = torch.rand(2, 3, 0, 4, requires_grad=True)
-    ops.area_variance(e, backend="cpp").backward()
-    assert e.grad.shape == e.shape
+    for shape in ((2, 3, 0, 4), (0, 3, 4, 4)):
+        e = torch.rand(*shape, requires_grad=True)
+        ops.area_variance(e, backend="cpp").backward()
+        assert e.grad.shape == e.shape
 
 
 def test_gradcheck_float64_small_ops():
