@@ -3,8 +3,11 @@
 Builds (or reuses) a synthetic 480p dataset with ``pdnet synth`` (480 x 854 frames, the
 DAVIS-2016 480p size), then measures
 
-1. decoding one 480p frame: Pillow vs torchvision.io (JPEG), and one mask (PNG);
-2. one sample (decode + crop/flip/resize to 480 x 480 + normalise, target and reference)
+1. decoding one 480p frame: Pillow vs torchvision.io (JPEG), and one mask (PNG); and a
+   frame + mask as the RGBA buffer the datasets read (``read_rgba``: Pillow decodes the
+   JPEG straight into it) against torchvision's decode plus an interleaving copy;
+2. one sample (decode + crop/flip/resize to 480 x 480 + normalise, target and reference;
+   mean over distinct samples)
    in this process, one thread;
 3. the DataLoader the trainer uses (``pdnet.data.make_loader``): batch 4, ``--workers``
    worker processes, after a warm-up, in pairs per second (wall clock), and the CPU time
@@ -15,8 +18,10 @@ DAVIS-2016 480p size), then measures
    training device, timed separately on the CPU and on CUDA when present).
 
 On a 2-vCPU VM most of the gap between in-process sample cost and loader cost is the
-page faults of the fresh shared memory each batch travels in (about 2100 per pair of
-float samples, 540 per pair of uint8 samples, at several microseconds each).
+page faults of the fresh shared memory each batch travels in (one segment per batch,
+``PairBatch``: about 1800 pages per pair of float samples, 450 per pair of uint8
+samples, at about 2 microseconds each); the loader rows give the page faults and the CPU
+time of the workers and of the main process per pair.
 
 Usage::
 
@@ -59,31 +64,54 @@ def _best(fn, n: int = 30, repeats: int = 5) -> float:
     return best * 1e3
 
 
-def decode_times(jpg: Path, png: Path) -> dict:
+def _over_frames(fn, items, repeats: int = 3) -> float:
+    """Best-of-``repeats`` mean CPU time (this thread, ms) of ``fn(item)`` over distinct
+    ``items``: repeating one file would measure an allocator pattern (the same large
+    buffers freed and allocated again) rather than decoding."""
+    for it in items[:3]:
+        fn(it)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        for it in items:
+            fn(it)
+        best = min(best, (time.thread_time() - t0) / len(items))
+    return best * 1e3
+
+
+def decode_times(frames, masks) -> dict:
+    """Decoding times (ms, mean over the given distinct 480p frames / masks)."""
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
-    def pil_jpeg():
+    from pdnet.data.augment import pack_rgba
+    from pdnet.data.io import read_rgba
+
+    def pil_jpeg(jpg):
         with Image.open(jpg) as im:
             return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
 
-    def tv_jpeg():
+    def tv_jpeg(jpg):
         return decode_jpeg(torch.frombuffer(bytearray(jpg.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
-    def pil_png():
+    def pil_png(png):
         with Image.open(png) as im:
             return np.array(im)
 
-    def tv_png():
+    def tv_png(png):
         return decode_png(torch.frombuffer(bytearray(png.read_bytes()), dtype=torch.uint8))
 
+    pairs = list(zip(frames, masks))
     return {
-        "jpeg_pillow_ms": _best(pil_jpeg),
-        "jpeg_torchvision_ms": _best(tv_jpeg),
-        "png_pillow_ms": _best(pil_png),
-        "png_torchvision_ms": _best(tv_png),
-        "read_image_ms": _best(lambda: read_image(jpg)),
-        "read_mask_ms": _best(lambda: read_mask(png)),
+        # a frame + its mask as the RGBA buffer the datasets augment
+        "rgba_read_rgba_ms": _over_frames(lambda fm: read_rgba(*fm), pairs),
+        "rgba_torchvision_plus_pack_ms": _over_frames(lambda fm: pack_rgba(tv_jpeg(fm[0]), read_mask(fm[1])), pairs),
+        "jpeg_pillow_ms": _over_frames(pil_jpeg, frames),
+        "jpeg_torchvision_ms": _over_frames(tv_jpeg, frames),
+        "png_pillow_ms": _over_frames(pil_png, masks),
+        "png_torchvision_ms": _over_frames(tv_png, masks),
+        "read_image_ms": _over_frames(read_image, frames),
+        "read_mask_ms": _over_frames(read_mask, masks),
     }
 
 
@@ -102,11 +130,15 @@ def worker_cpu_ms(ds, batch: int, batches: int = 20) -> float:
     return best * 1e3
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
+def _proc_stat(pid: int):
+    """(utime + stime in seconds, minor page faults) of a process (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+
+def _proc_cpu_s(pid: int) -> float:
+    return _proc_stat(pid)[0]
 
 
 def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict:
@@ -130,6 +162,8 @@ def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict
                 times.append(now - t_prev)
             elif n == warmup - 1 and os.path.exists("/proc/self/stat"):
                 cpu0 = time.process_time() + sum(_proc_cpu_s(p) for p in pids)
+                main0 = _proc_stat(os.getpid())
+                workers0 = [_proc_stat(p) for p in pids]
             t_prev = now
             n += 1
             if n >= warmup + batches:
@@ -145,9 +179,25 @@ def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict
     }
     if cpu0 is not None:
         cpu = time.process_time() + sum(_proc_cpu_s(p) for p in pids) - cpu0
-        out["cpu_ms_per_pair_all_processes"] = cpu * 1e3 / (batch * len(times))
+        pairs = batch * len(times)
+        main1 = _proc_stat(os.getpid())
+        workers1 = [_proc_stat(p) for p in pids]
+        out["cpu_ms_per_pair_main"] = (main1[0] - main0[0]) * 1e3 / pairs
+        out["cpu_ms_per_pair_workers"] = sum(b[0] - a[0] for a, b in zip(workers0, workers1)) * 1e3 / pairs
+        out["page_faults_per_pair_main"] = (main1[1] - main0[1]) / pairs
+        out["page_faults_per_pair_workers"] = sum(b[1] - a[1] for a, b in zip(workers0, workers1)) / pairs
+        out["cpu_ms_per_pair_all_processes"] = cpu * 1e3 / pairs
         out["idle_estimate_pairs_per_s"] = min(workers, os.cpu_count() or 1) * 1e3 / out["cpu_ms_per_pair_all_processes"]
     return out
+
+
+def _git_head() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
 
 
 def main() -> int:
@@ -175,6 +225,11 @@ def main() -> int:
         print(f"synthesised {args.clips} clips x {args.frames} frames at 480x854 in {time.perf_counter() - t0:.1f} s")
 
     torch.set_num_threads(1)
+    # the in-process timings below run with the allocator settings of the loader's
+    # workers (pdnet.data.datasets.tune_worker_malloc), as the workers' work does
+    from pdnet.data.datasets import _tune_malloc
+
+    _tune_malloc()
     ds = build_dataset("davis", data, "train", size=args.size, augment=True)
     clip = ds.clips[0]
     result = {
@@ -187,9 +242,11 @@ def main() -> int:
         "out_size": [args.size, args.size],
         "samples": len(ds),
         "load_average_before": os.getloadavg(),
+        "command": " ".join(["python"] + sys.argv),
+        "git": _git_head(),
     }
-    result.update(decode_times(clip.frames[1], clip.masks[1]))
-    result["sample_ms_1thread"] = _best(lambda: ds[1], n=20)
+    result.update(decode_times([f for c in ds.clips for f in c.frames[1:6]], [m for c in ds.clips for m in c.masks[1:6]]))
+    result["sample_ms_1thread"] = _over_frames(lambda i: ds[i], list(range(1, len(ds), 3)))  # distinct samples
     print(json.dumps(result, indent=1))
 
     rates = []
@@ -201,7 +258,9 @@ def main() -> int:
         line = (
             f"output={output}: {r['pairs_per_s']:.1f} pairs/s ({args.workers} workers, batch {args.batch}); "
             f"CPU of all loader processes {r.get('cpu_ms_per_pair_all_processes', float('nan')):.1f} ms/pair -> "
-            f"{r.get('idle_estimate_pairs_per_s', float('nan')):.0f} pairs/s on idle cores"
+            f"{r.get('idle_estimate_pairs_per_s', float('nan')):.0f} pairs/s on idle cores "
+            f"(workers {r.get('cpu_ms_per_pair_workers', float('nan')):.1f}, main {r.get('cpu_ms_per_pair_main', float('nan')):.1f} ms/pair; "
+            f"{r.get('page_faults_per_pair_workers', float('nan')):.0f} page faults/pair in workers)"
         )
         if output != "float":
             # the rest of the work, done by prepare_batch in the training process

@@ -81,16 +81,21 @@ def tune_worker_malloc() -> bool:
     if get_worker_info() is None:
         return False
     _WORKER_MALLOC_TUNED = True
+    return _tune_malloc()
+
+
+def _tune_malloc() -> bool:
+    """The ``mallopt`` settings of :func:`tune_worker_malloc`, for this process."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum (64-bit): blocks below it come from the heap
-        libc.mallopt(m_trim_threshold, 128 << 20)  # keep up to 128 MB of freed heap mapped
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum (64-bit): smaller blocks come from the heap
+        ok &= libc.mallopt(m_trim_threshold, 128 << 20)  # keep up to 128 MB of freed heap mapped
     except (OSError, AttributeError):
         return False
-    return True
+    return bool(ok)
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
