@@ -195,7 +195,8 @@ def _git_head() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        cmd = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
 
@@ -259,7 +260,8 @@ def main() -> int:
             f"output={output}: {r['pairs_per_s']:.1f} pairs/s ({args.workers} workers, batch {args.batch}); "
             f"CPU of all loader processes {r.get('cpu_ms_per_pair_all_processes', float('nan')):.1f} ms/pair -> "
             f"{r.get('idle_estimate_pairs_per_s', float('nan')):.0f} pairs/s on idle cores "
-            f"(workers {r.get('cpu_ms_per_pair_workers', float('nan')):.1f}, main {r.get('cpu_ms_per_pair_main', float('nan')):.1f} ms/pair; "
+            f"(workers {r.get('cpu_ms_per_pair_workers', float('nan')):.1f}, "
+            f"main {r.get('cpu_ms_per_pair_main', float('nan')):.1f} ms/pair; "
             f"{r.get('page_faults_per_pair_workers', float('nan')):.0f} page faults/pair in workers)"
         )
         if output != "float":

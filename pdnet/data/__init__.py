@@ -9,11 +9,12 @@
   ``output="raw"`` batches there (the fast formats for GPU training on few CPU cores).
 - ``scan_*`` readers of each layout (:mod:`pdnet.data.layouts`) and
   :func:`validate_clips`, the main-process file check.
-- :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation.
+- :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation;
+  :class:`PairBatch`, the collated batch (pixels packed in one buffer).
 - :mod:`pdnet.data.synth`: ``pdnet synth``, fake-motion clips in the DAVIS-2016 layout.
 - :class:`DataError` (a ``ValueError`` naming the bad file), :class:`DataWarning`.
 """
-from .augment import PairAugment, collate_pairs, normalize_uint8, prepare_batch
+from .augment import PairAugment, PairBatch, collate_pairs, normalize_uint8, prepare_batch
 from .datasets import (
     ImagePairDataset,
     PairDataset,
@@ -24,7 +25,7 @@ from .datasets import (
     seed_worker,
 )
 from .errors import DataError, DataWarning
-from .io import probe, read_image, read_mask
+from .io import probe, read_image, read_mask, read_rgba
 from .layouts import (
     LAYOUTS,
     Clip,
@@ -43,6 +44,7 @@ __all__ = [
     "ImagePairDataset",
     "LAYOUTS",
     "PairAugment",
+    "PairBatch",
     "PairDataset",
     "VideoPairDataset",
     "build_dataset",
@@ -54,6 +56,7 @@ __all__ = [
     "probe",
     "read_image",
     "read_mask",
+    "read_rgba",
     "sample_rng",
     "scan_davis",
     "scan_image_folders",

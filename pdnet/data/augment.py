@@ -354,7 +354,9 @@ class PairBatch(dict):
             return False
         for key, v in self.views(self.pixels, self.layout, self.shapes).items():
             x = self.get(key)
-            if not isinstance(x, torch.Tensor) or x.data_ptr() != v.data_ptr() or x.stride() != v.stride() or x.shape != v.shape:
+            if not isinstance(x, torch.Tensor) or x.data_ptr() != v.data_ptr():
+                return False
+            if x.stride() != v.stride() or x.shape != v.shape:
                 return False
         return True
 
@@ -454,7 +456,9 @@ def _pack(samples) -> Optional[PairBatch]:
     for s in samples:
         for k in PIXEL_KEYS:
             x = s[k]
-            if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device.type != "cpu" or tuple(x.shape) != shapes[k]:
+            if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device.type != "cpu":
+                return None
+            if tuple(x.shape) != shapes[k]:
                 return None
     b = len(samples)
     c, h, w = shapes["target"]
@@ -491,6 +495,9 @@ def prepare_batch(batch: Dict[str, object], device=None, non_blocking: bool = Tr
     - uint8 images (``output="uint8"``) are ImageNet-normalised, uint8 masks become
       float32 in [0, 1];
     - float batches are only moved. Other entries are kept.
+
+    A :class:`PairBatch` whose pixel entries are still views of its buffer is moved as
+    that one buffer (one transfer) and finished from it.
 
     Returns:
         a new dict: ``target``/``reference`` Tensor[B, 3, H, W] float32,

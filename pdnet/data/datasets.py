@@ -26,6 +26,15 @@ with :func:`pdnet.data.prepare_batch` on the device):
   resizes and normalises on the device (on the CPU: exactly the ``"float"`` result).
   Use :func:`pdnet.data.collate_pairs` (``make_loader`` does) when frame sizes differ.
 
+How: a frame and its mask are read as one RGBA buffer (:func:`pdnet.data.io.read_rgba`,
+the mask as alpha; each worker caches its clips' reference frames that way) and
+cropped, resized and flipped in one pass (:func:`pdnet.data.augment.augment_rgba`), so on
+the CPU the resized mask is a grey level within 1/255 of a float resize. uint8 and raw
+samples are views of [H, W, 4] buffers (image and mask with channels-last strides);
+:func:`pdnet.data.collate_pairs` packs a batch's pixels into one buffer
+(:class:`pdnet.data.augment.PairBatch`: one shared-memory segment per batch from a
+worker, moved once by ``prepare_batch``). Throughput: bench/bench_data.py.
+
 Video datasets have one sample per annotated frame (every frame of a clip is a target,
 the first included); image datasets have one sample per image, used as both frames.
 In training (``augment=True``) the target and the reference are augmented
