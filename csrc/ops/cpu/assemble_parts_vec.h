@@ -1,7 +1,8 @@
 // CPU compute cores of assemble_parts: out[c] = sum_k (P_k[c] + Y_k[c]) * R_k, and its
 // backward grad_feats_k[c] = grad[c] * R_k (the gradient of both P and Y),
 // grad_masks_k = sum_c grad[c] * (P_k[c] + Y_k[c]). Pixels are processed in blocks of
-// kAssembleBX so that every stream is read contiguously.
+// kAssembleBX so that every stream is read contiguously; the forward prefetches its 2p
+// feature streams (vec_common.h), which the hardware prefetchers do not keep ahead of.
 #pragma once
 
 #include "vec_common.h"
@@ -25,9 +26,12 @@ void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t 
       const T* Y = yf + (k * C + c) * hw + x0;
       const T* R = masks + k * hw + x0;
       int64_t x = 0;
-      for (; x + V <= nx; x += V)
+      for (; x + V <= nx; x += V) {
+        prefetch_read(P + x);
+        prefetch_read(Y + x);
         at::vec::fmadd(Vec::loadu(P + x) + Vec::loadu(Y + x), Vec::loadu(R + x), Vec::loadu(acc + x))
             .store(acc + x);
+      }
       for (; x < nx; ++x) acc[x] += (P[x] + Y[x]) * R[x];
     }
     std::copy(acc, acc + nx, out + c * hw + x0);

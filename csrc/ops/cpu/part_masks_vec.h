@@ -33,6 +33,11 @@ void part_masks_forward(const T* logits, const T* gate, T* out, int64_t p, int64
   constexpr int64_t V = Vec::size();
   for (int64_t x = s; x < e; x += V) {
     const int64_t n = std::min(V, e - x);
+    for (int64_t k = 0; k < p; ++k) {
+      prefetch_read(logits + k * hw + x);
+      prefetch_write(out + k * hw + x);
+    }
+    prefetch_read(gate + x);
     Vec mx = Vec::loadu(logits + x, n);
     for (int64_t k = 1; k < p; ++k) mx = at::vec::maximum(mx, Vec::loadu(logits + k * hw + x, n));
     Vec sum(T(0));
@@ -89,6 +94,11 @@ void part_masks_backward_from_masks(const T* grad_out, const T* masks, const T* 
   const Vec tiny(std::numeric_limits<T>::min());
   for (int64_t x = s; x < e; x += V) {
     const int64_t n = std::min(V, e - x);
+    for (int64_t k = 0; k < p; ++k) {
+      prefetch_read(masks + k * hw + x);
+      prefetch_read(grad_out + k * hw + x);
+    }
+    prefetch_read(gate + x);
     Vec rg(T(0));  // sum_k R_k go_k
     for (int64_t k = 0; k < p; ++k)
       rg = at::vec::fmadd(Vec::loadu(masks + k * hw + x, n), Vec::loadu(grad_out + k * hw + x, n), rg);
