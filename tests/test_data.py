@@ -219,23 +219,29 @@ def test_apply_crop_flip_resize_geometry():
         apply_crop_flip_resize(img, mask, None, (3, 4), output="half")
 
 
-def test_alignment_after_augmentation(tmp_path):
-    """A moving square's mask stays on the square after crop, flip and resize: with a
-    flat background (20) and a flat square (red 230) in lossless frames, the red channel
-    of every augmented frame is 20 + 210 * (its augmented mask), within one grey level."""
-    root = tmp_path / "sq"
-    for t in range(4):
+def _moving_square_clip(root, frames, start, step, box):
+    """A DAVIS-layout clip "sq" of lossless (PNG) H x W frames: a flat background (20) and
+    a flat square (red 230) of ``box`` (h, w) at ``start + t * step`` (y, x), its exact mask."""
+    for t in range(frames):
         img = np.full((H, W, 3), 20, np.uint8)
         mask = np.zeros((H, W), np.uint8)
-        y, x = 3 + 6 * t, 2 + 11 * t
-        img[y : y + 13, x : x + 9] = (230, 90, 40)
-        mask[y : y + 13, x : x + 9] = 255
+        y, x = start[0] + step[0] * t, start[1] + step[1] * t
+        img[y : y + box[0], x : x + box[1]] = (230, 90, 40)
+        mask[y : y + box[0], x : x + box[1]] = 255
         (root / "JPEGImages/480p/sq").mkdir(parents=True, exist_ok=True)
         (root / "Annotations/480p/sq").mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / f"JPEGImages/480p/sq/{t:05d}.png")
         Image.fromarray(mask).save(root / f"Annotations/480p/sq/{t:05d}.png")
     (root / "ImageSets").mkdir()
     (root / "ImageSets/train.txt").write_text("sq\n")
+    return root
+
+
+def test_alignment_after_augmentation(tmp_path):
+    """A moving square's mask stays on the square after crop, flip and resize: with a
+    flat background (20) and a flat square (red 230) in lossless frames, the red channel
+    of every augmented frame is 20 + 210 * (its augmented mask), within one grey level."""
+    root = _moving_square_clip(tmp_path / "sq", frames=4, start=(3, 2), step=(6, 11), box=(13, 9))
     ds = build_dataset("davis", root, "train", size=(64, 48), augment=True, output="uint8", seed=3)
     centres = []
     for epoch in range(8):
@@ -589,19 +595,7 @@ def test_rgba_resize_equals_separate_resizes(seed):
 def test_alignment_after_augmentation_outputs(tmp_path, output):
     """The alignment check of test_alignment_after_augmentation for both augmented formats
     of the RGBA path, from JPEG-free frames: mask and square stay together."""
-    root = tmp_path / "sq"
-    for t in range(3):
-        img = np.full((H, W, 3), 20, np.uint8)
-        mask = np.zeros((H, W), np.uint8)
-        y, x = 5 + 7 * t, 4 + 12 * t
-        img[y : y + 11, x : x + 15] = (230, 90, 40)
-        mask[y : y + 11, x : x + 15] = 255
-        (root / "JPEGImages/480p/sq").mkdir(parents=True, exist_ok=True)
-        (root / "Annotations/480p/sq").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / f"JPEGImages/480p/sq/{t:05d}.png")
-        Image.fromarray(mask).save(root / f"Annotations/480p/sq/{t:05d}.png")
-    (root / "ImageSets").mkdir()
-    (root / "ImageSets/train.txt").write_text("sq\n")
+    root = _moving_square_clip(tmp_path / "sq", frames=3, start=(5, 4), step=(7, 12), box=(11, 15))
     ds = build_dataset("davis", root, "train", size=(50, 70), augment=True, output=output, seed=1)
     for epoch in range(6):
         ds.set_epoch(epoch)
