@@ -4,7 +4,9 @@
 2. ``pdnet train --config demo-cpu`` for a few minutes (ResNet-18, small input, p=5);
 3. J&F on the held-out clips before and after training (DAVIS protocol, each frame's
    original size);
-4. a report (printed, and written to OUT/report.json): J&F before/after, training
+4. ``pdnet segment`` of one held-out clip with the trained checkpoint: mask PNGs and an
+   overlay video;
+5. a report (printed, and written to OUT/report.json): J&F before/after, training
    throughput, where the checkpoint and the logs are.
 
 ``pdnet demo --quick`` only runs a forward/backward of a small PDNet on one synthetic
@@ -121,7 +123,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     data = out / "data"
-    print(f"[1/4] synthesising {args.clips} clips x {args.frames} frames at {args.synth_size} into {data}")
+    print(f"[1/5] synthesising {args.clips} clips x {args.frames} frames at {args.synth_size} into {data}")
     code = main(["synth", str(data), "--clips", str(args.clips), "--frames", str(args.frames),
                  "--size", args.synth_size, "--seed", str(args.seed)])
     if code:
@@ -129,13 +131,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
     cfg = load_config("demo-cpu", args.set)
     cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
     trainer = Trainer(cfg, out / "run")
-    print("[2/4] J&F of the untrained model on the held-out clips")
+    print("[2/5] J&F of the untrained model on the held-out clips")
     before = trainer.validate()
     print(f"      J&F {before['J&F']:.3f} (J {before['J']:.3f}, F {before['F']:.3f})")
-    print(f"[3/4] training demo-cpu for at most {args.minutes:g} min")
+    print(f"[3/5] training demo-cpu for at most {args.minutes:g} min")
     result = trainer.fit(max_seconds=60 * args.minutes)
-    print("[4/4] J&F after training")
+    print("[4/5] J&F after training")
     after = trainer.validate()
+    clip = (data / "ImageSets" / "2016" / "val.txt").read_text().split()[0]
+    seg_out = out / "segment" / clip
+    print(f"[5/5] pdnet segment of the held-out clip {clip}: mask PNGs and an overlay video in {seg_out}")
+    from .inference import segment_video
+
+    seg = segment_video(result["checkpoint"], data / "JPEGImages" / "480p" / clip, seg_out,
+                        overlay=True, device="cpu", progress=False)
     report = {
         "J&F_before": before["J&F"],
         "J&F_after": after["J&F"],
@@ -148,6 +157,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         "metrics": result["metrics"],
         "config": str(out / "run" / "config.yaml"),
         "data": str(data),
+        "segmented": {"clip": clip, "masks": str(seg_out), "overlay": seg["overlay"], "fps": round(seg["fps"], 1)},
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -156,6 +166,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
           f"after {result['step']} steps ({result['seconds'] / 60:.1f} min, {result['pairs_per_s']:.1f} pairs/s)")
     print(f"checkpoint: {report['checkpoint']}")
     print(f"metrics:    {report['metrics']} (TensorBoard: {out / 'run' / 'tb'})")
+    print(f"segmented:  {clip} -> {seg_out} (masks, overlay.mp4; {seg['fps']:.1f} FPS with decoding and encoding)")
     print(f"report:     {out / 'report.json'}")
     print(f"segment a video with it: pdnet segment VIDEO.mp4 --checkpoint {report['checkpoint']} --out masks/")
     return 0
