@@ -50,9 +50,10 @@ integer counts (:func:`frame_counts`):
 
 All divisions are done in float64 in the same order as the toolkit, so the results are
 bit-identical to it. Against the per-frame toolkit path (NumPy ``seg2bmap`` + OpenCV's
-``cv2.dilate``, ``bench/bench_eval.py``, 854x480, medians on a shared 2-vCPU Xeon):
-``cpp`` is about 25x faster (0.3 vs 7 ms per frame, one thread), ``torch`` about 5x
-(each eager op makes one pass over memory and a dilation takes about 80 of them).
+``cv2.dilate``, ``bench/bench_eval.py``, 854x480, medians on a 2-vCPU AMD EPYC VM,
+one thread each): ``cpp`` is about 23x faster (0.10 vs 2.3 ms per frame; 40x with two
+threads), ``torch`` about 6.6x (each eager op makes one pass over memory and a dilation
+takes about 80 of them).
 """
 from __future__ import annotations
 
