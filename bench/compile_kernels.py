@@ -4,7 +4,8 @@ Runs Triton's front end, its NVIDIA back end and the ptxas bundled with Triton o
 kernel at the launch configurations the host code picks (pdnet.kernels.*._configs and
 friends), for each dtype and head dim, and prints per kernel: shared memory, registers
 per thread, local memory (non-zero = register spills) and whether the matmuls lowered to
-wgmma (Hopper tensor cores) or mma.sync. It proves the kernels build for the target; it
+wgmma (Hopper tensor cores) or mma.sync; a kernel needing more shared memory per block than
+the target allows counts as a failure (it would build but not launch). It proves the kernels build for the target; it
 says nothing about speed (see bench/bench_ops.py on a GPU).
 
 Usage::
@@ -28,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TL_TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp64": "fp64"}
+#: most shared memory one block may use (bytes, with the opt-in Triton requests) per compute
+#: capability: a kernel above it builds but fails to launch on that GPU
+SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 SCALARS = {"P", "HW", "C", "Nq", "Nk", "d", "n_chunks"}
 
 
@@ -126,6 +130,9 @@ def main(argv=None) -> int:
         for name, fn, consts, ptr_types, warps, stages in jobs(dtype, args.head_dim, torch):
             try:
                 shared, regs, local, mma = compile_one(fn, dtype, consts, ptr_types, warps, stages, args.arch)
+                limit = SHARED_LIMIT.get(args.arch)
+                if limit is not None and shared > limit:
+                    raise RuntimeError(f"needs {shared} B of shared memory, sm_{args.arch} allows {limit} B per block")
                 print(f"sm_{args.arch} {dtype:4s} {name:28s} warps={warps} stages={stages} shared={shared:6d} B "
                       f"regs={regs:>3s} local={local:>4s} mma={mma}", flush=True)
             except Exception as exc:  # report every failure, then fail

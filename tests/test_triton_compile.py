@@ -57,6 +57,26 @@ def test_compile_fullgraph_matches_eager():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 86])
+def test_kernels_compile_for_ampere_without_a_gpu(arch):
+    """Every kernel at its launch configs also builds for sm_80 (A100) and sm_86 (RTX 3090)
+    and fits their shared memory per block (163 KB / 99 KB): bf16 at the model's head dim,
+    and every dtype at the largest head dim (fp64 once needed 139 KB there)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "compile_kernels.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for args in (["--dtype", "bf16", "--head-dim", "32"], ["--dtype", "bf16", "fp16", "fp32", "fp64", "--head-dim", "128"]):
+        res = subprocess.run([sys.executable, str(script), "--arch", str(arch), *args],
+                             capture_output=True, text=True, env=env, timeout=1200)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        assert "0 failure(s)" in res.stdout and "mma=mma.sync" in res.stdout
+
+
+@pytest.mark.slow
 def test_kernels_compile_for_sm90_without_a_gpu():
     """Every kernel at its launch configs builds for sm_90 (Triton front end + bundled ptxas)."""
     import os
