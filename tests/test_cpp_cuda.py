@@ -163,3 +163,103 @@ def test_cuda_kernels_agree_with_triton_backend():
                                ops.part_attention(q, k, v, backend="triton").float(), atol=2e-2, rtol=2e-2)
     x, s = torch.randn(2, 5, 120, 120, device="cuda"), torch.randn(2, 1, 120, 120, device="cuda")
     torch.testing.assert_close(ops.part_masks(x, s, backend="cpp"), ops.part_masks(x, s, backend="triton"), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ launch limits, devices, determinism
+def _heads_match_reference(res, ins, mask, cot, heads):
+    """res = [out, dq, dk, dv, dmask] of the whole batch; the listed heads (b, k) against
+    the float64 reference run on those heads alone (heads are independent)."""
+    for b, k in heads:
+        sl = lambda t: t[b : b + 1, k : k + 1].detach().double().requires_grad_()  # noqa: E731
+        q, kk, v, m = sl(ins[0]), sl(ins[1]), sl(ins[2]), sl(mask)
+        out = ref.part_attention(q, kk, v, 0.5, m)
+        r = [out] + list(torch.autograd.grad(out, (q, kk, v, m), cot[b : b + 1, k : k + 1].double()))
+        for name, a, c in zip(["out", "dq", "dk", "dv", "dmask"], res, r):
+            _check(a[b : b + 1, k : k + 1].cpu(), None, c.cpu(), 0, f"{name} head {(b, k)}")
+
+
+@pytest.mark.parametrize("Nq, Nk", [(16400, 40), (40, 16400)])
+def test_part_attention_cuda_more_than_65535_blocks(Nq, Nk):
+    """B = 32, p = 8 and N = 16400 (above the model's 14400): more than 65535 query blocks
+    (forward) or key blocks (backward) in the 1-D grid; first, middle and last heads."""
+    B, p, d = 32, 8, 32
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(B, p, Nq, d, device="cuda", generator=g).requires_grad_()
+    k, v = (torch.randn(B, p, Nk, d, device="cuda", generator=g).requires_grad_() for _ in range(2))
+    mask = torch.randn(B, p, Nk, device="cuda", generator=g)
+    mask[..., :3] = -INF
+    mask.requires_grad_()
+    cot = torch.randn(B, p, Nq, d, device="cuda", generator=g)
+    out = ops.part_attention(q, k, v, 0.5, mask, backend="cpp")
+    res = [out] + list(torch.autograd.grad(out, (q, k, v, mask), cot))
+    _heads_match_reference(res, (q, k, v), mask, cot, [(0, 0), (17, 3), (B - 1, p - 1)])
+
+
+def test_assemble_parts_cuda_beyond_int32_indexing():
+    """B = 32, p = 5, C = 64, 480 x 480: 2.36e9 feature elements, past int32 indexing; the
+    last batch element (offsets above 2**31) against the reference, forward and backward."""
+    B, p, C, h, w = 32, 5, 64, 480, 480
+    need = 3 * B * p * C * h * w * 2 + 2 * B * C * h * w * 2  # p, y, grad_feats + out, grad_out (fp16)
+    if torch.cuda.get_device_properties(0).total_memory < need * 1.3:
+        pytest.skip(f"needs about {need * 1.3 / 2**30:.0f} GiB of GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(8)
+    pf = torch.randn(B, p, C, h, w, device="cuda", dtype=torch.float16, generator=g)
+    yf = torch.randn(B, p, C, h, w, device="cuda", dtype=torch.float16, generator=g)
+    m = torch.rand(B, p, h, w, device="cuda", dtype=torch.float16, generator=g)
+    out = torch.ops.pdnet.assemble_parts(pf, yf, m)
+    go = torch.randn_like(out)
+    gf, gm = torch.ops.pdnet.assemble_parts_backward(go, pf, yf, m, True, True)
+    b = B - 1
+    P, Y, M, G = (t[b : b + 1].double() for t in (pf, yf, m, go))
+    r = ref.assemble_parts(P, Y, M)
+    torch.testing.assert_close(out[b : b + 1].double(), r, atol=2e-2, rtol=2e-3)
+    torch.testing.assert_close(gf[b : b + 1].double(), G.unsqueeze(1) * M.unsqueeze(2), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(gm[b : b + 1].double(), (G.unsqueeze(1) * (P + Y)).sum(2), atol=2e-2, rtol=2e-3)
+
+
+def test_area_variance_cuda_more_rows_than_grid_y():
+    """B * p = 65600 rows (> 65535, the gridDim.y limit) of 4160 pixels (two chunks): the
+    rows past 65535 are the second iteration of a block's row loop."""
+    g = torch.Generator(device="cuda").manual_seed(9)
+    x = torch.rand(32800, 2, 65, 64, device="cuda", generator=g).requires_grad_()
+    loss, areas = torch.ops.pdnet.area_variance(x)
+    x64 = x.detach().double().requires_grad_()
+    torch.testing.assert_close(areas.double(), x64.detach().sum((2, 3)), atol=0, rtol=1e-5)
+    torch.testing.assert_close(loss.double(), ref.area_variance(x64.detach()), atol=0, rtol=5e-3)
+    (gx,) = torch.autograd.grad(cpp.area_variance(x), x)
+    (gr,) = torch.autograd.grad(ref.area_variance(x64), x64)
+    torch.testing.assert_close(gx.double(), gr, atol=1e-6 * gr.abs().max().item(), rtol=5e-3)
+
+
+def test_cuda_backward_ops_check_the_device_of_grad_out():
+    """The dispatcher picks the CUDA kernel when any argument is on CUDA: a CPU grad_out must
+    be a clear error, not a host pointer read on the device. A 0-dim CPU grad_loss is fine."""
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    s = torch.randn(2, 1, 4, 5, device="cuda")
+    masks = torch.ops.pdnet.part_masks(x, s, True)
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ops.pdnet.part_masks_backward(torch.ones(2, 3, 4, 5), x, masks, s, True, True)
+    pf = torch.randn(2, 3, 4, 5, 6, device="cuda")
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ops.pdnet.assemble_parts_backward(torch.ones(2, 4, 5, 6), pf, pf, torch.rand(2, 3, 5, 6, device="cuda"), True, True)
+    xa = torch.rand(2, 3, 5, 6, device="cuda")
+    loss, areas = torch.ops.pdnet.area_variance(xa)
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ops.pdnet.area_variance_backward(torch.ones((), device="cuda"), xa, areas.cpu())
+    on_cpu = torch.ops.pdnet.area_variance_backward(torch.tensor(2.0), xa, areas)
+    on_gpu = torch.ops.pdnet.area_variance_backward(torch.tensor(2.0, device="cuda"), xa, areas)
+    assert on_cpu.device == xa.device
+    torch.testing.assert_close(on_cpu, on_gpu)
+
+
+def test_part_attention_cuda_backward_is_flagged_nondeterministic():
+    """dq is summed with float atomics: torch.use_deterministic_algorithms must hear of it."""
+    q = torch.randn(1, 2, 40, 32, device="cuda", requires_grad=True)
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = ops.part_attention(q, q, q, backend="cpp")  # the forward is deterministic
+        with pytest.raises(RuntimeError, match="part_attention_backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)

@@ -33,21 +33,24 @@ __device__ __forceinline__ float block_sum(float v) {
   v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : 0.f;
   if (warp == 0)
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  __syncthreads();  // warp_sums is read: a next call may overwrite it
   return v;  // valid in thread 0
 }
 
-// partial[row, chunk] = sum of x[row, chunk * kChunk : ...]; grid (n_chunks, rows)
+// partial[row, chunk] = sum of x[row, chunk * kChunk : ...]; grid (n_chunks, min(rows, 65535)),
+// rows grid-strided over blockIdx.y (gridDim.y is at most 65535)
 template <typename T>
 __global__ void area_partial_kernel(const T* __restrict__ x, float* __restrict__ partial,
-                                    int64_t hw, int n_chunks) {
-  const int64_t row = blockIdx.y;
+                                    int64_t rows, int64_t hw, int n_chunks) {
   const int64_t start = int64_t(blockIdx.x) * kChunk;
   const int64_t end = min(hw, start + kChunk);
-  const T* xr = x + row * hw;
-  float acc = 0.f;
-  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) acc += to_float(xr[i]);
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[row * n_chunks + blockIdx.x] = acc;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {  // uniform per block
+    const T* xr = x + row * hw;
+    float acc = 0.f;
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) acc += to_float(xr[i]);
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partial[row * n_chunks + blockIdx.x] = acc;
+  }
 }
 
 // areas[row] = sum of the partials; loss = mean_b variance(areas[b]) (0 when p < 2)
@@ -91,7 +94,6 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
     const double loss = (B == 0 && p >= 2) ? std::numeric_limits<double>::quiet_NaN() : 0.0;
     return {at::full({}, loss, x.options()), at::zeros({B, p}, fopts)};
   }
-  TORCH_CHECK(B * p <= 65535, where, ": at most 65535 (batch x parts) rows, got ", detail::describe(x));
   const at::Tensor xc = x.contiguous();
   const int n_chunks = static_cast<int>((hw + kChunk - 1) / kChunk);
   at::Tensor partial = at::empty({B * p, n_chunks}, fopts);
@@ -100,8 +102,9 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
   auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(xc.scalar_type(), "area_variance_cuda", [&] {
     using T = device_t<scalar_t>;
-    area_partial_kernel<T><<<dim3(n_chunks, static_cast<unsigned>(B * p)), kThreads, 0, stream>>>(
-        dptr<scalar_t>(xc), partial.mutable_data_ptr<float>(), hw, n_chunks);
+    const unsigned grid_y = static_cast<unsigned>(std::min<int64_t>(B * p, 65535));
+    area_partial_kernel<T><<<dim3(n_chunks, grid_y), kThreads, 0, stream>>>(
+        dptr<scalar_t>(xc), partial.mutable_data_ptr<float>(), B * p, hw, n_chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     area_loss_kernel<T><<<1, kThreads, 0, stream>>>(partial.const_data_ptr<float>(),
                                                      areas.mutable_data_ptr<float>(),
@@ -122,10 +125,13 @@ at::Tensor area_variance_backward_cuda(const at::Tensor& grad_loss, const at::Te
   TORCH_CHECK(areas.dim() == 2 && areas.size(0) == B && areas.size(1) == p, where,
               ": areas must be (B, p) to match x ", detail::describe(x), ", got ",
               detail::describe(areas));
+  detail::check_like(where, "areas", areas, "x", x, false);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kFloat));
   if (B * p == 0) return coef.to(x.scalar_type());
-  const at::Tensor gl = grad_loss.to(x.scalar_type()).contiguous();
+  // grad_loss may be a 0-dim CPU tensor (the dispatcher still picks CUDA): the kernel reads it
+  // on the device
+  const at::Tensor gl = grad_loss.to(x.device(), x.scalar_type()).contiguous();
   const at::Tensor ac = areas.to(at::kFloat).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(x.scalar_type(), "area_variance_backward_cuda", [&] {

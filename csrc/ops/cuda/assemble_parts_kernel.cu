@@ -96,6 +96,8 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cuda(
                   grad_out.size(2) == h && grad_out.size(3) == w,
               where, ": grad_out must be (B, C, h, w) to match p_feats ", detail::describe(p_feats),
               ", got ", detail::describe(grad_out));
+  // grad_out is read by the kernels: it must be on p_feats' device (see part_masks_backward)
+  detail::check_like(where, "grad_out", grad_out, "p_feats", p_feats, false);
   const c10::cuda::CUDAGuard guard(p_feats.device());
   const at::Tensor gc = grad_out.to(p_feats.scalar_type()).contiguous();
   const at::Tensor mc = masks.contiguous();

@@ -10,6 +10,9 @@
 //      dV_w += P^T_w dO, dK_w += dS^T_w Q, dmask_w += row sums of dS^T_w,
 //      dQ += scale * dS K (the block's slice of keys; atomicAdd into a float32 buffer).
 //    dK is scaled by `scale` at the end; dK, dV and dmask are owned by one block each.
+//    dQ sums float atomics in an unspecified order: it is not bitwise reproducible, and
+//    torch.use_deterministic_algorithms(True) is told so (alertNotDeterministic).
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -207,6 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
     dmask.zero_();
     return {dq_acc.to(q.scalar_type()), dk, dv, want_dmask ? dmask.to(mask_dtype) : dmask};
   }
+  // dq: atomicAdd from every key block of a head, in no fixed order
+  at::globalContext().alertNotDeterministic("pdnet::part_attention_backward (CUDA)");
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor oc = out.to(q.scalar_type()).contiguous();
   const at::Tensor doc = grad_out.to(q.scalar_type()).contiguous();

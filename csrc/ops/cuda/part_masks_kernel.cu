@@ -96,6 +96,9 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
   detail::check_part_masks(where, part_logits, gate);
   detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
   detail::check_same_shape(where, "masks", masks, "part_logits", part_logits);
+  // the dispatcher picks this kernel when any argument is on CUDA: a grad_out left on
+  // the CPU would be read from device code through a host pointer
+  detail::check_like(where, "grad_out", grad_out, "part_logits", part_logits, false);
   PDNET_CHECK_CUDA_DTYPE(where, part_logits);
   const c10::cuda::CUDAGuard guard(part_logits.device());
   const at::Tensor goc = grad_out.to(part_logits.scalar_type()).contiguous();
