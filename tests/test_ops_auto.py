@@ -171,3 +171,21 @@ def test_vmap_is_not_timed(tuned_cpu):
     out = torch.vmap(lambda x: ops.area_variance(x))(xs)
     torch.testing.assert_close(out, torch.stack([reference.area_variance(x) for x in xs]))
     assert ops.auto_choices() == {}
+
+
+def test_deterministic_mode_passes_over_nondeterministic_backends(tuned_cpu, monkeypatch):
+    """With torch.use_deterministic_algorithms(True), auto skips the (backend, op, device)
+    entries of NONDETERMINISTIC (on CUDA: the C++ attention backward's dQ atomics), even
+    when that backend is the fastest."""
+    monkeypatch.setattr(_dispatch, "NONDETERMINISTIC", (("triton", "area_variance", "cpu"),))
+    x = torch.rand(2, 3, 8, 8)
+    torch.use_deterministic_algorithms(True)
+    try:
+        ops.area_variance(x)
+        ops.area_variance(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert tuned_cpu["triton"] == 0 and tuned_cpu["cpp"] >= 2  # only the deterministic one ran
+    assert ops.auto_choices() == {}  # one candidate left: nothing to time
+    ops.area_variance(x)  # deterministic mode off: both are candidates again
+    assert tuned_cpu["triton"] > 0

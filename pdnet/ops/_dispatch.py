@@ -32,6 +32,10 @@ OPS = ("part_attention", "part_masks", "assemble_parts", "area_variance")
 KNOWN_BACKENDS = ("reference", "triton", "cpp")
 ALIASES = {"cuda": "cpp", "torch": "reference"}
 
+#: (backend, op, device type) whose backward is not bitwise reproducible (float atomics):
+#: ``auto`` passes them over while ``torch.use_deterministic_algorithms(True)`` is on
+NONDETERMINISTIC: Tuple[Tuple[str, str, str], ...] = (("cpp", "part_attention", "cuda"),)
+
 #: device types on which ``auto`` times its kernel candidates (elsewhere: AUTO_ORDER)
 TUNED_DEVICES: Tuple[str, ...] = ("cuda",)
 
@@ -92,6 +96,8 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
             c for c in AUTO_ORDER.get(dtype_, ("reference",))
             if c in _REGISTRY and _REGISTRY[c].supports(op, dtype_)
         ]
+        if torch.are_deterministic_algorithms_enabled():
+            cands = [c for c in cands if (c, op, dtype_) not in NONDETERMINISTIC]
         if not cands:
             return _REGISTRY["reference"].impls[op]
         kernels = [c for c in cands if c != "reference"]
