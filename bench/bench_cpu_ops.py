@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     for name, make in _cases(device, dtype):
         if args.only and not any(s in name for s in args.only):
             continue
-        modes = ["fwd", "full"] if name.startswith("part_attention") else ["full"]
+        modes = ["fwd", "full"]
         for mode in modes:
             times = _measure(backends, make, mode, args.reps, args.warmup, timer)
             st = {b: _stats(times[b]) for b in backends}

@@ -206,7 +206,8 @@ def test_cpp_errors_name_shapes_and_dtypes():
 
 
 # ------------------------------------------------------------------ the other ops
-@pytest.mark.parametrize("shape", [(2, 5, 17, 19), (1, 1, 3, 3), (3, 2, 1, 1), (1, 8, 40, 33)])
+# p <= 8 runs the cores with a compile-time part count, p = 11 the runtime loop
+@pytest.mark.parametrize("shape", [(2, 5, 17, 19), (1, 1, 3, 3), (3, 2, 1, 1), (1, 8, 40, 33), (2, 11, 6, 21)])
 @pytest.mark.parametrize("gate_is_logit", [True, False])
 def test_part_masks_matches_reference(shape, gate_is_logit):
     B, p, h, w = shape
@@ -228,7 +229,7 @@ def test_part_masks_public_api_and_extreme_logits():
     torch.testing.assert_close(ops.part_masks_gt(x, gt, backend="cpp"), ref.part_masks(x, gt, False))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 17, 19), (1, 1, 3, 3), (3, 2, 1, 1), (1, 3, 1, 37)])
+@pytest.mark.parametrize("shape", [(2, 5, 17, 19), (1, 1, 3, 3), (3, 2, 1, 1), (1, 3, 1, 37), (2, 9, 5, 7)])
 def test_part_masks_gt_without_gate_gradient(shape):
     """The backward from the forward's output (no exps): a ground-truth mask that needs no
     gradient, with exact zeros, ones, tiny and negative values, and large logits."""
