@@ -19,6 +19,7 @@ Usage::
 
     python bench/bench_cpu_ops.py                     # CPU, 2 threads (CI's machine)
     python bench/bench_cpu_ops.py --threads 1 --reps 30
+    python bench/bench_cpu_ops.py --allocator steady  # freed memory kept: no page faults
     python bench/bench_cpu_ops.py --device cuda       # CUDA: reference vs cpp vs triton
 
 Targets (issue 6): on 2 CPU cores, every ratio reference / cpp at least 2 (the README's
@@ -177,7 +178,20 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", nargs="*", default=None, help="substrings of case names to run")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
+    ap.add_argument(
+        "--allocator", default="glibc", choices=["glibc", "steady"],
+        help="glibc: the C allocator as every process gets it (large blocks are mmapped and "
+        "page-faulted afresh on each allocation); steady: freed blocks are kept for reuse "
+        "(pdnet._malloc.keep_freed_memory without mmap), which takes the page faults out "
+        "of both columns and leaves the kernels' own work",
+    )
     args = ap.parse_args(argv)
+    if args.allocator == "steady":
+        from pdnet._malloc import keep_freed_memory
+
+        if not keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False):
+            print("--allocator steady needs glibc", file=sys.stderr)
+            return 2
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -199,7 +213,7 @@ def main(argv=None) -> int:
     load_before = _loadavg()
     print(
         f"# device: {dev_name}; dtype {args.dtype}; torch {torch.__version__}; reps {args.reps}; "
-        f"load average {load_before}"
+        f"allocator {args.allocator}; load average {load_before}"
     )
     header = f"{'case':32s} {'mode':4s} " + " ".join(f"{b + ' ms (p20-p80)':>26s}" for b in backends)
     header += "  ref/cpp" + ("  triton/cpp" if "triton" in backends else "")
@@ -240,6 +254,7 @@ def main(argv=None) -> int:
             "device": dev_name,
             "host": platform.node(),
             "threads": args.threads,
+            "allocator": args.allocator,
             "torch": torch.__version__,
             "commit": _git_commit(),
         }

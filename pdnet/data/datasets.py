@@ -95,16 +95,9 @@ def tune_worker_malloc() -> bool:
 
 def _tune_malloc() -> bool:
     """The ``mallopt`` settings of :func:`tune_worker_malloc`, for this process."""
-    try:
-        import ctypes
+    from .._malloc import keep_freed_memory
 
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum (64-bit): smaller blocks come from the heap
-        ok &= libc.mallopt(m_trim_threshold, 128 << 20)  # keep up to 128 MB of freed heap mapped
-    except (OSError, AttributeError):
-        return False
-    return bool(ok)
+    return keep_freed_memory(trim_threshold=128 << 20)
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
