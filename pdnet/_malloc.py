@@ -7,8 +7,9 @@ every step, so it page-faults (and the kernel zeroes) every page of them again a
 again: on a 2-vCPU VM that costs about as much as the arithmetic of a memory-bound op
 (see bench/results/README.md, "allocator"). These settings make freed blocks stay in the
 process instead. They change nothing but speed and the resident set (which then stays at
-its peak), are process-wide, and are applied only where pdnet owns the process: its
-DataLoader workers and, on request, the benchmarks.
+its peak), are process-wide, and are applied only where pdnet runs the process's work:
+its DataLoader workers, the trainer on CPU devices (``train.keep_freed_memory``) and, on
+request, the benchmarks.
 """
 from __future__ import annotations
 

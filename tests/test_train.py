@@ -128,6 +128,7 @@ def test_sampler_shards_and_resumes():
         (["data.size=100"], "multiples of 32"),
         (["train.amp=fp8"], "train.amp"),
         (["data.output=half"], "data.output"),
+        (["train.keep_freed_memory=sometimes"], "train.keep_freed_memory"),
     ],
 )
 def test_config_errors(sets, msg):
@@ -151,3 +152,53 @@ def test_cli_errors(tmp_path, capsys):
     assert "folder not found" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "norun")]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
+
+
+_FAULTS_SCRIPT = r"""
+import resource, sys
+import torch
+if sys.argv[1] == "keep":
+    from pdnet._malloc import keep_freed_memory
+    assert keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # 64 MB: above every mmap threshold; the heap grows to fit it
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+f0 = faults()
+for _ in range(3):
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+print(faults() - f0)
+"""
+
+
+@pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/usr/lib64/libc.so.6").exists(),
+                    reason="glibc only")
+def test_keep_freed_memory_stops_refaulting_large_blocks():
+    """A freed 64 MB block is page-faulted afresh on every allocation by default (glibc
+    mmaps it), and not at all once freed memory is kept (a fresh process for each: the
+    setting is process-wide)."""
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], check=True, text=True,
+                             capture_output=True).stdout
+        return int(out.split()[-1])
+
+    default, kept = run("default"), run("keep")
+    assert default > 3 * 1000, default  # 16384 4 KB pages per block (fewer with huge pages)
+    assert kept < 100, kept
+
+
+def test_keep_freed_memory_rejects_values_mallopt_cannot_take():
+    from pdnet._malloc import keep_freed_memory
+
+    with pytest.raises(ValueError, match="C int"):
+        keep_freed_memory(trim_threshold=1 << 40)
+
+
+def test_trainer_keeps_freed_memory_on_cpu_unless_told_not_to(synth_data, tmp_path):
+    off = Trainer(tiny_cfg(synth_data, **{"train.keep_freed_memory": "false"}), tmp_path / "off", device="cpu")
+    assert off.keeps_freed_memory is False
+    auto = Trainer(tiny_cfg(synth_data), tmp_path / "auto", device="cpu")
+    assert auto.keeps_freed_memory is True

@@ -47,6 +47,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "image_head_lr": 0.0,  # non-backbone lr multiplier on image steps
         "amp": "auto",  # auto | bf16 | fp16 | off
         "channels_last": True,
+        # keep freed memory in this process (glibc malloc, pdnet._malloc): auto = on CPU
+        # devices, where page-faulting every step's large tensors afresh costs up to half
+        # the step (bench/results/README.md); true | false
+        "keep_freed_memory": "auto",
         "compile": False,
         "seed": 0,
         "semantic_features": "cache",  # ResNet-18 weights for the semantic loss (path | cache | null)
@@ -150,6 +154,8 @@ def validate(cfg: Dict[str, Dict[str, Any]]) -> None:
         t["amp"] = "off"
     if t["amp"] not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {t['amp']!r}")
+    if t["keep_freed_memory"] not in ("auto", True, False):
+        raise ConfigError(f"train.keep_freed_memory must be auto, true or false, got {t['keep_freed_memory']!r}")
     if t["semantic_impl"] not in ("factored", "dense"):
         raise ConfigError(f"train.semantic_impl must be factored or dense, got {t['semantic_impl']!r}")
     if not isinstance(d["workers"], int) or d["workers"] < 0:

@@ -193,6 +193,13 @@ class Trainer:
         self.cfg, self.out, self.echo = cfg, Path(out), echo
         self._init_distributed(device)
         tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+        keep = tc.get("keep_freed_memory", "auto")
+        #: whether this process's malloc keeps freed memory (train.keep_freed_memory)
+        self.keeps_freed_memory = False
+        if keep is True or (keep == "auto" and self.device.type == "cpu"):
+            from .._malloc import keep_freed_memory
+
+            self.keeps_freed_memory = keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False)
         ckpt_path = self.out / "last.pt"
         if not resume and ckpt_path.exists():
             raise TrainError(
