@@ -1,8 +1,16 @@
 """The C++/CUDA extension's kernels (backend "cpp") against the reference ops, side by side.
 
-Each case runs the public op (``pdnet.ops.<op>(..., backend=...)``), forward + backward
-(``.backward()`` of a fixed random cotangent, so autograd is included for every backend)
-and, for attention, forward alone. Backends are measured in alternation within one run,
+Each case runs the public op (``pdnet.ops.<op>(..., backend=...)``) in three modes:
+
+* ``fwd``: the forward alone, under ``torch.no_grad()``;
+* ``grad``: forward + ``torch.autograd.grad`` of a fixed random cotangent with respect to
+  every input that needs a gradient: what the op costs inside a model, where its inputs
+  are activations and their gradients go on to the ops that made them;
+* ``full``: forward + ``.backward()`` into leaf tensors' ``.grad``, so autograd's leaf
+  accumulation is counted as well (it copies a broadcast gradient, and one of two
+  gradients that are the same tensor, for both backends alike).
+
+Backends are measured in alternation within one run,
 repetition by repetition, so that both see the same machine load; the table gives the
 median and p20/p80 wall time in ms and the ratio reference / cpp (the speed-up).
 
@@ -126,6 +134,13 @@ def _measure(backends, make, mode: str, reps: int, warmup: int, timer: _Timer):
             def run(b=b):
                 with torch.no_grad():
                     fn(b)
+        elif mode == "grad":
+            def run(b=b):
+                nonlocal cot
+                out = fn(b)
+                if cot is None:
+                    cot = torch.randn_like(out)
+                torch.autograd.grad(out, [t for t in inputs if t.requires_grad], cot)
         else:
             def run(b=b):
                 nonlocal cot
@@ -223,7 +238,7 @@ def main(argv=None) -> int:
     for name, make in _cases(device, dtype):
         if args.only and not any(s in name for s in args.only):
             continue
-        modes = ["fwd", "full"]
+        modes = ["fwd", "grad", "full"]
         for mode in modes:
             times = _measure(backends, make, mode, args.reps, args.warmup, timer)
             st = {b: _stats(times[b]) for b in backends}
@@ -238,7 +253,7 @@ def main(argv=None) -> int:
             rows.append(
                 {
                     "case": name,
-                    "mode": "fwd" if mode == "fwd" else "fwd+bwd",
+                    "mode": {"fwd": "fwd", "grad": "fwd+grad", "full": "fwd+bwd"}[mode],
                     "dtype": args.dtype,
                     "ms": {b: {"median": st[b][0], "p20": st[b][1], "p80": st[b][2]} for b in backends},
                     "ratio_reference_over_cpp": ratio,

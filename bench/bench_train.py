@@ -88,6 +88,7 @@ def run_path(name: str, data: Path, out: Path, args, sets) -> dict:
         "p20_step_s": times[int(0.2 * (len(times) - 1))],
         "p80_step_s": times[int(0.8 * (len(times) - 1))],
         "pairs_per_s": args.batch / med,
+        "keeps_freed_memory": trainer.keeps_freed_memory,  # train.keep_freed_memory (auto: on CPUs)
     }
     if dev.type == "cuda":
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev) - base

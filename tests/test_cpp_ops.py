@@ -553,3 +553,21 @@ def test_pdnet_with_cpp_ops_matches_reference():
     for name in g_r:
         scale = g_r[name].abs().max().clamp_min(1e-6)
         assert (g_c[name] - g_r[name]).abs().max() <= 1e-3 * scale + 1e-6, name
+
+
+def test_cpu_ops_benchmark_runs_every_mode():
+    """bench/bench_cpu_ops.py at the model's shapes, two cheap cases, in a fresh process
+    (--allocator steady changes the process's malloc)."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_cpu_ops.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--reps", "2", "--warmup", "0", "--no-save", "--allocator", "steady",
+         "--only", "area_variance", "assemble_parts C64 30x30"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "allocator steady" in res.stdout
+    for case in ("area_variance 2x5x480x480", "assemble_parts C64 30x30"):
+        modes = [line[len(case):].split()[0] for line in res.stdout.splitlines() if line.startswith(case)]
+        assert modes == ["fwd", "grad", "full"], res.stdout
