@@ -469,8 +469,16 @@ _ISA_SCRIPT = textwrap.dedent(
     c = torch.randn_like(o)
     ga, gb = torch.autograd.grad(o, (q, k, v), c), torch.autograd.grad(r, (q, k, v), c)
     err = max([(o - r).abs().max().item()] + [(a - b).abs().max().item() for a, b in zip(ga, gb)])
-    x, s = torch.randn(2, 5, 9, 13, generator=g), torch.randn(2, 1, 9, 13, generator=g)
-    err = max(err, (cpp.part_masks(x, s, True) - ref.part_masks(x, s, True)).abs().max().item())
+    for parts in (5, 11):  # a compile-time part count, and the runtime loop
+        x = torch.randn(2, parts, 9, 13, generator=g, requires_grad=True)
+        s = torch.randn(2, 1, 9, 13, generator=g, requires_grad=True)
+        gt = torch.rand(2, 1, 9, 13, generator=g)
+        gt_grad = gt.clone().requires_grad_()  # its gradient takes the recomputing core
+        c = torch.randn(2, parts, 9, 13, generator=g)
+        for gate, logit, wrt in ((s, True, (x, s)), (gt, False, (x,)), (gt_grad, False, (x, gt_grad))):
+            o, r = cpp.part_masks(x, gate, logit), ref.part_masks(x, gate, logit)
+            ga, gb = torch.autograd.grad(o, wrt, c), torch.autograd.grad(r, wrt, c)
+            err = max([err, (o - r).abs().max().item()] + [(a - b).abs().max().item() for a, b in zip(ga, gb)])
     P, Y, R = torch.randn(2, 5, 3, 9, 13), torch.randn(2, 5, 3, 9, 13), torch.rand(2, 5, 9, 13)
     err = max(err, (cpp.assemble_parts(P, Y, R) - ref.assemble_parts(P, Y, R)).abs().max().item())
     a = torch.rand(2, 5, 9, 13)
