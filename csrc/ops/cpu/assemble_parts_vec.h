@@ -1,8 +1,10 @@
 // CPU compute cores of assemble_parts: out[c] = sum_k (P_k[c] + Y_k[c]) * R_k, and its
 // backward grad_feats_k[c] = grad[c] * R_k (the gradient of both P and Y),
-// grad_masks_k = sum_c grad[c] * (P_k[c] + Y_k[c]). Pixels are processed in blocks of
-// kAssembleBX so that every stream is read contiguously; the forward prefetches its 2p
-// feature streams (vec_common.h), which the hardware prefetchers do not keep ahead of.
+// grad_masks_k = sum_c grad[c] * (P_k[c] + Y_k[c]). The forward sums the p parts of one
+// pixel vector in a register (3p input streams, one output stream; 1.2x faster than
+// accumulating blocks of pixels in memory part by part, at 30x30 and 120x120). The
+// backward takes blocks of kAssembleBX pixels, so that its C rows of a block are each
+// read contiguously, and accumulates grad_masks over the channels in memory.
 #pragma once
 
 #include "vec_common.h"
@@ -17,24 +19,21 @@ void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t 
                       int64_t hw, int64_t c, int64_t s, int64_t e) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  T acc[kAssembleBX];
-  for (int64_t x0 = s; x0 < e; x0 += kAssembleBX) {
-    const int64_t nx = std::min(kAssembleBX, e - x0);
-    std::fill(acc, acc + nx, T(0));
-    for (int64_t k = 0; k < p; ++k) {
-      const T* P = pf + (k * C + c) * hw + x0;
-      const T* Y = yf + (k * C + c) * hw + x0;
-      const T* R = masks + k * hw + x0;
-      int64_t x = 0;
-      for (; x + V <= nx; x += V) {
-        prefetch_read(P + x);
-        prefetch_read(Y + x);
-        at::vec::fmadd(Vec::loadu(P + x) + Vec::loadu(Y + x), Vec::loadu(R + x), Vec::loadu(acc + x))
-            .store(acc + x);
-      }
-      for (; x < nx; ++x) acc[x] += (P[x] + Y[x]) * R[x];
-    }
-    std::copy(acc, acc + nx, out + c * hw + x0);
+  const int64_t ks = C * hw;  // from one part's feature plane to the next
+  const T* P = pf + c * hw;
+  const T* Y = yf + c * hw;
+  T* o = out + c * hw;
+  int64_t x = s;
+  for (; x + V <= e; x += V) {
+    Vec acc = (Vec::loadu(P + x) + Vec::loadu(Y + x)) * Vec::loadu(masks + x);
+    for (int64_t k = 1; k < p; ++k)
+      acc = at::vec::fmadd(Vec::loadu(P + k * ks + x) + Vec::loadu(Y + k * ks + x), Vec::loadu(masks + k * hw + x), acc);
+    acc.store(o + x);
+  }
+  for (; x < e; ++x) {
+    T acc = 0;
+    for (int64_t k = 0; k < p; ++k) acc += (P[k * ks + x] + Y[k * ks + x]) * masks[k * hw + x];
+    o[x] = acc;
   }
 }
 

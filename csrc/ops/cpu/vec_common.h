@@ -136,28 +136,6 @@ inline void transpose_rows(const T* src, int64_t rows, int64_t d, T* dst, int64_
     for (int64_t c = 0; c < d; ++c) dst[c * ld + r] = src[r * d + c];
 }
 
-// Software prefetch of the element kPrefetchAhead bytes past p (for reading, or for
-// writing: the line is then owned before the store). The elementwise cores read and
-// write up to p + 2 streams hw elements apart, more than the hardware prefetchers keep
-// ahead of from DRAM. Prefetches never fault, so running past a buffer's end is fine.
-constexpr int64_t kPrefetchAhead = 2048;
-template <typename T>
-inline void prefetch_read(const T* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchAhead, 0, 3);
-#else
-  (void)p;
-#endif
-}
-template <typename T>
-inline void prefetch_write(T* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(reinterpret_cast<char*>(p) + kPrefetchAhead, 1, 3);
-#else
-  (void)p;
-#endif
-}
-
 // max of x[0:n] (-inf when n == 0)
 template <typename T>
 inline T row_max(const T* x, int64_t n) {
