@@ -6,8 +6,9 @@ beyond 128 KB. A PyTorch process on the CPU allocates and frees tensors of megab
 every step, so it page-faults (and the kernel zeroes) every page of them again and
 again: on a 2-vCPU VM that costs about as much as the arithmetic of a memory-bound op
 (see bench/results/README.md, "allocator"). These settings make freed blocks stay in the
-process instead. They change nothing but speed and the resident set (which then stays at
-its peak), are process-wide, and are applied only where pdnet runs the process's work:
+process instead (after the first few allocations of a size, while the heap grows: an
+aligned block does not fit the exact hole its predecessor left until holes merge). They
+change nothing but speed and the resident set (which then stays at its peak), are process-wide, and are applied only where pdnet runs the process's work:
 its DataLoader workers, the trainer on CPU devices (``train.keep_freed_memory``) and, on
 request, the benchmarks.
 """

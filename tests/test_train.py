@@ -162,10 +162,13 @@ if sys.argv[1] == "keep":
     assert keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):  # 64 MB: above every mmap threshold; the heap grows to fit it
+# 64 MB: above every mmap threshold. Kept, the heap still grows over the first few
+# blocks (an aligned block does not fit the exact hole its predecessor left) and then
+# settles: 10 blocks are enough here in every run, 3 were not
+for _ in range(10):
     torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
 f0 = faults()
-for _ in range(3):
+for _ in range(5):
     torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
 print(faults() - f0)
 """
@@ -186,8 +189,8 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
         return int(out.split()[-1])
 
     default, kept = run("default"), run("keep")
-    assert default > 3 * 1000, default  # 16384 4 KB pages per block (fewer with huge pages)
-    assert kept < 100, kept
+    assert default > 5 * 1000, default  # 16384 4 KB pages per block (fewer with huge pages)
+    assert kept < 1000, kept
 
 
 def test_keep_freed_memory_rejects_values_mallopt_cannot_take():
