@@ -30,19 +30,19 @@ inline namespace CPU_CAPABILITY {
 
 constexpr int kMaxFixedParts = 8;
 
-// f(std::integral_constant<int, P>{}) for P = p when 1 <= p <= kMaxFixedParts, else f(p)
-template <typename F>
-inline void with_parts(int64_t p, const F& f) {
+// fixed(std::integral_constant<int, P>{}) for P = p when 1 <= p <= kMaxFixedParts, else any()
+template <typename Fixed, typename Any>
+inline void with_parts(int64_t p, const Fixed& fixed, const Any& any) {
   switch (p) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    default: return f(p);
+    case 1: return fixed(std::integral_constant<int, 1>{});
+    case 2: return fixed(std::integral_constant<int, 2>{});
+    case 3: return fixed(std::integral_constant<int, 3>{});
+    case 4: return fixed(std::integral_constant<int, 4>{});
+    case 5: return fixed(std::integral_constant<int, 5>{});
+    case 6: return fixed(std::integral_constant<int, 6>{});
+    case 7: return fixed(std::integral_constant<int, 7>{});
+    case 8: return fixed(std::integral_constant<int, 8>{});
+    default: return any();
   }
 }
 
@@ -115,12 +115,9 @@ void part_masks_forward_any(const T* logits, const T* gate, T* out, int64_t p, i
 template <typename T>
 void part_masks_forward(const T* logits, const T* gate, T* out, int64_t p, int64_t hw, int64_t s,
                         int64_t e, bool gate_is_logit) {
-  with_parts(p, [&](auto np) {
-    if constexpr (std::is_same_v<decltype(np), int64_t>)
-      part_masks_forward_any(logits, gate, out, np, hw, s, e, gate_is_logit);
-    else
-      part_masks_forward_fixed<decltype(np)::value>(logits, gate, out, hw, s, e, gate_is_logit);
-  });
+  with_parts(
+      p, [&](auto P) { part_masks_forward_fixed<P()>(logits, gate, out, hw, s, e, gate_is_logit); },
+      [&] { part_masks_forward_any(logits, gate, out, p, hw, s, e, gate_is_logit); });
 }
 
 // --- backward, recomputing the softmax from the logits ------------------------------------
@@ -177,13 +174,12 @@ template <typename T>
 void part_masks_backward(const T* grad_out, const T* logits, const T* gate, T* grad_logits,
                          T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
                          bool gate_is_logit) {
-  with_parts(p, [&](auto np) {
-    if constexpr (std::is_same_v<decltype(np), int64_t>)
-      part_masks_backward_any(grad_out, logits, gate, grad_logits, grad_gate, np, hw, s, e, gate_is_logit);
-    else
-      part_masks_backward_fixed<decltype(np)::value>(grad_out, logits, gate, grad_logits, grad_gate, hw,
-                                                     s, e, gate_is_logit);
-  });
+  with_parts(
+      p,
+      [&](auto P) {
+        part_masks_backward_fixed<P()>(grad_out, logits, gate, grad_logits, grad_gate, hw, s, e, gate_is_logit);
+      },
+      [&] { part_masks_backward_any(grad_out, logits, gate, grad_logits, grad_gate, p, hw, s, e, gate_is_logit); });
 }
 
 // --- backward from the forward's output ------------------------------------------------
@@ -241,14 +237,16 @@ template <typename T>
 void part_masks_backward_from_masks(const T* grad_out, const T* masks, const T* gate, T* grad_logits,
                                     T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
                                     bool gate_is_logit) {
-  with_parts(p, [&](auto np) {
-    if constexpr (std::is_same_v<decltype(np), int64_t>)
-      part_masks_backward_from_masks_any(grad_out, masks, gate, grad_logits, grad_gate, np, hw, s, e,
-                                         gate_is_logit);
-    else
-      part_masks_backward_from_masks_fixed<decltype(np)::value>(grad_out, masks, gate, grad_logits,
-                                                                grad_gate, hw, s, e, gate_is_logit);
-  });
+  with_parts(
+      p,
+      [&](auto P) {
+        part_masks_backward_from_masks_fixed<P()>(grad_out, masks, gate, grad_logits, grad_gate, hw, s, e,
+                                                  gate_is_logit);
+      },
+      [&] {
+        part_masks_backward_from_masks_any(grad_out, masks, gate, grad_logits, grad_gate, p, hw, s, e,
+                                           gate_is_logit);
+      });
 }
 
 }  // namespace CPU_CAPABILITY
