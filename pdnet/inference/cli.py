@@ -1,57 +1,122 @@
-"""``pdnet segment``: segment a video or a folder of frames with a checkpoint."""
+"""``pdnet segment``: segment a video or a folder of frames with a checkpoint.
+
+Every value is checked before the model is loaded or a file is written, and a bad one
+is a one-line error naming it (exit code 2): the numbers and choices first (no torch
+import), then the input, the background, the checkpoint's path, the output files (see
+:mod:`pdnet.inference.segment`: nothing that exists is overwritten unless
+``--overwrite``, an input never), then the device and precision.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from pathlib import Path
+from typing import NoReturn, Tuple
 
 from ..cli import UserError
 
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MAX_INPUT_SIZE = 8192  # per side; far beyond what the model is trained for (480)
 
-def _input_size(text: str):
+
+def parse_input_size(text: str) -> Tuple[int, int]:
+    """``N`` or ``HxW`` (also ``H,W``), positive multiples of 32 up to 8192 -> (H, W)."""
     try:
         parts = [int(s) for s in text.lower().replace("x", ",").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+        raise UserError(f"--input-size: expected N or HxW, got {text!r}") from None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or any(p <= 0 or p % 32 for p in parts):
-        raise argparse.ArgumentTypeError(f"the input size must be N or HxW with multiples of 32, got {text!r}")
-    return tuple(parts)
+    if len(parts) != 2 or any(p <= 0 or p % 32 or p > MAX_INPUT_SIZE for p in parts):
+        raise UserError(
+            f"--input-size: expected N or HxW with multiples of 32 in 32..{MAX_INPUT_SIZE}, got {text!r}"
+        )
+    return parts[0], parts[1]
 
 
-def _positive_int(text: str) -> int:
+def parse_positive_int(flag: str, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise UserError(f"{flag}: expected a positive integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise UserError(f"{flag}: expected a positive integer, got {text!r}")
     return value
 
 
+def parse_fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--fps: expected a number of frames per second, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 1000:
+        raise UserError(f"--fps: expected a finite frame rate in (0, 1000], got {text!r}")
+    return value
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need neither torch nor a file: values become their types in ``args``."""
+    if args.backbone is not None and args.backbone not in BACKBONES:
+        raise UserError(f"--backbone: expected one of {', '.join(BACKBONES)}, got {args.backbone!r}")
+    if args.dtype not in DTYPES:
+        raise UserError(f"--dtype: expected one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    if args.parts is not None:
+        args.parts = parse_positive_int("--parts", args.parts)
+    args.batch_size = parse_positive_int("--batch-size", args.batch_size)
+    if args.input_size is not None:
+        args.input_size = parse_input_size(args.input_size)
+    if args.fps is not None:
+        args.fps = parse_fps(args.fps)
+    for flag, value in (("INPUT", args.input), ("--checkpoint", args.checkpoint), ("--out", args.out),
+                        ("--composite", args.composite), ("--device", args.device)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag}: empty value {value!r}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        raise UserError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint.is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a directory, not a file")
+
+    import warnings
+
     import torch
 
     from .checkpoint import CheckpointError, load
-    from .segment import segment_video
+    from .segment import check_outputs, segment_video
     from .segmenter import VideoSegmenter, parse_device, parse_dtype
-    from .video import FrameSource, SourceError
+    from .video import FrameSource, OutputError, SourceError, background
 
     try:
+        src = FrameSource(args.input, fps=args.fps, allow_truncated=args.allow_truncated)
+        inputs = [checkpoint]
+        if args.composite is not None:
+            background(args.composite, (1, 1))  # a bad colour or an unreadable image, before the model
+            if Path(args.composite).is_file():
+                inputs.append(Path(args.composite))
+        check_outputs(src, args.out, overlay=args.overlay, composite=args.composite is not None,
+                      overwrite=args.overwrite, inputs=inputs)
         device = parse_device(args.device)
         dtype = parse_dtype(args.dtype, device)
-    except ValueError as exc:
+        model = load(checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
+    except (SourceError, OutputError, FileNotFoundError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
-    try:
-        FrameSource(args.input)  # input problems first: they are the cheapest to report
-        model = load(args.checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
-    except (SourceError, FileNotFoundError, CheckpointError) as exc:
+    except ValueError as exc:  # parse_device / parse_dtype
         raise UserError(str(exc)) from None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed frame size: pick the fastest conv algorithms once
-    seg = VideoSegmenter(
-        model, device=device, dtype=dtype, fast=not args.reference_path,
-        cuda_graphs=False if args.no_cuda_graphs else None, input_size=args.input_size,
-    )
+    try:
+        seg = VideoSegmenter(
+            model, device=device, dtype=dtype, fast=not args.reference_path,
+            cuda_graphs=False if args.no_cuda_graphs else None, input_size=args.input_size,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     cfg = model.config
     if not args.quiet:
         print(
@@ -59,13 +124,24 @@ def run(args: argparse.Namespace) -> int:
             f"{device}, {str(seg.dtype).replace('torch.', '')}, {'fast' if seg.fast else 'reference'} path"
             f"{', CUDA graphs' if seg.cuda_graphs else ''}, batch {args.batch_size}"
         )
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"pdnet segment: warning: {message}", file=sys.stderr)
+
     try:
-        summary = segment_video(
-            seg, args.input, args.out, overlay=args.overlay, composite=args.composite,
-            batch_size=args.batch_size, fps=args.fps, progress=not args.quiet,
-        )
-    except SourceError as exc:
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            summary = segment_video(
+                seg, src, args.out, overlay=args.overlay, composite=args.composite,
+                batch_size=args.batch_size, progress=not args.quiet, overwrite=args.overwrite,
+            )
+    except (SourceError, OutputError) as exc:
         raise UserError(str(exc)) from None
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"out of memory on {device} at batch size {args.batch_size}, input {seg.input_size[0]}x"
+            f"{seg.input_size[1]}: try a smaller --batch-size or --input-size"
+        ) from None
     if not args.quiet:
         extra = "".join(f", {k} video {summary[k]}" for k in ("overlay", "composite") if summary[k])
         print(
@@ -75,34 +151,60 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_error(parser: argparse.ArgumentParser):
+    """``parser.error`` printing one line (``pdnet segment: error: ...``) instead of usage + message."""
+
+    def error(message: str) -> NoReturn:
+        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    return error
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment",
         help="segment a video or a folder of frames: mask PNGs, optional overlay / composite videos",
         description=(
             "Segment every frame of INPUT against its first frame (the release's protocol) and write one mask "
-            "PNG per frame (8-bit, round(255 * probability), at the frame's size) under --out."
+            "PNG per frame (8-bit, round(255 * probability), at the frame's size) under --out. "
+            "Nothing is overwritten unless --overwrite: an output file that exists already (e.g. the masks of "
+            "an earlier run) is an error naming it, and the output may never overwrite an input (--out the "
+            "input folder of frames, a mask or video that is an input file). Each file is written to a "
+            "temporary file and moved into place when complete; a failed or interrupted run (Ctrl-C: exit "
+            "code 130) removes the files it wrote. A video that ends early (a decoding error, or fewer frames "
+            "than its header or duration x frame rate announce) is an error naming the last good frame, "
+            "unless --allow-truncated."
         ),
     )
+    p.error = _one_line_error(p)  # type: ignore[method-assign]
     p.add_argument("input", metavar="INPUT",
                    help="video file (mp4, mov, mkv, ...) or folder of frames (sorted by name)")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="a pdnet checkpoint (e.g. RUN/last.pt) or a release state_dict file")
-    p.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+    p.add_argument("--backbone", metavar="{" + ",".join(BACKBONES) + "}",
                    help="override the backbone (release files: inferred from the weights)")
-    p.add_argument("--parts", type=int, help="override the number of parts (release files: inferred)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--parts", metavar="P", help="override the number of parts, >= 1 (release files: inferred)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created if missing; not the input folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist in DIR (never an input file)")
     p.add_argument("--overlay", action="store_true", help="also write DIR/overlay.mp4 (person tinted green)")
     p.add_argument("--composite", metavar="BACKGROUND",
                    help="also write DIR/composite.mp4 with the background replaced by this image file or colour "
                         "(green, blue, black, white, grey, red, #rrggbb or R,G,B)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="compute precision (auto: bfloat16 on CUDA, float32 on the CPU)")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="frames per forward pass (default 1: streaming)")
-    p.add_argument("--input-size", type=_input_size, metavar="N|HxW",
-                   help="model input size (default: the checkpoint's, 480x480 for release files)")
-    p.add_argument("--fps", type=float, help="frame rate of the written videos for a folder INPUT (default 25)")
+    p.add_argument("--dtype", default="auto", metavar="{" + ",".join(DTYPES) + "}",
+                   help="compute precision (auto: bfloat16 on CUDA, float32 on the CPU; bfloat16 on a GPU "
+                        "without it is an error)")
+    p.add_argument("--batch-size", default="1", metavar="N", help="frames per forward pass (default 1: streaming)")
+    p.add_argument("--input-size", metavar="N|HxW",
+                   help=f"model input size, multiples of 32 up to {MAX_INPUT_SIZE} "
+                        "(default: the checkpoint's, 480x480 for release files)")
+    p.add_argument("--fps", metavar="FPS",
+                   help="frame rate of the written videos, in (0, 1000] (default: the video's own, 25 for a folder)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="a video that ends early: keep the frames decoded so far (a warning) instead of an error")
     p.add_argument("--reference-path", action="store_true",
                    help="use the plain PDNet instead of the fast path (folded BatchNorm, CUDA graphs)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="do not capture CUDA graphs")

@@ -28,7 +28,10 @@ _DTYPES = {
 
 
 def parse_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """``None`` / ``"auto"``: bfloat16 on CUDA devices that support it, float16 on older ones, float32 elsewhere."""
+    """``None`` / ``"auto"``: bfloat16 on CUDA devices that support it, float16 on older ones, float32 elsewhere.
+
+    An explicit bfloat16 on a CUDA device without bfloat16 support is a ValueError.
+    """
     if isinstance(dtype, torch.dtype):
         out = dtype
     elif dtype is None or dtype == "auto":
@@ -41,19 +44,32 @@ def parse_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> t
         raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))} or a torch.dtype, got {dtype!r}")
     if out not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {out}")
+    if out == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"dtype bfloat16 is not supported by {device} ({torch.cuda.get_device_name(device)}); "
+                         "use float16 or float32")
     return out
 
 
 def parse_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else the CPU. Unavailable CUDA is an error."""
+    """``None`` / ``"auto"``: CUDA when available, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``.
+
+    Anything else (another device type, a CPU index, unavailable CUDA, a CUDA index
+    beyond the visible devices) is a ValueError naming the value.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    except (RuntimeError, TypeError):
+        raise ValueError(f"invalid device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"invalid device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available in this torch build / machine")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
 
 

@@ -8,13 +8,37 @@
 * :func:`background`: the ``--composite`` background, an image file or a colour.
 
 Problems with the input (missing path, unreadable video, empty folder, frames of
-different sizes) raise :class:`SourceError`, whose message names the file.
+different sizes, a video that ends early) raise :class:`SourceError`, whose message names
+the file. Problems writing the results (disk full, a read-only folder) raise
+:class:`OutputError`, which names the file. Every output file is written to a temporary
+file in its own folder and moved into place with ``os.replace`` once complete, so a
+failed or interrupted write never leaves a partial (or 0-byte) file under the final name.
+
+**Truncated videos.** A video whose decoding ends early is an error naming the file and
+its last good frame (``allow_truncated=True`` keeps the decoded frames, with a
+warning). It ends early when decoding fails mid-stream, or when fewer frames come out
+than the file announces. The announced count is, first that applies:
+
+1. the frame count in the stream's header (mp4 / mov / avi ...);
+2. ``round(duration * rate)`` with the video stream's duration (its header field, or
+   Matroska's per-track ``DURATION`` tag) and its average frame rate;
+3. ``round(duration * rate)`` with the container's duration when the file holds no
+   other stream (an audio track may be longer than the video).
+
+Rules 2 and 3 apply to containers that record their duration in a header (Matroska /
+WebM, MP4 / MOV, AVI, FLV, ASF). Files that announce no length (raw H.264, MPEG-TS / PS,
+whose duration FFmpeg estimates from the data present) cannot be checked: a truncated
+one cannot be told from a short one. Rule 2 and 3 assume a constant frame
+rate; a variable-rate file they misjudge can be read with ``allow_truncated=True``.
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
+import tempfile
 import threading
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
@@ -38,8 +62,44 @@ _COLOURS = {
 }
 
 
+#: FFmpeg demuxers whose files record their duration in a header (in others, such as
+#: MPEG-TS, the duration is estimated from the data present, truncated or not)
+_DURATION_IN_HEADER = frozenset({"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "avi", "flv", "asf"})
+
+
 class SourceError(ValueError):
     """An input video / frame folder / background that cannot be used; the message names it."""
+
+
+class OutputError(RuntimeError):
+    """An output that cannot (or may not) be written; the message names the file."""
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video ended early and ``allow_truncated`` kept the frames decoded so far."""
+
+
+def check_fps(fps: float) -> float:
+    """``fps`` as a float, checked: finite, 0 < fps <= 1000 (else ValueError naming it)."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"the frame rate must be a number, got {fps!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 1000:
+        raise ValueError(f"the frame rate must be a finite number in (0, 1000], got {fps!r}")
+    return value
+
+
+def _matroska_duration(text: str) -> Optional[float]:
+    """Matroska's ``DURATION`` tag ``HH:MM:SS.nnnnnnnnn`` -> seconds (None when malformed)."""
+    parts = text.strip().split(":")
+    try:
+        h, m, sec = (float(x) for x in parts) if len(parts) == 3 else (None, None, None)
+    except ValueError:
+        return None
+    if h is None or not all(math.isfinite(x) and x >= 0 for x in (h, m, sec)):
+        return None
+    return h * 3600 + m * 60 + sec
 
 
 def _av():
@@ -59,22 +119,36 @@ class FrameSource:
         fps (float): the video's average frame rate (folders: ``fps`` given, default 25).
         size (tuple): (H, W) of the first frame.
         names (list or None): folder: mask file names (frame stem + ".png").
-        num_frames (int or None): number of frames when known (video containers may not say).
+        num_frames (int or None): number of frames when known: a folder's files, a video's
+            announced count (see the module's rule; None when the file does not say).
+        count_rule (str or None): where a video's ``num_frames`` comes from.
+        decoded (int): frames yielded by the last complete iteration.
+        truncated (str or None): with ``allow_truncated``, why the last iteration ended early.
 
     Iterating yields ``(name, frame)`` with frame a numpy uint8 array [H, W, 3] (RGB)
-    and name the mask file name (``00000.png`` ... for videos).
+    and name the mask file name (``00000.png`` ... for videos). A video that ends early
+    raises :class:`SourceError` at the end of the iteration (naming the file and the
+    last good frame) unless ``allow_truncated``, which warns (:class:`TruncatedVideoWarning`).
     """
 
-    def __init__(self, path: PathLike, fps: Optional[float] = None) -> None:
+    def __init__(self, path: PathLike, fps: Optional[float] = None, allow_truncated: bool = False) -> None:
+        if isinstance(path, str) and not path.strip():
+            raise SourceError("the input path is empty")
+        if fps is not None:
+            fps = check_fps(fps)
         self.path = Path(path)
         if not self.path.exists():
             raise SourceError(f"{self.path}: no such file or directory")
         self.is_video = not self.path.is_dir()
+        self.allow_truncated = bool(allow_truncated)
         self.names: Optional[List[str]] = None
+        self.count_rule: Optional[str] = None
+        self.decoded = 0
+        self.truncated: Optional[str] = None
         if self.is_video:
             self._probe_video()
             if fps is not None:
-                self.fps = float(fps)
+                self.fps = fps
         else:
             files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
@@ -85,8 +159,23 @@ class FrameSource:
             if dup:
                 raise SourceError(f"{self.path}: several frames would write the same mask file: {dup[:5]}")
             self.num_frames = len(files)
-            self.fps = float(fps) if fps is not None else DEFAULT_FOLDER_FPS
+            self.fps = fps if fps is not None else DEFAULT_FOLDER_FPS
             self.size = self._read_image(files[0]).shape[:2]
+            self._check_headers()
+
+    def _check_headers(self) -> None:
+        """Every frame file opens as an image of the first frame's size (headers only: cheap)."""
+        from PIL import Image, UnidentifiedImageError
+
+        H, W = self.size
+        for path in self.files[1:]:
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise SourceError(f"{path}: cannot read image ({exc})") from None
+            if (h, w) != (H, W):
+                raise SourceError(f"{path}: frame is {w}x{h} but the first frame of the folder is {W}x{H}")
 
     # ------------------------------------------------------------------ video
     def _open(self):
@@ -106,11 +195,42 @@ class FrameSource:
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
             self.fps = float(rate)
-            self.num_frames = int(stream.frames) or None
+            self.num_frames, self.count_rule = self._announced_frames(container, stream)
             first = self._first_video_frame(container)
             self.size = first.shape[:2]
         finally:
             container.close()
+
+    @staticmethod
+    def _announced_frames(container, stream) -> Tuple[Optional[int], Optional[str]]:
+        """(number of frames the file announces, the rule that gave it); see the module docstring."""
+        if stream.frames and stream.frames > 0:
+            return int(stream.frames), "the stream header's frame count"
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate or rate <= 0 or container.format.name not in _DURATION_IN_HEADER:
+            return None, None
+        seconds, what = None, None
+        if stream.duration and stream.time_base and stream.duration > 0:
+            seconds, what = float(stream.duration * stream.time_base), "the stream's duration"
+        elif "DURATION" in (stream.metadata or {}):
+            seconds, what = _matroska_duration(stream.metadata["DURATION"]), "the stream's DURATION tag"
+        if seconds is None and container.duration and container.duration > 0 and len(container.streams) == 1:
+            seconds, what = container.duration / 1_000_000, "the container's duration"
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            return None, None
+        n = int(round(seconds * float(rate)))
+        if n < 1:
+            return None, None
+        return n, f"{what} {seconds:.3f} s x {float(rate):.6g} fps"
+
+    def _ended_early(self, decoded: int, reason: str) -> None:
+        """Decoding stopped after ``decoded`` frames: an error, or a warning with ``allow_truncated``."""
+        last = f"last good frame {decoded - 1}" if decoded else "no frame decoded"
+        msg = f"{self.path}: the video ends early ({reason}; {last})"
+        if not self.allow_truncated:
+            raise SourceError(f"{msg}: truncated or damaged file; --allow-truncated keeps the decoded frames")
+        self.truncated = msg
+        warnings.warn(f"{msg}; keeping the {decoded} decoded frames", TruncatedVideoWarning, stacklevel=2)
 
     def _first_video_frame(self, container) -> np.ndarray:
         for _, frame in self._decode(container):
@@ -122,12 +242,23 @@ class FrameSource:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         i = 0
-        try:
-            for frame in container.decode(stream):
-                yield f"{i:05d}.png", frame.to_ndarray(format="rgb24")
-                i += 1
-        except av.FFmpegError as exc:
-            raise SourceError(f"{self.path}: cannot decode frame {i} ({exc})") from None
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+                array = frame.to_ndarray(format="rgb24")
+            except StopIteration:
+                break
+            except av.FFmpegError as exc:
+                if i == 0:
+                    raise SourceError(f"{self.path}: cannot decode frame 0 ({exc})") from None
+                self._ended_early(i, f"cannot decode frame {i}: {exc}")
+                break
+            yield f"{i:05d}.png", array
+            i += 1
+        self.decoded = i
+        if self.num_frames is not None and i < self.num_frames and self.truncated is None:
+            self._ended_early(i, f"{i} of {self.num_frames} frames decoded, {self.count_rule}")
 
     # ------------------------------------------------------------------ folder
     @staticmethod
@@ -141,6 +272,7 @@ class FrameSource:
             raise SourceError(f"{path}: cannot read image ({exc})") from None
 
     def __iter__(self) -> Iterator[Tuple[str, np.ndarray]]:
+        self.truncated = None
         if self.is_video:
             container = self._open()
             try:
@@ -160,6 +292,7 @@ class FrameSource:
                     raise SourceError(f"{path}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame of "
                                       f"the folder is {self.size[1]}x{self.size[0]}")
                 yield name, frame
+            self.decoded = len(self.files)
 
     def __len__(self) -> int:
         if self.num_frames is None:
@@ -213,6 +346,7 @@ class BackgroundWorker:
     def __init__(self, depth: int = 16) -> None:
         self._q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
         self._error: Optional[BaseException] = None
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="pdnet-encode")
         self._thread.start()
 
@@ -221,7 +355,7 @@ class BackgroundWorker:
             job = self._q.get()
             if job is None:
                 return
-            if self._error is None:
+            if self._error is None and not self._cancelled:
                 try:
                     job()
                 except BaseException as exc:  # noqa: BLE001
@@ -238,20 +372,73 @@ class BackgroundWorker:
         if self._error is not None:
             raise self._error
 
+    def cancel(self) -> None:
+        """Skip the pending jobs, wait for the running one, stop; errors are dropped."""
+        self._cancelled = True
+        self._q.put(None)
+        self._thread.join()
 
-def write_mask(path: PathLike, mask: np.ndarray) -> None:
-    """Write a uint8 mask [H, W] (0..255) as an 8-bit grey PNG."""
+
+def _temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new empty file in ``path``'s folder, hidden, named after ``path``, for an atomic write."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _remove_quietly(path: Optional[Path]) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # pragma: no cover - nothing more can be done
+            pass
+
+
+def _write_error(path: Path, what: str, exc: BaseException) -> OutputError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return OutputError(f"{path}: cannot write the {what} ({reason})")
+
+
+def write_mask(path: PathLike, mask: np.ndarray, overwrite: bool = True) -> None:
+    """Write a uint8 mask [H, W] (0..255) as an 8-bit grey PNG, atomically.
+
+    The PNG goes to a temporary file in the same folder, moved into place once complete
+    (``os.replace``); on failure (disk full ...) the temporary is removed and
+    :class:`OutputError` names ``path``: no partial or 0-byte file is left, and a file
+    already at ``path`` is intact.
+
+    Args:
+        overwrite: replace a file already at ``path`` (False: OutputError instead).
+    """
     from PIL import Image
 
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f"write_mask: expected a uint8 array [H, W], got {mask.dtype} {mask.shape}")
-    Image.fromarray(mask, mode="L").save(path, compress_level=1)
+    path = Path(path)
+    if not overwrite and os.path.lexists(path):
+        raise OutputError(f"{path}: already exists; not overwriting it")
+    tmp = None
+    try:
+        tmp = _temporary_beside(path)
+        with open(tmp, "wb") as f:
+            Image.fromarray(mask, mode="L").save(f, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise _write_error(path, "mask", exc) from None
+    finally:
+        _remove_quietly(tmp)
 
 
 class VideoWriter:
     """RGB uint8 frames [H, W, 3] -> a video file (H.264 via libx264 when FFmpeg has it, else MPEG-4).
 
-    yuv420p needs even sizes: an odd last row / column is duplicated.
+    yuv420p needs even sizes: an odd last row / column is duplicated. The video is
+    written to a temporary file in the same folder and moved to ``path`` by
+    :meth:`close` (``abort`` removes it instead): an unfinished video never appears under
+    ``path``. Write failures raise :class:`OutputError` naming ``path``.
     """
 
     def __init__(self, path: PathLike, fps: float, size: Tuple[int, int], crf: int = 18) -> None:
@@ -260,8 +447,14 @@ class VideoWriter:
         self.size = tuple(size)
         H, W = self.size
         self.even = (H + H % 2, W + W % 2)
-        rate = Fraction(fps).limit_denominator(1001)
-        self.container = av.open(str(self.path), mode="w")
+        rate = Fraction(check_fps(fps)).limit_denominator(1001)
+        self._tmp: Optional[Path] = None
+        try:
+            self._tmp = _temporary_beside(self.path, suffix=self.path.suffix or ".mp4")
+            self.container = av.open(str(self._tmp), mode="w")  # the format from the suffix, as ``path``'s
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            _remove_quietly(self._tmp)
+            raise _write_error(self.path, "video", exc) from None
         try:
             self.stream = self.container.add_stream("libx264", rate=rate, options={"crf": str(crf)})
         except (av.FFmpegError, ValueError):
@@ -280,13 +473,36 @@ class VideoWriter:
             pad = ((0, self.even[0] - self.size[0]), (0, self.even[1] - self.size[1]), (0, 0))
             frame = np.pad(frame, pad, mode="edge")
         vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        for packet in self.stream.encode(vf):
-            self.container.mux(packet)
+        try:
+            for packet in self.stream.encode(vf):
+                self.container.mux(packet)
+        except (OSError, self._av.FFmpegError) as exc:
+            raise _write_error(self.path, "video", exc) from None
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        """Flush the encoder and move the finished video to ``path``."""
+        if self._tmp is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except (OSError, self._av.FFmpegError) as exc:
+            self.abort()
+            raise _write_error(self.path, "video", exc) from None
+
+    def abort(self) -> None:
+        """Discard the video: close the file and remove the temporary (``path`` is not touched)."""
+        if self._tmp is None:
+            return
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - the file is removed anyway
+            pass
+        _remove_quietly(self._tmp)
+        self._tmp = None
 
 
 def parse_colour(text: str) -> Optional[Tuple[int, int, int]]:
@@ -318,14 +534,18 @@ def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int
     if isinstance(spec, tuple):
         colour = spec
     else:
+        if not str(spec).strip():
+            raise SourceError("the composite background is empty (an image file or a colour)")
         path = Path(spec)
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.exists():
+            raise SourceError(f"{path}: no such background image file")
         if path.is_file():
             from PIL import Image, UnidentifiedImageError
 
             try:
                 with Image.open(path) as im:
                     arr = np.asarray(im.convert("RGB").resize((W, H), Image.BILINEAR))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
                 raise SourceError(f"{path}: cannot read the background image ({exc})") from None
             return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
         colour = parse_colour(str(spec))
