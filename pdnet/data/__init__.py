@@ -25,7 +25,7 @@ from .datasets import (
     seed_worker,
 )
 from .errors import DataError, DataWarning
-from .io import probe, read_image, read_mask, read_rgba
+from .io import decode_mask, probe, read_image, read_mask, read_rgba
 from .layouts import (
     LAYOUTS,
     Clip,
@@ -49,6 +49,7 @@ __all__ = [
     "VideoPairDataset",
     "build_dataset",
     "collate_pairs",
+    "decode_mask",
     "detect_layout",
     "make_loader",
     "normalize_uint8",

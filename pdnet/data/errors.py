@@ -28,7 +28,8 @@ class DataError(ValueError):
 
 
 class DataWarning(UserWarning):
-    """A bad data item that was skipped because ``skip_bad=True``."""
+    """A bad data item that was skipped because ``skip_bad=True``, or a mask file whose
+    values fit no rule of :func:`pdnet.data.io.decode_mask` (read anyway)."""
 
 
 def problem(path: PathLike, what: str) -> DataError:

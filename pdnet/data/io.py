@@ -3,7 +3,10 @@
 Images decode to ``Tensor[3, H, W]`` uint8 RGB. JPEG files go through
 ``torchvision.io.decode_jpeg`` (measured faster than Pillow for 480p frames, see
 bench/bench_data.py); anything else through Pillow. Masks decode with Pillow (which
-keeps palette indices) to ``Tensor[1, H, W]`` uint8 in 0..255. (torchvision's
+keeps palette indices) to ``Tensor[1, H, W]`` uint8 in 0..255 by the rules of
+:func:`decode_mask` (0/255 and soft grey as stored, 0/1 scaled to 0/255, palette and
+colour-coded RGB: non-zero is person; decided per file), the one mask reader that
+``pdnet evaluate`` uses too. (torchvision's
 ``decode_png`` is a little faster but, in torchvision 0.29.1, kills the process with a
 segmentation fault on a PNG whose pixel data fails its CRC, so it is not used.)
 
@@ -28,13 +31,13 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from .errors import DataError, PathLike, problem
+from .errors import DataError, DataWarning, PathLike, problem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp")
-#: how masks are turned into 0..255: "auto" keeps grey levels (palette images: index != 0
-#: is foreground); "nonzero": every non-zero value (or palette index) is foreground (255),
-#: for label maps stored as 0/1 (PP-HumanSeg14K).
+#: how masks are turned into 0..255: "auto": the rules of :func:`decode_mask`; "nonzero":
+#: every non-zero value (or palette index) is foreground (255), for label maps
+#: (PP-HumanSeg14K).
 MASK_MODES = ("auto", "nonzero")
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -120,26 +123,61 @@ def _pil_rgb(path: PathLike, data: bytes) -> torch.Tensor:
 
 
 def read_mask(path: PathLike, mode: str = "auto") -> torch.Tensor:
-    """Decodes a person mask.
+    """Decodes a person mask by the rules of :func:`decode_mask`.
 
     Args:
-        path: a PNG (or BMP) file, grey levels, palette indices, binary or RGB.
-        mode: "auto": grey values as stored (RGB converted to grey), palette images
-            foreground where the index is non-zero; "nonzero": foreground (255) wherever
-            the value or palette index is non-zero (label maps stored as 0/1).
+        path: a PNG (or BMP) file: grey levels, 0/1, palette, 1-bit or RGB.
+        mode: "auto" (the rules) or "nonzero" (255 wherever the value or palette index
+            is non-zero: label maps).
 
     Returns:
         Tensor[1, H, W] uint8 in 0..255 (255 = person).
 
     Raises:
-        DataError: missing, unreadable, truncated or undecodable file (message names it).
+        DataError: missing, unreadable, truncated or undecodable file, or pixel values no
+        mask can hold (message names it).
     """
-    return torch.from_numpy(np.ascontiguousarray(_decode_mask(path, mode), dtype=np.uint8))[None]
+    return torch.from_numpy(decode_mask(path, mode))[None]
 
 
-def _decode_mask(path: PathLike, mode: str = "auto", as_image: bool = False):
-    """The mask of :func:`read_mask` as a ``numpy`` [H, W] uint8 array, or with
-    ``as_image`` as a decoded Pillow "L" image (the stored one when it is already grey)."""
+#: a grey mask whose largest value is 1 < max < SOFT_MIN fits no rule (warned)
+SOFT_MIN = 16
+#: more distinct colours than this in a coloured RGB mask: a photo, not a mask (warned)
+MAX_MASK_COLOURS = 256
+_NONZERO_LUT = [0] + [255] * 255
+
+
+def decode_mask(path: PathLike, mode: str = "auto", as_image: bool = False):
+    """The one mask reader (training and ``pdnet evaluate``); the rules, decided per file
+    from that file's values only:
+
+    - 8-bit grey (``L``; ``LA``: its grey channel): values all 0 or 1: a 0/1 mask, scaled
+      to 0/255; otherwise kept as stored (0/255 binary and soft 0..255 masks alike). A
+      largest value of 2..15 fits no rule (a soft mask never reaching 16/255, or a label
+      map): kept as stored, with a :class:`DataWarning` naming the file.
+    - palette (``P``, as DAVIS): 255 where the index is non-zero; 1-bit: 255 where set.
+    - RGB / RGBA (alpha ignored): channels equal everywhere: the grey rules on them;
+      coloured: a colour-coded label image, 255 wherever any channel is non-zero (black is
+      background, as in the DAVIS palette); over 256 distinct colours (a photo) fits no
+      rule: read the same way, with a :class:`DataWarning`.
+    - 16/32-bit grey (``I;16``, ``I``, ``F``): integer values within 0..255 follow the
+      grey rules; other values are refused.
+    - ``mode="nonzero"`` (label maps, PP-HumanSeg14K): 255 wherever the value or the
+      palette index is non-zero, whatever the file.
+
+    Args:
+        path: the mask file.
+        mode: "auto" (the rules) or "nonzero".
+        as_image: return a Pillow "L" image instead of an array (the stored image itself
+            when nothing changes: the fast path of :func:`read_rgba`).
+
+    Returns:
+        ndarray[H, W] uint8 (writable, contiguous) on the 0..255 scale, or a Pillow image.
+
+    Raises:
+        DataError naming the file: missing, unreadable, truncated, undecodable, or values
+        no mask can hold.
+    """
     if mode not in MASK_MODES:
         raise ValueError(f"read_mask: mode must be one of {MASK_MODES}, got {mode!r}")
     import io
@@ -153,33 +191,94 @@ def _decode_mask(path: PathLike, mode: str = "auto", as_image: bool = False):
     if reason:
         raise problem(path, reason)
     try:
-        if as_image and mode == "auto":
-            im = Image.open(io.BytesIO(data))
-            if im.mode == "L":
-                im.load()
-                return im
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode == "P":
-                arr = (np.asarray(im) != 0).astype(np.uint8) * 255
-            elif im.mode == "1":
-                arr = np.asarray(im).astype(np.uint8) * 255
-            elif im.mode in ("I", "I;16", "I;16B", "F"):
-                arr = np.asarray(im)
-                if mode == "auto":
-                    raise problem(path, f"mask has {im.mode} pixels; use mask mode 'nonzero' for label maps")
-            else:
-                arr = np.array(im if im.mode == "L" else im.convert("L"))
-    except DataError:
-        raise
+        im = Image.open(io.BytesIO(data))
+        im.load()
     except UnidentifiedImageError:
         raise problem(path, "not an image file (unknown format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise problem(path, f"cannot decode mask ({exc})") from None
-    if mode == "nonzero":
-        arr = (arr != 0).astype(np.uint8) * 255
+    if im.mode == "LA":
+        im = im.getchannel(0)
+    if im.mode == "L":  # the common case, kept as a Pillow image (no copy unless rescaled)
+        if mode == "auto" and _probe_max(im) >= SOFT_MIN:  # 0/255 or soft: kept as stored
+            return im if as_image else np.array(im)
+        lo, hi = im.getextrema()
+        if hi > 0 and (mode == "nonzero" or hi <= 1):
+            im = im.point(_NONZERO_LUT)
+        elif 1 < hi < SOFT_MIN and mode == "auto":
+            _warn_no_rule(path, f"grey values {lo}..{hi}")
+        return im if as_image else np.array(im)
+    arr = _mask_array(im, path, mode)
     if as_image:
-        return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8), mode="L")
+        return Image.fromarray(arr)
     return arr
+
+
+def _probe_max(im) -> int:
+    """A lower bound of the largest value of an "L" image from one pixel in 16 x 16
+    (nearest-neighbour subsample: 1/16 of the time of a full scan at 480p): enough to
+    tell a 0/255 or soft mask that shows a person from the files the rules rescale."""
+    w, h = im.size
+    if w < 64 or h < 64:
+        return im.getextrema()[1]
+    return im.resize((w // 16, h // 16), 0).getextrema()[1]  # 0: Image.NEAREST
+
+
+def _warn_no_rule(path: PathLike, what: str) -> None:
+    warnings.warn(
+        f"{path}: mask {what} fit no mask rule (0/255 or 0/1 binary, soft 0..255 reaching "
+        f"{SOFT_MIN}, palette, grey or colour-coded RGB); read as documented in pdnet.data.io.decode_mask",
+        DataWarning,
+        stacklevel=4,
+    )
+
+
+def _binary(a: np.ndarray) -> np.ndarray:
+    return np.where(a != 0, np.uint8(255), np.uint8(0))
+
+
+def _grey_rules(a: np.ndarray, path: PathLike) -> np.ndarray:
+    """The 8-bit grey rules on a uint8 [H, W] array."""
+    hi = int(a.max()) if a.size else 0
+    if hi == 1:
+        return _binary(a)
+    if 1 < hi < SOFT_MIN:
+        _warn_no_rule(path, f"grey values {int(a.min())}..{hi}")
+    return np.ascontiguousarray(a)
+
+
+def _mask_array(im, path: PathLike, mode: str) -> np.ndarray:
+    """Modes other than "L" / "LA": the rules of :func:`decode_mask` on a loaded image."""
+    m = im.mode
+    if m in ("P", "PA"):
+        a = np.asarray(im if m == "P" else im.getchannel(0))
+        return _binary(a)
+    if m == "1":
+        return _binary(np.asarray(im))
+    if m in ("RGB", "RGBA", "RGBX"):
+        a = np.asarray(im)[..., :3]
+        r, g, b = a[..., 0], a[..., 1], a[..., 2]
+        if mode == "auto" and np.array_equal(r, g) and np.array_equal(g, b):
+            return _grey_rules(r, path)
+        if mode == "auto":
+            packed = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+            n = np.unique(packed).size
+            if n > MAX_MASK_COLOURS:
+                _warn_no_rule(path, f"colours ({n} distinct: a photo?)")
+        return _binary(a.max(axis=-1))
+    if m in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im)
+        if mode == "nonzero":
+            return _binary(a)
+        lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+        if lo < 0 or hi > 255 or (m == "F" and not np.array_equal(a, np.round(a))):
+            raise problem(
+                path,
+                f"unsupported {im.format or 'image'} mode {m!r} for a mask: values {lo:g}..{hi:g} "
+                "(a mask is 8-bit grey, 0/1, RGB or palette)",
+            )
+        return _grey_rules(a.astype(np.uint8), path)
+    raise problem(path, f"unsupported {im.format or 'image'} mode {m!r} for a mask (use 8-bit grey, RGB or palette)")
 
 
 def read_rgba(image_path: PathLike, mask_path: PathLike, mask_mode: str = "auto") -> torch.Tensor:
@@ -199,7 +298,7 @@ def read_rgba(image_path: PathLike, mask_path: PathLike, mask_mode: str = "auto"
     reason = _truncation(image_path, data[:8], data[-_TAIL:])
     if reason:
         raise problem(image_path, reason)
-    mask = _decode_mask(mask_path, mask_mode, as_image=True)
+    mask = decode_mask(mask_path, mask_mode, as_image=True)
     if data.startswith(_JPEG_MAGIC):
         rgba = _pil_jpeg_rgba(data, mask)
         if rgba is not None:

@@ -8,9 +8,13 @@ Protocols (how predictions and ground truth become binary masks, and which frame
   value is non-zero; the first and the last frame of each clip are skipped (and need no
   prediction).
 
-Integer inputs are on the 0..255 scale, except a sequence whose values are all 0 or 1,
-which is read as a 0/1 mask (otherwise a 0/1 mask would be all background under
-``davis``). Per sequence: J and F statistics (Mean, Recall, Decay) and flicker (see
+Files are read by the one mask reader (:func:`pdnet.evaluation.io.read_mask`, the
+training data's rules, decided per file: a 0/1 file is scaled to 0/255). In-memory
+integer inputs are on the 0..255 scale, except a frame whose values are all 0 or 1,
+which is read as a 0/1 mask: decided per frame, as for files, so one stray value in a
+0/1 sequence changes nothing but its own frame. Sequences may be nested folders
+(``category/clip``, the MVPS layout): every folder holding frames, named by its relative
+path; the predictions mirror the ground truth's folders. Per sequence: J and F statistics (Mean, Recall, Decay) and flicker (see
 :mod:`pdnet.evaluation.metrics`); overall: the mean of each over the sequences, and
 J&F = (J mean + F mean) / 2, as the DAVIS toolkit reports them.
 """
@@ -156,10 +160,11 @@ def binarize(x, protocol: str = "davis", what: str = "masks") -> np.ndarray | to
 
     Args:
         x (array or Tensor[T, H, W]): bool; floating point (probabilities in [0, 1]); or
-            integers on the 0..255 scale (a sequence of only 0 and 1 is a 0/1 mask).
+            integers on the 0..255 scale, except that a frame ([H, W] slice) whose values
+            are all 0 or 1 is a 0/1 mask (decided per frame).
     Returns:
-        bool array or tensor of the same shape: davis: >= 128 (floats >= 0.5);
-        mvps: non-zero.
+        bool array or tensor of the same shape: davis: >= 128 (floats >= 0.5; 0/1
+        frames: 1); mvps: non-zero.
     """
     _check_protocol(protocol)
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
@@ -174,9 +179,12 @@ def binarize(x, protocol: str = "davis", what: str = "masks") -> np.ndarray | to
             lo, hi = int(t.min()), int(t.max())
             if lo < 0 or hi > 255:
                 raise ValueError(f"{what}: integer masks must be on the 0..255 scale, got values {lo}..{hi}")
+        if protocol == "mvps" or t.numel() == 0:
+            out = t != 0
         else:
-            hi = 0
-        out = t >= 128 if (protocol == "davis" and hi > 1) else t != 0
+            frames = t.reshape(-1, *t.shape[-2:]) if t.dim() >= 2 else t.reshape(1, 1, -1)
+            zero_one = frames.amax(dim=(-2, -1), keepdim=True) <= 1  # [F, 1, 1]: 0/1 frames
+            out = torch.where(zero_one, frames != 0, frames >= 128).reshape(t.shape)
     return out if isinstance(x, torch.Tensor) else out.numpy()
 
 
@@ -280,8 +288,10 @@ def evaluate(
         pred_root, gt_root: folders of sequences; the ground-truth frames define what is
             scored (extra prediction frames are ignored).
         protocol: ``davis`` or ``mvps`` (see the module docstring).
-        sequences: names to evaluate (default: every sequence of ``gt_root``, which must
-            then be exactly the sequences of ``pred_root``).
+        sequences: names to evaluate, each a sequence ("cat0/clip3") or a folder of them
+            ("cat0": every sequence under it); default: every sequence of ``gt_root``,
+            which must then be exactly the sequences of ``pred_root``. A sequence is any
+            folder holding frames, at any depth, named by its relative path.
         missing_as_empty: score a missing prediction frame as an empty mask instead of
             raising.
         device: torch device for the metrics (default CUDA when available).
@@ -295,12 +305,16 @@ def evaluate(
     gt_seqs = sequence_dirs(gt_root, "ground-truth")
     pred_seqs = sequence_dirs(pred_root, "prediction")
     if sequences is not None:
-        names = list(sequences)
+        names = []
+        for n in sequences:
+            n = n.strip("/")
+            under = [s for s in gt_seqs if s == n or s.startswith(n + "/")] if n else []
+            if not under:
+                raise EvaluationError(f"sequence {n}: no folder {gt_root / n} in the ground truth")
+            names.extend(s for s in under if s not in names)
         if not names:
             raise EvaluationError("no sequences selected")
         for n in names:
-            if n not in gt_seqs:
-                raise EvaluationError(f"sequence {n}: no folder {gt_root / n} in the ground truth")
             if n not in pred_seqs:
                 raise EvaluationError(f"sequence {n}: no folder {pred_root / n} in the predictions")
     else:

@@ -1,14 +1,18 @@
 """Reading mask PNGs and folders of sequences for evaluation, with one-line errors.
 
-Layout: ``ROOT/<sequence>/<frame>.png``. Frames are ordered naturally (``2.png`` before
-``10.png``). A PNG becomes a uint8 (H, W) array on the 0..255 scale:
+Layout: ``ROOT/<sequence>/<frame>.png``, where a sequence is any folder holding PNG
+frames, at any depth, named by its path relative to ``ROOT`` with ``/`` (MVPS:
+``category/clip``). Frames are ordered naturally (``2.png`` before ``10.png``). A PNG
+becomes a uint8 (H, W) array on the 0..255 scale by the one mask reader that training
+uses too, :func:`pdnet.data.io.decode_mask`, decided per file:
 
-- 8-bit grayscale (``L``, ``LA``): the gray value;
-- RGB / RGBA: the largest of R, G, B (so both gray masks saved as colour and the DAVIS
-  palette colours count as foreground);
-- palette (``P``) and 1-bit (``1``): label images: 255 where the index / bit is
-  non-zero, else 0;
-- anything else (16-bit, float, CMYK ...) is refused.
+- 8-bit grey: 0/255 and soft 0..255 masks as stored; a file of only 0 and 1 is a 0/1
+  mask (scaled to 0/255); a largest value of 2..15 fits no rule (read as stored, with a
+  :class:`pdnet.data.DataWarning` naming the file);
+- palette and 1-bit: 255 where the index / bit is non-zero;
+- RGB / RGBA: equal channels follow the grey rules; a coloured file is a colour-coded
+  label image, 255 wherever any channel is non-zero;
+- 16-bit or float files with values beyond 0..255 (and CMYK ...) are refused.
 
 Every problem raises :class:`EvaluationError` with one line naming the file (or
 folder) and the problem. Truncated files are detected: Pillow's
@@ -17,6 +21,7 @@ folder) and the problem. Truncated files are detected: Pillow's
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from pathlib import Path
 from typing import Iterator, List
@@ -37,18 +42,33 @@ def natural_key(name: str):
 
 
 def sequence_dirs(root: Path, what: str) -> List[str]:
-    """Names of the sub-folders of ``root`` (sequences), naturally sorted."""
+    """The sequences under ``root``, naturally sorted: every folder that holds ``.png``
+    frames, at any depth, named by its path relative to ``root`` ("bear",
+    "cat0/clip3"), plus every folder without sub-folders (a sequence, empty when it
+    holds no PNG: reported when it is read). Hidden folders are skipped; symbolic links to folders are
+    not followed."""
     root = Path(root)
     if not root.exists():
         raise EvaluationError(f"{what} folder {root} does not exist")
     if not root.is_dir():
         raise EvaluationError(f"{what} path {root} is not a folder")
-    names = sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    names = []
+    for folder, dirs, files in os.walk(root, onerror=_walk_error):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if Path(folder) == root:
+            continue
+        if not dirs or any(f.lower().endswith(".png") for f in files):
+            names.append(Path(folder).relative_to(root).as_posix())
+    names.sort(key=natural_key)
     if not names:
         has_png = any(p.suffix.lower() == ".png" for p in root.iterdir())
         hint = " (it holds PNGs directly: put them in a sub-folder per sequence)" if has_png else ""
         raise EvaluationError(f"{what} folder {root} is empty: expected <sequence>/<frame>.png{hint}")
     return names
+
+
+def _walk_error(exc: OSError) -> None:
+    raise EvaluationError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
 
 
 def frame_names(folder: Path) -> List[str]:
@@ -73,30 +93,12 @@ def strict_pillow() -> Iterator[None]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """One mask PNG -> uint8 (H, W) on the 0..255 scale (see the module docstring)."""
-    from PIL import Image, UnidentifiedImageError
+    """One mask PNG -> uint8 (H, W) on the 0..255 scale, by
+    :func:`pdnet.data.io.decode_mask` (see the module docstring)."""
+    from ..data.errors import DataError
+    from ..data.io import decode_mask
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("L", "RGB", "RGBA", "LA", "P", "1"):
-                a = np.asarray(im)
-            else:
-                raise EvaluationError(f"{path}: unsupported PNG mode {mode!r} (use 8-bit gray, RGB or palette)")
-    except EvaluationError:
-        raise
-    except FileNotFoundError:
-        raise EvaluationError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, SyntaxError) as exc:
-        raise EvaluationError(f"{path}: not a readable PNG ({exc})") from None
-    except (OSError, ValueError) as exc:
-        msg = str(exc) or type(exc).__name__
-        raise EvaluationError(f"{path}: unreadable or truncated PNG ({msg})") from None
-    if mode in ("RGB", "RGBA"):
-        return a[..., :3].max(axis=-1)
-    if mode == "LA":
-        return np.ascontiguousarray(a[..., 0])
-    if mode in ("P", "1"):
-        return np.where(a != 0, np.uint8(255), np.uint8(0))
-    return a
+        return decode_mask(path)
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
