@@ -24,6 +24,12 @@ layout          files
                 none, every image belongs to every split. Each image is a one-frame clip.
 ==============  ===========================================================================
 
+List files are not trusted: a path (or sequence name) in a list that leaves the data
+root, by ``..`` or through a symbolic link, is refused with a :class:`DataError` naming
+the list file and line (:class:`RootGuard`). MVPS sequences are nested
+(``category/clip``): a sequence is a folder of frames at any depth, named by its path
+relative to ``Keyframes/480p``; a list line naming a category stands for its clips.
+
 Frames are paired with masks by file stem, never by position. Missing list files,
 sequences named by a list but absent, empty sequences, lines that do not parse and
 frames without a mask raise :class:`DataError` naming the file (or, with
@@ -31,6 +37,7 @@ frames without a mask raise :class:`DataError` naming the file (or, with
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,17 +131,78 @@ def _clip_from_folders(name: str, image_dir: Path, mask_dir: Path, skip_bad: boo
     return Clip(name, frames, masks, mask_mode)
 
 
+class RootGuard:
+    """Resolves the paths a list file names, refusing any that leave the data root.
+
+    A path is relative to the root (a leading ``/`` too: DAVIS lists write
+    ``/JPEGImages/...``). Refused, with a :class:`DataError` naming the list file and the
+    line (whatever ``skip_bad`` says: such a list is not to be trusted): a path that
+    climbs out with ``..``, and one that a symbolic link inside the root sends outside it
+    (the root itself may be a link). Folders are resolved once each, so checking a list
+    of thousands of frames costs one ``lstat`` a line.
+    """
+
+    def __init__(self, root: Path, list_file: Path):
+        self.root = Path(root)
+        self.real = os.path.realpath(self.root)
+        self.list_file = list_file
+        self._dirs: Dict[str, str] = {}
+
+    def path(self, rel: str, n: int, entry: Optional[str] = None) -> Path:
+        """``root / rel`` (normalised), after checking that it stays inside the root;
+        ``entry``: the list's text for it, as the error quotes it (default ``rel``)."""
+        entry = rel if entry is None else entry
+        norm = os.path.normpath(rel.lstrip("/"))
+        if norm == os.pardir or norm.startswith(os.pardir + os.sep) or os.path.isabs(norm):
+            raise self._leaves(entry, n, "climbs out of it")
+        parent, base = os.path.split(norm)
+        real_parent = self._dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._dirs[parent] = os.path.realpath(self.root / parent)
+        real = os.path.join(real_parent, base)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if real != self.real and not real.startswith(self.real.rstrip(os.sep) + os.sep):
+            raise self._leaves(entry, n, f"a symbolic link sends it to {real}")
+        return self.root / norm
+
+    def _leaves(self, rel: str, n: int, how: str) -> DataError:
+        return DataError(
+            f"{self.list_file}:{n}: path {rel!r} leaves the data root {self.root} ({how}); refused",
+            path=self.list_file,
+        )
+
+
+def _nested_sequences(folder: Path) -> List[str]:
+    """Paths (relative to ``folder``, with ``/``) of the folders under it that hold
+    frames, at any depth (hidden folders skipped, links to folders not followed)."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if Path(here) != folder and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            found.append(Path(here).relative_to(folder).as_posix())
+    return found
+
+
 def _clips_from_names(
     root: Path, list_file: Path, image_base: Path, mask_base: Path, skip_bad: bool, mask_mode: str = "auto"
 ) -> List[Clip]:
+    """Clips of the sequences a list names, one a line. A sequence is a folder of frames
+    at any depth under ``image_base`` ("bear", "category/clip"); a line naming a folder
+    that holds no frames but folders of them (an MVPS category) stands for all of them."""
     clips = []
     seen = set()
+    guard = RootGuard(root, list_file)
+    image_rel, mask_rel = image_base.relative_to(root).as_posix(), mask_base.relative_to(root).as_posix()
     for n, line in _read_list(list_file):
-        name = line.split()[0].strip("/")
+        entry = line.split()[0]
+        name = entry.strip("/")
+        image_dir = guard.path(f"{image_rel}/{name}", n, entry)
+        guard.path(f"{mask_rel}/{name}", n, entry)
+        name = image_dir.relative_to(image_base).as_posix()
         if name in seen:
             continue
         seen.add(name)
-        image_dir = image_base / name
         if not image_dir.is_dir():
             raise_or_warn(
                 DataError(f"{list_file}:{n}: sequence {name!r} not found (no folder {image_dir})", path=list_file),
@@ -142,9 +210,16 @@ def _clips_from_names(
                 3,
             )
             continue
-        clip = _clip_from_folders(name, image_dir, mask_base / name, skip_bad, mask_mode)
-        if clip is not None:
-            clips.append(clip)
+        names = [name]
+        if not list_files(image_dir, IMAGE_EXTENSIONS):
+            nested = _nested_sequences(image_dir)
+            if nested:
+                names = [f"{name}/{sub}" for sub in nested if f"{name}/{sub}" not in seen]
+                seen.update(names)
+        for seq in names:
+            clip = _clip_from_folders(seq, image_base / seq, mask_base / seq, skip_bad, mask_mode)
+            if clip is not None:
+                clips.append(clip)
     return clips
 
 
@@ -196,6 +271,7 @@ def _pphumanseg_sequence(image_rel: str) -> str:
 def _clips_from_pairs(root: Path, list_file: Path, skip_bad: bool, mask_mode: str, sequence_of) -> List[Clip]:
     """Clips from a list of "image mask" lines (paths relative to root, leading '/' allowed)."""
     groups: Dict[str, List[Tuple[Path, Path]]] = {}
+    guard = RootGuard(root, list_file)
     for n, line in _read_list(list_file):
         fields = line.split()
         if len(fields) != 2:
@@ -209,7 +285,7 @@ def _clips_from_pairs(root: Path, list_file: Path, skip_bad: bool, mask_mode: st
                 3,
             )
             continue
-        image, mask = (root / f.lstrip("/") for f in fields)
+        image, mask = (guard.path(f, n) for f in fields)
         groups.setdefault(sequence_of(fields[0].lstrip("/")), []).append((image, mask))
     if not groups:
         raise DataError(f"{list_file}: list names no frames", path=list_file)
@@ -263,7 +339,9 @@ def scan_image_folders(root: PathLike, split: str = "train", skip_bad: bool = Fa
         if split_list.is_file():
             by_stem = {p.stem: p for p in images}
             chosen = []
+            guard = RootGuard(image_dir, split_list)
             for n, line in _read_list(split_list):
+                guard.path(line.split()[0], n)
                 stem = Path(line.split()[0]).stem
                 if stem not in by_stem:
                     raise_or_warn(
