@@ -9,8 +9,11 @@ kernel (delta = rowsum(dO * O)), a dK/dV kernel looping over query tiles and a d
 kernel looping over key tiles (no atomics, deterministic). The key mask gradient is
 the column sum of dS, accumulated in the dK/dV kernel.
 
-Rows whose keys are all masked (-inf): the reference gives NaN there; these kernels
-define the output row as 0 and every gradient through it as 0 (LSE = +inf).
+Rows whose scores are all -inf (every key masked): the reference's softmax gives NaN
+there; these kernels give the row attention weights 0 (LSE = +inf), so its output is
+0 v (0 for finite v) and no gradient flows through it. Otherwise NaN and inf propagate
+as in the reference: a NaN or +inf score makes the row's sum l NaN (exp2(inf - inf)),
+hence its output and LSE, and the backward's P and dS of that row.
 
 Any Nq, Nk (masked tails), head dim 1..128 (padded to 16/32/64/128 as a constexpr),
 fp16/bf16/fp32/fp64 inputs; accumulation in fp32 (fp64 for fp64).
@@ -104,8 +107,10 @@ def _attn_fwd_kernel(
         acc = acc * alpha[:, None] + mma(to_dtype(p, V.dtype.element_ty), v, ACC, PRECISION)
         m_i = m_new
 
-    has_keys = l_i > 0.0
-    out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], 0.0)
+    # l_i is 0 only when every key of the row was masked; a NaN or +inf score made it NaN
+    has_keys = l_i != 0.0
+    # a row without a live key has weights 0: acc = 0 v, i.e. 0 (NaN where v is not finite)
+    out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], acc * 0.0)
     lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
     row = head.to(tl.int64) * Nq + offs_m  # [BM] row of the [B*p, Nq] LSE
     tl.store(LSE + row, lse, mask=m_ok)
@@ -201,9 +206,10 @@ def _attn_bwd_dkdv_kernel(
         if HAS_MASK:
             s_t = s_t + km[:, None]
         p_t = tl.exp2(s_t - lse[None, :])  # [BN, BM] attention probabilities, transposed
+        p_t = tl.where(m_ok[None, :], p_t, 0.0)  # padding rows: 0 even where k is not finite
         dv += mma(to_dtype(p_t, DO.dtype.element_ty), do, ACC, PRECISION)
         dp_t = mma(v, tl.trans(do), ACC, PRECISION)  # [BN, BM]
-        ds_t = p_t * (dp_t - delta[None, :])  # [BN, BM] d loss / d scores
+        ds_t = tl.where(m_ok[None, :], p_t * (dp_t - delta[None, :]), 0.0)  # [BN, BM] d loss / d scores
         dk += mma(to_dtype(ds_t, Q.dtype.element_ty), q, ACC, PRECISION)
         if MASK_GRAD:
             dkm += tl.sum(ds_t, 1)
@@ -275,7 +281,7 @@ def _attn_bwd_dq_kernel(
         s = tl.where(n_ok[None, :], s, float("-inf"))
         p = tl.exp2(s - lse[:, None])  # [BM, BN]
         dp = mma(do, tl.trans(v), ACC, PRECISION)  # [BM, BN]
-        ds = p * (dp - delta[:, None])
+        ds = tl.where(n_ok[None, :], p * (dp - delta[:, None]), 0.0)  # padding keys: 0
         dq += mma(to_dtype(ds, K.dtype.element_ty), k, ACC, PRECISION)
 
     tl.store(DQ + row[:, None] * d + offs_d[None, :], to_dtype(dq * scale, DQ.dtype.element_ty), mask=qo_mask)

@@ -43,11 +43,7 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
     for (int64_t row = 0; row < BP; ++row)
       for (int64_t c = 0; c < nch; ++c) areas[row] += partial[row * nch + c];
   }
-  double loss = 0.0;
-  if (p >= 2) {
-    for (int64_t b = 0; b < B; ++b) loss += area_math::variance(areas.data() + b * p, p);
-    loss /= static_cast<double>(B);  // B == 0: NaN, the mean of nothing (as the reference)
-  }
+  const double loss = area_math::loss_of(areas.data(), B, p);
   at::Tensor areas_t = at::empty({B, p}, xc.options().dtype(at::kDouble));
   std::copy(areas.begin(), areas.end(), areas_t.mutable_data_ptr<double>());
   return {at::full({}, loss, x.options()), areas_t.to(work)};

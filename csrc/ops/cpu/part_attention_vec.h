@@ -3,8 +3,10 @@
 // Forward, per head and block of BQ query rows: for each tile of kAttnFwdBK keys,
 // S = q k^T * scale (+ mask) in a BQ x kAttnFwdBK buffer, online softmax per row (running
 // max m and sum l; the accumulator O is rescaled by exp(m_old - m_new)), O += P v.
-// Finally out = O / l and lse = m + log(l). A row whose keys are all masked (-inf)
-// gets out = 0 and lse = -inf.
+// Finally out = O / l and lse = m + log(l). A row whose scores are all -inf (every key
+// masked) has attention weights 0: out = 0 v (0 for finite v) and lse = -inf. NaN and inf
+// propagate as in the reference: the running max keeps a NaN score (max_nan), so that
+// the row's sum, output and lse are NaN, and a +inf score gives exp(inf - inf) = NaN.
 //
 // Backward, per head and chunk of keys (the work unit of one thread, so dk, dv and the
 // key-mask gradient of the chunk need no synchronisation), for each query block and
@@ -61,7 +63,7 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
       for (int64_t i = 0; i < nq; ++i) {
         T* s = S + i * kAttnFwdBK;
         const T mx = mask != nullptr ? add_row_max(s, mask + j0, bk) : row_max(s, bk);  // s += mask
-        const T m_new = std::max(m[i], mx);
+        const T m_new = max_nan(m[i], mx);  // a NaN score makes the row NaN
         if (m_new == kNegInf) {  // every key so far is masked: nothing to accumulate
           std::fill(s, s + bk, T(0));
           continue;
@@ -75,7 +77,7 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
       gemm<T, kAttnFwdBK, 1>(nq, d, bk, S, v + j0 * d, d, O, d, T(1), true);  // O += P v
     }
     for (int64_t i = 0; i < nq; ++i) {
-      const bool live = l[i] > T(0);
+      const bool live = l[i] != T(0);  // l is 0 only when every key was masked; NaN stays NaN
       T* orow = out + (i0 + i) * d;
       std::copy(O + i * d, O + (i + 1) * d, orow);
       row_axpby<T>(orow, live ? T(1) / l[i] : T(0), nullptr, T(0), d);

@@ -1,8 +1,10 @@
 // CPU compute cores of part_masks: R_k = softmax_k(D) * G with G = sigmoid(gate) or gate.
 // Vectorised across pixels; the parts of one pixel are hw elements apart.
 //
-// Backward, with s = softmax(D), go = grad_out and sg = sum_k s_k go_k:
-//   grad_D_k = s_k * G * (go_k - sg),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1)
+// Backward, with s = softmax(D), go = grad_out, sg = sum_k s_k go_k, a_k = go_k G and
+// sa = sum_k s_k a_k (the reference's order of operations, so that an infinite
+// ground-truth gate gives NaN where the reference does, not s_k G (go_k - sg) = inf):
+//   grad_D_k = s_k * (a_k - sa),   grad_gate = sg * (G (1 - G) if gate_is_logit else 1)
 // (skipped when grad_gate is null). part_masks_backward recomputes s from D (p exps per
 // pixel); part_masks_backward_from_masks takes the forward's output R = s G instead and
 // needs no exp for the parts: with rg = sum_k R_k go_k = G sg,
@@ -127,16 +129,18 @@ void part_masks_backward_fixed(const T* grad_out, const T* logits, const T* gate
                                T* grad_gate, int64_t hw, int64_t s, int64_t e, bool gate_is_logit) {
   using Vec = Vectorized<T>;
   over_vectors<T>(s, e, [&](int64_t x, int64_t n) {
-    Vec ek[P], go[P];
+    Vec ek[P], ag[P];
     const Vec inv = Vec(T(1)) / part_exps<P>(logits, hw, x, n, ek);
-    Vec sg(T(0));  // sum_k s_k go_k
+    const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
+    Vec sg(T(0)), sa(T(0));  // sum_k s_k go_k, sum_k s_k go_k G
     for (int k = 0; k < P; ++k) {
       ek[k] = ek[k] * inv;  // s_k
-      go[k] = Vec::loadu(grad_out + k * hw + x, n);
-      sg = at::vec::fmadd(ek[k], go[k], sg);
+      const Vec go = Vec::loadu(grad_out + k * hw + x, n);
+      ag[k] = go * G;
+      sg = at::vec::fmadd(ek[k], go, sg);
+      sa = at::vec::fmadd(ek[k], ag[k], sa);
     }
-    const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
-    for (int k = 0; k < P; ++k) (ek[k] * G * (go[k] - sg)).store(grad_logits + k * hw + x, n);
+    for (int k = 0; k < P; ++k) (ek[k] * (ag[k] - sa)).store(grad_logits + k * hw + x, n);
     if (grad_gate != nullptr) (gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg).store(grad_gate + x, n);
   });
 }
@@ -156,15 +160,17 @@ void part_masks_backward_any(const T* grad_out, const T* logits, const T* gate, 
       sum = sum + ek;
     }
     const Vec inv = Vec(T(1)) / sum;
-    Vec sg(T(0));
-    for (int64_t k = 0; k < p; ++k)
-      sg = at::vec::fmadd(Vec::loadu(grad_logits + k * hw + x, n) * inv,
-                          Vec::loadu(grad_out + k * hw + x, n), sg);
     const Vec G = gate_value(Vec::loadu(gate + x, n), gate_is_logit);
-    const Vec sG = inv * G;
+    Vec sg(T(0)), sa(T(0));  // sum_k s_k go_k, sum_k s_k go_k G
     for (int64_t k = 0; k < p; ++k) {
-      const Vec gk = Vec::loadu(grad_logits + k * hw + x, n) * sG * (Vec::loadu(grad_out + k * hw + x, n) - sg);
-      gk.store(grad_logits + k * hw + x, n);
+      const Vec sk = Vec::loadu(grad_logits + k * hw + x, n) * inv;
+      const Vec go = Vec::loadu(grad_out + k * hw + x, n);
+      sg = at::vec::fmadd(sk, go, sg);
+      sa = at::vec::fmadd(sk, go * G, sa);
+    }
+    for (int64_t k = 0; k < p; ++k) {
+      const Vec sk = Vec::loadu(grad_logits + k * hw + x, n) * inv;
+      (sk * (Vec::loadu(grad_out + k * hw + x, n) * G - sa)).store(grad_logits + k * hw + x, n);
     }
     if (grad_gate != nullptr) (gate_is_logit ? sg * G * (Vec(T(1)) - G) : sg).store(grad_gate + x, n);
   });

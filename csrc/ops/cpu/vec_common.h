@@ -136,7 +136,13 @@ inline void transpose_rows(const T* src, int64_t rows, int64_t d, T* dst, int64_
     for (int64_t c = 0; c < d; ++c) dst[c * ld + r] = src[r * d + c];
 }
 
-// max of x[0:n] (-inf when n == 0)
+// max(a, b) that returns NaN when either is NaN (std::max and fmax drop a NaN)
+template <typename T>
+inline T max_nan(T a, T b) {
+  return (a > b || a != a) ? a : b;
+}
+
+// max of x[0:n] (-inf when n == 0); NaN when any x is NaN
 template <typename T>
 inline T row_max(const T* x, int64_t n) {
   using Vec = Vectorized<T>;
@@ -148,13 +154,13 @@ inline T row_max(const T* x, int64_t n) {
     for (i = V; i + V <= n; i += V) vm = at::vec::maximum(vm, Vec::loadu(x + i));
     T buf[V];
     vm.store(buf);
-    for (int64_t u = 0; u < V; ++u) mx = std::max(mx, buf[u]);
+    for (int64_t u = 0; u < V; ++u) mx = max_nan(mx, buf[u]);
   }
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  for (; i < n; ++i) mx = max_nan(mx, x[i]);
   return mx;
 }
 
-// x[0:n] += y[0:n]; returns the max of the result (-inf when n == 0)
+// x[0:n] += y[0:n]; returns the max of the result (-inf when n == 0; NaN when any is NaN)
 template <typename T>
 inline T add_row_max(T* x, const T* y, int64_t n) {
   using Vec = Vectorized<T>;
@@ -170,11 +176,11 @@ inline T add_row_max(T* x, const T* y, int64_t n) {
     }
     T buf[V];
     vm.store(buf);
-    for (int64_t u = 0; u < V; ++u) mx = std::max(mx, buf[u]);
+    for (int64_t u = 0; u < V; ++u) mx = max_nan(mx, buf[u]);
   }
   for (; i < n; ++i) {
     x[i] += y[i];
-    mx = std::max(mx, x[i]);
+    mx = max_nan(mx, x[i]);
   }
   return mx;
 }

@@ -53,7 +53,7 @@ __global__ void area_partial_kernel(const T* __restrict__ x, float* __restrict__
   }
 }
 
-// areas[row] = sum of the partials; loss = mean_b variance(areas[b]) (0 when p < 2)
+// areas[row] = sum of the partials; loss = area_math::loss_of(areas) (0 * sum of the areas when p < 2)
 template <typename T>
 __global__ void area_loss_kernel(const float* __restrict__ partial, float* __restrict__ areas,
                                  T* __restrict__ loss, int64_t B, int64_t p, int n_chunks) {
@@ -63,14 +63,7 @@ __global__ void area_loss_kernel(const float* __restrict__ partial, float* __res
     areas[row] = s;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.f;
-    if (p >= 2) {
-      for (int64_t b = 0; b < B; ++b) total += area_math::variance(areas + b * p, p);
-      total /= float(B);
-    }
-    *loss = from_float<T>(total);
-  }
+  if (threadIdx.x == 0) *loss = from_float<T>(area_math::loss_of(areas, B, p));
 }
 
 // coef[b, k] = d(grad * loss)/d area[b, k], one thread per batch element

@@ -28,6 +28,12 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <typename T>
 constexpr bool kUseMma = !std::is_same<T, float>::value;
 
+// max(a, b) that returns NaN when either is NaN (fmaxf returns the other operand), so
+// that a NaN score reaches the row's running max, sum and output as in the reference
+__device__ __forceinline__ float max_nan(float a, float b) {
+  return (a > b || a != a) ? a : b;
+}
+
 // ---------------------------------------------------------------------------------
 // WarpTile
 

@@ -6,7 +6,8 @@
 //    query tile of BM rows:
 //      S^T_w = K_w Q^T, dP^T_w = V_w dO^T (tensor cores for float16 / bfloat16),
 //      P^T = exp2(S^T * scale * log2 e + mask - lse * log2 e) (0 for rows whose keys are
-//      all masked: lse = -inf), dS^T = P^T (dP^T - delta),
+//      all masked: lse = -inf; NaN for NaN rows: lse = NaN), dS^T = P^T (dP^T - delta)
+//      (both exactly 0 on the padding past Nq and Nk),
 //      dV_w += P^T_w dO, dK_w += dS^T_w Q, dmask_w += row sums of dS^T_w,
 //      dQ += scale * dS K (the block's slice of keys; atomicAdd into a float32 buffer).
 //    dK is scaled by `scale` at the end; dK, dV and dmask are owned by one block each.
@@ -136,9 +137,13 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
       const float* dprow = sdP + (warp * 16 + r) * LDS;
       T* ptrow = sPT + (warp * 16 + r) * LDP;    // float32: in place of srow (same lane)
       T* dstrow = sdST + (warp * 16 + r) * LDP;  // float32: in place of dprow
+      // padding (keys past Nk, queries past Nq) gives exactly 0, even next to a NaN or inf
+      const bool key_live = n0 + warp * 16 + r < Nk;
+      const int m_live = Nq - m0 < BM ? static_cast<int>(Nq - m0) : BM;
       for (int i = h; i < BM; i += 2) {
-        const float pv = exp2f(fmaf(srow[i], scale_log2, mk) - sLse[i]);
-        const float ds = pv * (dprow[i] - sDelta[i]);
+        const bool live = key_live && i < m_live;
+        const float pv = live ? exp2f(fmaf(srow[i], scale_log2, mk) - sLse[i]) : 0.f;
+        const float ds = live ? pv * (dprow[i] - sDelta[i]) : 0.f;
         ptrow[i] = from_float<T>(pv);
         dstrow[i] = from_float<T>(ds);
         dmask_acc += ds;

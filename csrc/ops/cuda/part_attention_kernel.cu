@@ -7,8 +7,11 @@
 //   online softmax in the log2 domain (two lanes per row, running max m and sum l in
 //   registers; P rounded to the storage type for the tensor cores), O_w = O_w * alpha
 //   + P_w V (O accumulated in float32 in shared memory).
-// Epilogue: out = O / l, lse = (m + log2 l) * ln 2. A row whose keys are all masked
-// (-inf) gets out = 0 and lse = -inf (the reference's softmax gives NaN there).
+// Epilogue: out = O / l, lse = (m + log2 l) * ln 2. A row whose scores are all -inf
+// (every key masked) has attention weights 0 (the reference's softmax gives NaN there):
+// out = 0 V (0 for finite V) and lse = -inf. NaN and inf propagate as in the reference:
+// the running max keeps a NaN score (max_nan) and a +inf score gives exp2(inf - inf) =
+// NaN, so the row's sum, output and lse are NaN (as in the CPU kernel).
 // The backward is in part_attention_backward_kernel.cu.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -79,17 +82,20 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
     __syncwarp();
     const float* srow = sS + (warp * 16 + r) * LDS;
     T* prow = sP + (warp * 16 + r) * LDP;  // float32: the same memory as srow, same lane
+    // scores in the log2 domain; keys past Nk are -inf even where q is not finite
+    const int n_live = Nk - n0 < BN ? static_cast<int>(Nk - n0) : BN;
+    auto score = [&](int c) { return c < n_live ? fmaf(srow[c], scale_log2, sMask[c]) : -INFINITY; };
     float mx = -INFINITY;
-    for (int c = h; c < BN; c += 2) mx = fmaxf(mx, fmaf(srow[c], scale_log2, sMask[c]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float m_new = fmaxf(m_i, mx);
+    for (int c = h; c < BN; c += 2) mx = max_nan(mx, score(c));
+    mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = max_nan(m_i, mx);  // NaN once a score is NaN: l, out, lse NaN
     float alpha = 1.f, sum = 0.f;
     if (m_new == -INFINITY) {  // every key so far is masked
       for (int c = h; c < BN; c += 2) prow[c] = from_float<T>(0.f);
     } else {
       alpha = exp2f(m_i - m_new);  // 0 on the first live tile
       for (int c = h; c < BN; c += 2) {
-        const float pv = exp2f(fmaf(srow[c], scale_log2, sMask[c]) - m_new);
+        const float pv = exp2f(score(c) - m_new);
         prow[c] = from_float<T>(pv);
         sum += pv;
       }
@@ -111,7 +117,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
   }
   __syncwarp();
   if (h == 0) {
-    const bool live = l_i > 0.f;
+    const bool live = l_i != 0.f;  // 0 only when every key was masked; NaN stays NaN
     sRow[warp * 16 + r] = live ? 1.f / l_i : 0.f;
     const int64_t row = m0 + warp * 16 + r;
     if (row < Nq) lse[row] = live ? (m_i + log2f(l_i)) * kLn2 : -INFINITY;
