@@ -336,3 +336,27 @@ def test_list_paths_through_symlinks_leaving_the_root_are_refused(tmp_path):
     lst.write_text("/JPEGImages/480p/s/00000.jpg /Annotations/480p/s/00000.png\n")
     os.symlink(root, tmp_path / "alias")
     assert build_dataset("davis", tmp_path / "alias", "train", size=16).sequences == ["s"]
+
+
+# --------------------------------------------------------------------------- 4. errors from workers
+
+
+def test_corrupt_jpeg_in_worker_is_a_one_line_data_error(tmp_path):
+    """A JPEG corrupted after the dataset was built (validate="header" saw a good file)
+    fails in the DataLoader worker; the main process gets a DataError whose message is
+    the worker's one line naming the file (no worker traceback) and whose path is set."""
+    root = _davis(tmp_path / "d", [Image.fromarray((_box(t) * 255).astype(np.uint8)) for t in range(3)])
+    ds = build_dataset("davis", root, "train", size=16, validate="header")
+    bad = root / "JPEGImages/480p/s/00001.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(data[:3] + bytes(range(256)) * 2 + data[-2:])
+    loader = make_loader(ds, batch_size=1, workers=1, shuffle=False, persistent_workers=False, drop_last=False)
+    with pytest.raises(DataError) as ei:
+        list(loader)
+    msg = str(ei.value)
+    assert msg.startswith(f"{bad}: ") and "\n" not in msg and "Traceback" not in msg, msg
+    assert ei.value.path == str(bad)
+    # in the main process nothing changes: the same message and path
+    with pytest.raises(DataError) as direct:
+        ds[1]
+    assert str(direct.value) == msg and direct.value.path == str(bad)
