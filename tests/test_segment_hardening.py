@@ -374,7 +374,8 @@ SWEEP = [
 ]
 
 
-@pytest.mark.parametrize("overrides,expected", SWEEP, ids=[" ".join(f"{k}={v}" for k, v in o.items()) for o, _ in SWEEP])
+@pytest.mark.parametrize("overrides,expected", SWEEP,
+                         ids=[" ".join(f"{k}={v}" for k, v in o.items()) for o, _ in SWEEP])
 def test_every_flag_bad_value_is_one_line_before_loading(assets, bad_inputs, tmp_path, capsys, monkeypatch,
                                                         overrides, expected):
     from pdnet.inference import checkpoint
