@@ -31,7 +31,12 @@ Output::
     OUT/Annotations/480p/<seq>/00000.png      masks, 0/255 greyscale
     OUT/ImageSets/480p/{train,val,trainval}.txt  "/JPEGImages/... /Annotations/..." pairs
     OUT/ImageSets/2016/{train,val}.txt        sequence names
-    OUT/synth.json                            parameters and what each clip holds
+    OUT/synth.json                            parameters and what each clip holds (the manifest)
+
+``synth.json`` is written first (marked ``"in_progress"``) and completed at the end, so
+``--force`` (:func:`remove_previous`) can delete exactly the files of a previous run,
+finished or interrupted, before writing a new one: two seeds are never mixed, and a
+folder without that manifest is never deleted from.
 """
 from __future__ import annotations
 
@@ -633,13 +638,26 @@ def synthesize(
     if clips < 1 or frames < 1:
         raise ValueError(f"need at least one clip and one frame, got clips={clips}, frames={frames}")
     h, w = size
-    if h < 16 or w < 16:
-        raise ValueError(f"size must be at least 16x16, got {h}x{w}")
+    if not (16 <= h <= MAX_SIDE and 16 <= w <= MAX_SIDE):
+        raise ValueError(f"size must be HxW with both in 16..{MAX_SIDE}, got {h}x{w}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val fraction must be in [0, 1), got {val_fraction}")
     out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "generator": GENERATOR,
+        "seed": int(seed),
+        "clips": clips,
+        "frames": frames,
+        "size": [h, w],
+        "val_fraction": val_fraction,
+        "jpeg_quality": quality,
+    }
+    # written first, so that an interrupted run is known (and removable) as synth output
+    _write_manifest(out, {**meta, "in_progress": True})
     jobs = [(str(out), int(seed), i, int(frames), (int(h), int(w)), int(quality)) for i in range(clips)]
     plans: Dict[int, dict] = {}
     bar = tqdm(total=clips, desc="synth", unit="clip", disable=not progress)
@@ -679,34 +697,119 @@ def synthesize(
         (out / "ImageSets" / "480p" / f"{split}.txt").write_text(pairs(names))
         (out / "ImageSets" / "2016" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
     (out / "ImageSets" / "480p" / "trainval.txt").write_text(pairs(splits["train"] + splits["val"]))
-    meta = {
-        "generator": "pdnet synth",
-        "seed": int(seed),
-        "clips": clips,
-        "frames": frames,
-        "size": [h, w],
-        "val_fraction": val_fraction,
-        "jpeg_quality": quality,
-        "sequences": [plans[i] for i in range(clips)],
-    }
-    (out / "synth.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    _write_manifest(out, {**meta, "sequences": [plans[i] for i in range(clips)]})
     return out
+
+
+GENERATOR = "pdnet synth"
+MANIFEST = "synth.json"
+_LISTS = ("ImageSets/480p/train.txt", "ImageSets/480p/val.txt", "ImageSets/480p/trainval.txt",
+          "ImageSets/2016/train.txt", "ImageSets/2016/val.txt")
+_FOLDERS = ("JPEGImages/480p", "JPEGImages", "Annotations/480p", "Annotations", "ImageSets/480p",
+            "ImageSets/2016", "ImageSets")
+
+
+def _write_manifest(out: Path, meta: dict) -> None:
+    (out / MANIFEST).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+class NotSynthOutput(ValueError):
+    """A folder that ``remove_previous`` will not touch: not (provably) synth's output."""
+
+
+def remove_previous(out: os.PathLike) -> int:
+    """Deletes the files a previous ``pdnet synth`` run wrote in ``out`` (finished or
+    interrupted), as its manifest ``synth.json`` describes them, and the folders that
+    leaves empty; any other file stays. Returns the number of files removed.
+
+    Only files synth writes are removed: ``JPEGImages/480p/clipNNNN/NNNNN.jpg`` and
+    ``Annotations/480p/clipNNNN/NNNNN.png`` with clip and frame numbers below the
+    manifest's ``clips`` and ``frames``, the five ImageSets lists and the manifest.
+
+    Raises:
+        NotSynthOutput: no manifest, one that is not synth's, or a symbolic link where
+            synth writes folders (nothing is deleted then).
+    """
+    import re
+
+    out = Path(out)
+    manifest = out / MANIFEST
+    if not manifest.is_file() or manifest.is_symlink():
+        raise NotSynthOutput(f"{out}: not a previous pdnet synth output (no {MANIFEST})")
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NotSynthOutput(f"{manifest}: unreadable manifest ({exc})") from None
+    ok = isinstance(meta, dict) and meta.get("generator") == GENERATOR
+    clips, frames = (meta.get("clips"), meta.get("frames")) if ok else (None, None)
+    if not (ok and all(type(v) is int and v >= 1 for v in (clips, frames))):
+        raise NotSynthOutput(f"{manifest}: not a pdnet synth manifest")
+    for folder in _FOLDERS:
+        if (out / folder).is_symlink():
+            raise NotSynthOutput(f"{out / folder}: a symbolic link, not a folder synth wrote")
+    clip_re, files = re.compile(r"clip(\d{4,})"), []
+    for kind, ext in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
+        base = out / kind / "480p"
+        for clip in sorted(base.iterdir()) if base.is_dir() else []:
+            m = clip_re.fullmatch(clip.name)
+            if not (m and int(m.group(1)) < clips and clip.is_dir() and not clip.is_symlink()):
+                continue
+            for f in clip.iterdir():
+                stem = f.name[: -len(ext)] if f.name.endswith(ext) else ""
+                if stem.isdigit() and len(stem) >= 5 and int(stem) < frames and not f.is_dir():
+                    files.append(f)
+    files += [out / n for n in _LISTS if (out / n).is_file()]
+    for f in files:
+        f.unlink()
+    for clip in {f.parent for f in files if f.parent.name.startswith("clip")}:
+        _rmdir_if_empty(clip)
+    for folder in _FOLDERS:
+        _rmdir_if_empty(out / folder)
+    manifest.unlink()
+    return len(files) + 1
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # absent, or holds files synth did not write
 
 
 # --------------------------------------------------------------------------- CLI
 
 
+MAX_SIDE = 4096
+
+
 def parse_size(text: str) -> Tuple[int, int]:
-    """"480x854" -> (480, 854); "256" -> (256, 256)."""
+    """"480x854" -> (480, 854); "256" -> (256, 256); each side in 16..4096."""
     try:
         parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
     except ValueError:
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) < 16:
-        raise argparse.ArgumentTypeError(f"size must be HxW with both at least 16, e.g. 480x854 (got {text!r})")
+    if len(parts) != 2 or min(parts) < 16 or max(parts) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"size must be HxW with both in 16..{MAX_SIDE}, e.g. 480x854 (got {text!r})"
+        )
     return parts[0], parts[1]
+
+
+def one_line_errors(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """Makes ``parser`` report a bad command line as one line on stderr
+    (``pdnet <command>: error: ... (see pdnet <command> --help)``, exit code 2) instead of
+    argparse's usage block, like every other error of the command."""
+
+    def error(message: str):
+        import sys
+
+        sys.stderr.write(f"pdnet {command}: error: {message} (see pdnet {command} --help)\n")
+        raise SystemExit(2)
+
+    parser.error = error
+    return parser
 
 
 def add_parser(subparsers) -> None:
@@ -715,58 +818,97 @@ def add_parser(subparsers) -> None:
         help="write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)",
         description=(
             "Writes N synthetic clips of T frames in the DAVIS-2016 layout (JPEGImages/480p, "
-            "Annotations/480p with 0/255 masks, ImageSets train/val lists): articulated figures and "
-            "people cut out of scikit-image photos on real backgrounds, moved by fake motion (smooth "
-            "random flow at three scales). The same seed gives the same bytes."
+            "Annotations/480p with 0/255 masks, ImageSets train/val lists, synth.json): articulated "
+            "figures and people cut out of scikit-image photos on real backgrounds, moved by fake "
+            "motion (smooth random flow at three scales). The same seed gives the same bytes."
         ),
     )
+    one_line_errors(p, "synth")
     p.add_argument("out", metavar="OUT", help="output folder (must be empty or absent, unless --force)")
-    p.add_argument("--clips", type=int, default=20, help="number of clips (default 20)")
-    p.add_argument("--frames", type=int, default=30, help="frames per clip (default 30)")
-    p.add_argument("--size", type=parse_size, default=(480, 854), help="frame size HxW (default 480x854)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--val", type=float, default=0.2, help="fraction of clips in the val split (default 0.2)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--clips", type=int, default=20, help="number of clips, at least 1 (default 20)")
+    p.add_argument("--frames", type=int, default=30, help="frames per clip, at least 1 (default 30)")
+    p.add_argument(
+        "--size", type=parse_size, default=(480, 854), help=f"frame size HxW, each in 16..{MAX_SIDE} (default 480x854)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed, a non-negative integer (default 0)")
+    p.add_argument("--val", type=float, default=0.2, help="fraction of clips in the val split, in [0, 1) (default 0.2)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1..100 (default 90)")
     p.add_argument(
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="worker processes (default: up to 2; the output does not depend on it)",
+        help="worker processes, at least 1 (default: up to 2; the output does not depend on it)",
     )
-    p.add_argument("--force", action="store_true", help="write into a non-empty OUT (same-named files are replaced)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous pdnet synth output in OUT: the files it wrote (listed by its synth.json) "
+        "are deleted first, other files are kept; a non-empty OUT without synth.json is refused",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """One-line errors for an output folder synth cannot (or must not) write into."""
+    from ..cli import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if not out.exists():
+        for parent in out.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise UserError(f"{out}: cannot create the folder: {parent} is not a folder")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise UserError(f"{out}: cannot create the folder: {parent} is not writable")
+                break
+        return
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: folder is not writable")
+    if any(out.iterdir()) and not force:
+        raise UserError(f"{out}: folder is not empty (use --force to replace a previous pdnet synth output)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise UserError(f"{out}: folder is not empty (use --force to write into it)")
-    if args.clips < 1 or args.frames < 1:
-        raise UserError(f"--clips and --frames must be at least 1 (got {args.clips}, {args.frames})")
+    for flag, value, low in (("--clips", args.clips, 1), ("--frames", args.frames, 1), ("--workers", args.workers, 1)):
+        if value < low:
+            raise UserError(f"{flag} {value}: must be at least {low}")
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed}: must be a non-negative integer")
     if not 0.0 <= args.val < 1.0:
-        raise UserError(f"--val must be in [0, 1), got {args.val}")
+        raise UserError(f"--val {args.val}: must be in [0, 1)")
     if not 1 <= args.quality <= 100:
-        raise UserError(f"--quality must be in 1..100, got {args.quality}")
+        raise UserError(f"--quality {args.quality}: must be in 1..100")
+    _check_out(out, args.force)
     try:
         import skimage  # noqa: F401
     except ImportError:
         raise UserError("pdnet synth needs scikit-image (pip install 'pdnet[data]')") from None
-    synthesize(
-        out,
-        clips=args.clips,
-        frames=args.frames,
-        size=args.size,
-        seed=args.seed,
-        val_fraction=args.val,
-        quality=args.quality,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    try:
+        if args.force and out.is_dir() and any(out.iterdir()):
+            try:
+                removed = remove_previous(out)
+            except NotSynthOutput as exc:
+                raise UserError(f"--force: {exc}; refusing to delete anything in {out}") from None
+            if not args.quiet:
+                print(f"removed the {removed} files of the previous synth output in {out}")
+        synthesize(
+            out,
+            clips=args.clips,
+            frames=args.frames,
+            size=args.size,
+            seed=args.seed,
+            val_fraction=args.val,
+            quality=args.quality,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    except OSError as exc:
+        raise UserError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
     n_val = sum(split_of(i, args.clips, args.val) == "val" for i in range(args.clips))
     print(
         f"wrote {args.clips} clips x {args.frames} frames ({args.size[0]}x{args.size[1]}) to {out} "
