@@ -85,26 +85,32 @@ def run(args: argparse.Namespace) -> int:
 
     import warnings
 
-    import torch
+    from .segment import check_outputs
+    from .video import FrameSource, OutputError, SourceError, background_array
 
-    from .checkpoint import CheckpointError, load
-    from .segment import check_outputs, segment_video
-    from .segmenter import VideoSegmenter, parse_device, parse_dtype
-    from .video import FrameSource, OutputError, SourceError, background
-
-    try:
+    try:  # input and output problems: no torch needed yet
         src = FrameSource(args.input, fps=args.fps, allow_truncated=args.allow_truncated)
         inputs = [checkpoint]
         if args.composite is not None:
-            background(args.composite, (1, 1))  # a bad colour or an unreadable image, before the model
+            background_array(args.composite, (1, 1))  # a bad colour or an unreadable image, before the model
             if Path(args.composite).is_file():
                 inputs.append(Path(args.composite))
         check_outputs(src, args.out, overlay=args.overlay, composite=args.composite is not None,
                       overwrite=args.overwrite, inputs=inputs)
+    except (SourceError, OutputError) as exc:
+        raise UserError(str(exc)) from None
+
+    import torch
+
+    from .checkpoint import CheckpointError, load
+    from .segment import segment_video
+    from .segmenter import VideoSegmenter, parse_device, parse_dtype
+
+    try:
         device = parse_device(args.device)
         dtype = parse_dtype(args.dtype, device)
         model = load(checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
-    except (SourceError, OutputError, FileNotFoundError, CheckpointError) as exc:
+    except (FileNotFoundError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # parse_device / parse_dtype
         raise UserError(str(exc)) from None

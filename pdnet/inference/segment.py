@@ -25,14 +25,10 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
 
-from ..model import PDNet
-from .checkpoint import load
-from .segmenter import VideoSegmenter, to_uint8
 from .video import (
     BackgroundWorker,
     FrameSource,
@@ -42,6 +38,12 @@ from .video import (
     prefetch,
     write_mask,
 )
+
+if TYPE_CHECKING:  # torch and the model are imported by segment_video itself: checking outputs needs neither
+    import torch
+
+    from ..model import PDNet
+    from .segmenter import VideoSegmenter
 
 PathLike = Union[str, os.PathLike]
 
@@ -150,20 +152,22 @@ def _missing_folders(folder: Path) -> List[Path]:
 def _blend(frames: torch.Tensor, probs: torch.Tensor, other: torch.Tensor, alpha: float) -> torch.Tensor:
     """frames [B, 3, H, W] uint8, probs [B, 1, H, W], other [3, H, W] or [3, 1, 1] uint8 ->
     frames * (1 - alpha * p) + other * alpha * p as uint8 [B, H, W, 3]."""
+    import torch
+
     a = probs.float() * alpha  # [B, 1, H, W]
     out = frames.float() * (1.0 - a) + other.float() * a  # [B, 3, H, W]
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # [B, H, W, 3]
 
 
 def segment_video(
-    model: Union[PDNet, VideoSegmenter, PathLike],
+    model: Union["PDNet", "VideoSegmenter", PathLike],
     source: Union[PathLike, FrameSource],
     output: PathLike,
     *,
     overlay: bool = False,
     composite: Union[str, PathLike, Tuple[int, int, int], None] = None,
-    device: Union[str, torch.device, None] = "auto",
-    dtype: Union[str, torch.dtype, None] = "auto",
+    device: Union[str, "torch.device", None] = "auto",
+    dtype: Union[str, "torch.dtype", None] = "auto",
     batch_size: int = 1,
     fast: bool = True,
     cuda_graphs: Optional[bool] = None,
@@ -219,6 +223,12 @@ def segment_video(
 
     On any error or interruption the files written by this call are removed.
     """
+    import torch
+
+    from ..model import PDNet
+    from .checkpoint import load
+    from .segmenter import VideoSegmenter, to_uint8
+
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     t0 = time.perf_counter()

@@ -41,10 +41,12 @@ import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by background() itself: reading and checking inputs does not need it
+    import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -521,15 +523,8 @@ def parse_colour(text: str) -> Optional[Tuple[int, int, int]]:
     return None
 
 
-def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> torch.Tensor:
-    """The composite background at the frame size: Tensor[3, H, W] uint8.
-
-    Args:
-        spec: an image file (resized to the frame, bilinear), a colour name
-            (``green``, ``blue``, ``black``, ``white``, ``grey``, ``red``), ``#rrggbb``,
-            ``R,G,B`` or an (R, G, B) tuple.
-        size: (H, W) of the frames.
-    """
+def background_array(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> np.ndarray:
+    """The composite background at the frame size as a numpy uint8 array [H, W, 3] (see :func:`background`)."""
     H, W = size
     if isinstance(spec, tuple):
         colour = spec
@@ -544,10 +539,9 @@ def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int
 
             try:
                 with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB").resize((W, H), Image.BILINEAR))
+                    return np.array(im.convert("RGB").resize((W, H), Image.BILINEAR), dtype=np.uint8)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
                 raise SourceError(f"{path}: cannot read the background image ({exc})") from None
-            return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
         colour = parse_colour(str(spec))
         if colour is None:
             raise SourceError(
@@ -556,4 +550,21 @@ def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int
             )
     if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
         raise SourceError(f"composite colour must be three values in 0..255, got {colour}")
-    return torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, H, W).contiguous()
+    return np.broadcast_to(np.array(colour, dtype=np.uint8), (H, W, 3)).copy()
+
+
+def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> "torch.Tensor":
+    """The composite background at the frame size: Tensor[3, H, W] uint8.
+
+    Args:
+        spec: an image file (resized to the frame, bilinear), a colour name
+            (``green``, ``blue``, ``black``, ``white``, ``grey``, ``red``), ``#rrggbb``,
+            ``R,G,B`` or an (R, G, B) tuple.
+        size: (H, W) of the frames.
+
+    Raises:
+        SourceError: naming a missing or unreadable image, or a value that is no colour.
+    """
+    import torch
+
+    return torch.from_numpy(background_array(spec, size)).permute(2, 0, 1).contiguous()
