@@ -7,38 +7,65 @@
   ``predict(frames, state)``, channels_last, bf16/fp16 and CUDA graphs on GPUs;
 * :func:`segment_video` goes from a video file or frame folder to mask PNGs, an overlay
   video and a background-replaced video. ``pdnet segment`` is its command line.
-"""
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_kind,
-    infer_config,
-    load,
-    load_engine_state_dict,
-    read_checkpoint,
-    save_model_checkpoint,
-)
-from .fused import FastPDNet, fold_batchnorm, fold_conv_bn
-from .segment import segment_video
-from .segmenter import VideoSegmenter, as_frame_batch, preprocess, to_uint8
-from .video import FrameSource, SourceError, VideoWriter
 
-__all__ = [
-    "CheckpointError",
-    "FastPDNet",
-    "FrameSource",
-    "SourceError",
-    "VideoSegmenter",
-    "VideoWriter",
-    "as_frame_batch",
-    "checkpoint_kind",
-    "fold_batchnorm",
-    "fold_conv_bn",
-    "infer_config",
-    "load",
-    "load_engine_state_dict",
-    "preprocess",
-    "read_checkpoint",
-    "save_model_checkpoint",
-    "segment_video",
-    "to_uint8",
-]
+The package imports lazily: ``import pdnet.inference`` (as ``pdnet segment`` does to
+check its arguments) loads neither torch nor the model; the first use of a name below
+imports the module that defines it.
+"""
+import importlib as _importlib
+import typing as _typing
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "checkpoint_kind": "checkpoint",
+    "infer_config": "checkpoint",
+    "load": "checkpoint",
+    "load_engine_state_dict": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_model_checkpoint": "checkpoint",
+    "FastPDNet": "fused",
+    "fold_batchnorm": "fused",
+    "fold_conv_bn": "fused",
+    "check_outputs": "segment",
+    "segment_video": "segment",
+    "VideoSegmenter": "segmenter",
+    "as_frame_batch": "segmenter",
+    "preprocess": "segmenter",
+    "to_uint8": "segmenter",
+    "FrameSource": "video",
+    "OutputError": "video",
+    "SourceError": "video",
+    "TruncatedVideoWarning": "video",
+    "VideoWriter": "video",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from .checkpoint import (
+        CheckpointError,
+        checkpoint_kind,
+        infer_config,
+        load,
+        load_engine_state_dict,
+        read_checkpoint,
+        save_model_checkpoint,
+    )
+    from .fused import FastPDNet, fold_batchnorm, fold_conv_bn
+    from .segment import check_outputs, segment_video
+    from .segmenter import VideoSegmenter, as_frame_batch, preprocess, to_uint8
+    from .video import FrameSource, OutputError, SourceError, TruncatedVideoWarning, VideoWriter
+
+
+def __getattr__(name: str) -> "_typing.Any":
+    """Imports the submodule behind ``name`` on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -119,12 +119,12 @@ def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     if missing or unexpected or mismatched:
         cfg = getattr(model, "config", None)
         desc = f"{cfg.backbone}, p={cfg.parts}" if cfg is not None else type(model).__name__
-        lines = [f"the release checkpoint does not fit this PDNet ({desc}):"]
+        lines = [f"the release checkpoint does not fit this PDNet ({desc})"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
             if items:
                 shown = ", ".join(items[:40]) + (f" ... and {len(items) - 40} more" if len(items) > 40 else "")
-                lines.append(f"  {title} ({len(items)}): {shown}")
-        raise RuntimeError("\n".join(lines))
+                lines.append(f"{title} ({len(items)}): {shown}")
+        raise RuntimeError("; ".join(lines))  # one line: the CLI prints it as is
     model.load_state_dict({new: v for new, (_, v) in converted.items()}, strict=True)
     return model
 
