@@ -332,6 +332,10 @@ def test_list_paths_through_symlinks_leaving_the_root_are_refused(tmp_path):
     lst.parent.mkdir(parents=True)
     lst.write_text("/JPEGImages/480p/s/link.jpg /Annotations/480p/s/00000.png\n")
     _assert_refused(lambda skip: build_dataset("davis", root, "train", skip_bad=skip), lst, 1, "/JPEGImages/480p/s/link.jpg")
+    # a link inside an MVPS category named by the list
+    mv = make_mvps(tmp_path / "MVPS")
+    os.symlink(secret, mv / "Keyframes/480p/cat0/evil")
+    _assert_refused(lambda skip: build_dataset("mvps", mv, "train", skip_bad=skip), mv / "ImageSets/train.txt", 1, "cat0")
     # links that stay inside, and a data root that is itself a link, are fine
     lst.write_text("/JPEGImages/480p/s/00000.jpg /Annotations/480p/s/00000.png\n")
     os.symlink(root, tmp_path / "alias")
@@ -508,3 +512,14 @@ def test_good_flags_still_work(flag_dirs):
                       "--sequences", "s", "--protocol", "mvps", "--out", str(flag_dirs / "new_out/r.csv")])
     assert code == 0, err
     assert (flag_dirs / "new_out/r.csv").is_file()
+
+
+def test_evaluate_linked_sequence_folders(tmp_path):
+    """Sequence folders may be symbolic links (followed, each folder once: no loop)."""
+    for t in range(2):
+        _save(tmp_path / "store/bear" / f"{t}.png", Image.fromarray((_box(t) * 255).astype(np.uint8)))
+    for root in ("gt", "pred"):
+        (tmp_path / root).mkdir()
+        os.symlink(tmp_path / "store/bear", tmp_path / root / "bear")
+    os.symlink(tmp_path / "gt", tmp_path / "store/bear/loop")  # a cycle
+    assert list(evaluate(tmp_path / "pred", tmp_path / "gt").sequences) == ["bear"]

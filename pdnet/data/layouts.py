@@ -175,10 +175,17 @@ class RootGuard:
 
 def _nested_sequences(folder: Path) -> List[str]:
     """Paths (relative to ``folder``, with ``/``) of the folders under it that hold
-    frames, at any depth (hidden folders skipped, links to folders not followed)."""
-    found = []
-    for here, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    frames, at any depth (hidden folders skipped; links to folders followed, each folder
+    once: the caller checks where they lead)."""
+    found, seen = [], {os.path.realpath(folder)}
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(here, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
         if Path(here) != folder and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
             found.append(Path(here).relative_to(folder).as_posix())
     return found
@@ -216,6 +223,9 @@ def _clips_from_names(
             if nested:
                 names = [f"{name}/{sub}" for sub in nested if f"{name}/{sub}" not in seen]
                 seen.update(names)
+                for seq in names:  # a link inside the category must not lead out of the root
+                    guard.path(f"{image_rel}/{seq}", n, entry)
+                    guard.path(f"{mask_rel}/{seq}", n, entry)
         for seq in names:
             clip = _clip_from_folders(seq, image_base / seq, mask_base / seq, skip_bad, mask_mode)
             if clip is not None:

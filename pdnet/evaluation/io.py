@@ -46,18 +46,24 @@ def sequence_dirs(root: Path, what: str) -> List[str]:
     frames, at any depth, named by its path relative to ``root`` ("bear",
     "cat0/clip3"), plus every folder without sub-folders (a sequence, empty when it
     holds no PNG: reported when it is read). Hidden folders are skipped; symbolic links to folders are
-    not followed."""
+    followed, each folder visited once."""
     root = Path(root)
     if not root.exists():
         raise EvaluationError(f"{what} folder {root} does not exist")
     if not root.is_dir():
         raise EvaluationError(f"{what} path {root} is not a folder")
-    names = []
-    for folder, dirs, files in os.walk(root, onerror=_walk_error):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    names, seen = [], {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, onerror=_walk_error, followlinks=True):
+        has_dirs, keep = bool(dirs), []
+        for d in dirs:  # hidden folders skipped; a linked folder is visited once (no cycles)
+            real = os.path.realpath(os.path.join(folder, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
         if Path(folder) == root:
             continue
-        if not dirs or any(f.lower().endswith(".png") for f in files):
+        if not has_dirs or any(f.lower().endswith(".png") for f in files):
             names.append(Path(folder).relative_to(root).as_posix())
     names.sort(key=natural_key)
     if not names:
