@@ -12,7 +12,11 @@
 - :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation;
   :class:`PairBatch`, the collated batch (pixels packed in one buffer).
 - :mod:`pdnet.data.synth`: ``pdnet synth``, fake-motion clips in the DAVIS-2016 layout.
-- :class:`DataError` (a ``ValueError`` naming the bad file), :class:`DataWarning`.
+- :func:`decode_mask` / :func:`read_mask`: the one mask reader (training and
+  ``pdnet evaluate``): 0/255 and soft grey as stored, 0/1 scaled to 0/255, palette and
+  colour-coded RGB non-zero = person, decided per file (:mod:`pdnet.data.io`).
+- :class:`DataError` (a ``ValueError`` naming the bad file, also when raised in a
+  DataLoader worker), :class:`DataWarning`.
 """
 from .augment import PairAugment, PairBatch, collate_pairs, normalize_uint8, prepare_batch
 from .datasets import (
