@@ -432,3 +432,25 @@ def test_bfloat16_on_a_gpu_without_it_is_refused(monkeypatch):
     assert parse_dtype("auto", torch.device("cuda")) == torch.float16
     assert parse_dtype("float16", torch.device("cpu")) == torch.float16
     assert parse_device("cpu") == torch.device("cpu")
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(assets, tmp_path, capsys, quick_load):
+    """``kill -9`` during a write leaves ``.<name>.<random>.tmp``; the next run into that
+    folder removes the temporaries of its own outputs and nothing else."""
+    root, _ = assets
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".f0.png.ab12_x9z.tmp", out / ".overlay.mp4.q1w2e3r4.mp4"]
+    keep = [out / ".notes.txt.ab12cd34.tmp", out / ".f0.png.tmp", out / "f9.png"]
+    for p in stale + keep:
+        p.write_bytes(b"x" * 100)
+    rc, _ = segment(capsys, str(root / "frames"), "--checkpoint", str(root / "tiny.pt"), "--out", str(out), "--overlay")
+    assert rc == 0
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"x" * 100 for p in keep)
+    # a video's masks: NNNNN.png, known or not in advance
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / ".00019.png.zzzzzzzz.tmp").write_bytes(b"x")
+    rc, _ = segment(capsys, str(root / "clip.mkv"), "--checkpoint", str(root / "tiny.pt"), "--out", str(out2))
+    assert rc == 0 and not (out2 / ".00019.png.zzzzzzzz.tmp").exists()

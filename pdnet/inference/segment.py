@@ -36,6 +36,7 @@ from .video import (
     VideoWriter,
     background,
     prefetch,
+    remove_stale_temporaries,
     write_mask,
 )
 
@@ -238,7 +239,10 @@ def segment_video(
     if composite is not None and not isinstance(composite, tuple) and Path(composite).is_file():
         extra_inputs.append(Path(composite))
     out = Path(output)
-    check_outputs(src, out, overlay=overlay, composite=bg_host is not None, overwrite=overwrite, inputs=extra_inputs)
+    targets = check_outputs(src, out, overlay=overlay, composite=bg_host is not None, overwrite=overwrite,
+                            inputs=extra_inputs)
+    names = {t.name for t in targets}
+    remove_stale_temporaries(out, lambda n: n in names or bool(src.is_video and _VIDEO_MASK.match(n)))  # kill -9
     protected = {i for i in (_identity(p) for p in ([src.path] if src.is_video else src.files) + extra_inputs) if i}
 
     if isinstance(model, VideoSegmenter):

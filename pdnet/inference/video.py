@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import tempfile
 import threading
 import warnings
@@ -386,6 +387,35 @@ def _temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> List[Path]:
+    """Remove the temporaries that :func:`_temporary_beside` made in ``folder`` for files
+    whose name ``owned(name)`` accepts, and that a killed run (``kill -9``, power loss)
+    left behind: ``.<name>.<8 random characters><suffix>``. Other files are not touched.
+
+    Returns:
+        the files removed.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _STALE_TEMPORARY.match(entry.name)
+        if m and owned(m.group(1)) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+#: ``tempfile.mkstemp(prefix=".<name>.", suffix=...)`` names: 8 characters from [a-z0-9_]
+_STALE_TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)$")
 
 
 def _remove_quietly(path: Optional[Path]) -> None:
