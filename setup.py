@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -35,8 +36,15 @@ def _extension_modules():
 
     CPU sources always; the CUDA sources too when nvcc (``$CUDA_HOME`` or
     /usr/local/cuda) and a CUDA build of torch are present and ``PDNET_NO_CUDA`` is not
-    1, for sm_80, sm_86 and sm_90 (plus compute_90 PTX) unless ``TORCH_CUDA_ARCH_LIST``
-    says otherwise. Compiled with ninja; ``MAX_JOBS`` caps the parallel jobs.
+    1, as sm_80 and sm_90 machine code plus compute_90 PTX unless ``TORCH_CUDA_ARCH_LIST``
+    says otherwise (sm_80 code runs on every 8.x GPU: A100, A10, RTX 30xx/40xx, L4, L40;
+    the PTX is compiled by the driver on newer GPUs).
+
+    Compiled once, with ninja: every .cpp and .cu file is one job and the jobs run in
+    parallel, ``MAX_JOBS`` of them (default: the number of CPU cores this process may
+    use). The objects and ninja's log (``.ninja_log``: per-object compile times) are kept
+    in ``build/temp.<platform>-<python>/`` (see :class:`_BuildExt`), so a re-install after
+    an edit recompiles only the objects whose sources or headers changed.
     Returns (ext_modules, cmdclass); both empty when torch cannot be imported.
     """
     csrc = Path("csrc")
@@ -88,7 +96,6 @@ def _extension_modules():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             nvcc_flags += [
                 "-gencode=arch=compute_80,code=sm_80",
-                "-gencode=arch=compute_86,code=sm_86",
                 "-gencode=arch=compute_90,code=[sm_90,compute_90]",
             ]
         include_dirs = []
@@ -109,7 +116,30 @@ def _extension_modules():
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=link_flags,
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    os.environ.setdefault("MAX_JOBS", str(_cpu_count()))  # read by torch's ninja build
+
+    class _BuildExt(cpp_extension.BuildExtension):
+        """torch's ninja build, with the objects in ``build/`` of the source tree.
+
+        pip's editable install (PEP 660) hands build_ext a fresh temporary folder for the
+        objects, so every re-install compiled everything again; a fixed folder per
+        platform, Python and torch lets ninja skip the objects that are up to date.
+        """
+
+        def finalize_options(self):
+            super().finalize_options()
+            tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}-torch{torch.__version__}"
+            self.build_temp = str(ROOT / "build" / f"temp.{tag}")
+
+    return [ext], {"build_ext": _BuildExt.with_options(use_ninja=True)}
+
+
+def _cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 ext_modules, cmdclass = _extension_modules()

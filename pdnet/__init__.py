@@ -1,9 +1,42 @@
-"""PDNet: Part-Decoupling Network for video portrait segmentation."""
-from . import ops
-from .model import PDNet, PDNetConfig, ReferenceState, load_release_state_dict, to_release_state_dict
-from .inference import load, segment_video
+"""PDNet: Part-Decoupling Network for video portrait segmentation.
+
+The package imports lazily: ``import pdnet`` loads neither torch nor the compiled ops;
+the first use of a name below (``pdnet.PDNet``, ``pdnet.load``, ``pdnet.ops``,
+``from pdnet import segment_video``...) imports the module that defines it. So
+``pdnet --help`` and the argument errors of every command answer without importing
+torch, and each command imports only what it uses.
+"""
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
+
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "PDNet": "model",
+    "PDNetConfig": "model",
+    "ReferenceState": "model",
+    "load_release_state_dict": "model",
+    "to_release_state_dict": "model",
+    "load": "inference",
+    "segment_video": "inference",
+}
+
+#: subpackages and modules reachable as attributes (``pdnet.ops.part_attention``)
+#: without importing them first
+_SUBMODULES = (
+    "cli",
+    "data",
+    "demo",
+    "evaluation",
+    "inference",
+    "kernels",
+    "losses",
+    "model",
+    "ops",
+    "preprocess",
+    "train",
+)
 
 __all__ = [
     "PDNet",
@@ -16,3 +49,29 @@ __all__ = [
     "ops",
     "__version__",
 ]
+
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from . import ops
+    from .inference import load, segment_video
+    from .model import PDNet, PDNetConfig, ReferenceState, load_release_state_dict, to_release_state_dict
+
+
+def __getattr__(name: str) -> "_typing.Any":
+    """Imports the submodule behind ``name`` on first use (PEP 562)."""
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        try:
+            value = _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # e.g. pdnet.kernels in an install without kernels/
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r} ({exc})") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> "list[str]":
+    return sorted({k for k in globals() if not k.startswith("_")} | set(__all__) | set(_SUBMODULES))

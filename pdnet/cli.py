@@ -4,29 +4,43 @@ Each command lives in its own module exposing ``add_parser(subparsers)``, which
 registers the sub-command and sets ``func`` to a callable taking the parsed
 arguments and returning an exit code. Errors a user can fix (a bad path, a bad
 value) are raised as :class:`UserError` and printed as one line, without a traceback.
+
+Only the module of the command being run is imported (:data:`COMMANDS` holds the
+one-line summaries that ``pdnet --help`` lists), and command modules import torch and
+the model inside ``func``, not at import time: ``pdnet --help``, ``pdnet <command>
+--help`` and argument errors answer in a fraction of a second.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
+
+#: command -> (module that defines it with ``add_parser``, the summary ``pdnet --help``
+#: lists, the same as that module's ``help=``), in help order
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "demo": ("pdnet.demo",
+             "the whole pipeline on synthetic data: synth, train demo-cpu, evaluate, segment, report (CPU)"),
+    "segment": ("pdnet.inference.cli",
+                "segment a video or a folder of frames: mask PNGs, optional overlay / composite videos"),
+    "synth": ("pdnet.data.synth", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
+    "train": ("pdnet.train.cli", "train PDNet with the release recipe (resumable; multi-GPU via torchrun)"),
+    "evaluate": ("pdnet.evaluation.cli", "DAVIS J&F of predicted mask PNGs against ground truth"),
+}
 
 #: modules that contribute sub-commands, in help order
-COMMAND_MODULES = [
-    "pdnet.demo",
-    "pdnet.inference.cli",
-    "pdnet.data.synth",
-    "pdnet.train.cli",
-    "pdnet.evaluation.cli",
-]
+COMMAND_MODULES = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
 class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``pdnet`` parser. Sub-command ``command`` gets its full parser (its module
+    is imported); the others are listed by name and summary only. ``"all"`` imports
+    every command module and builds every full parser."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -35,13 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pdnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    for name, (module, summary) in COMMANDS.items():
+        if command in (name, "all"):
+            importlib.import_module(module).add_parser(sub)
+            if name not in sub.choices:
+                raise RuntimeError(f"{module}.add_parser did not register the command {name!r}")
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    """The sub-command named in ``argv``: its first word that is not an option (the
+    top-level options take no value)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is positional: the command is the next word
+            return args[i + 1] if i + 1 < len(args) else None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from pdnet.cli import main
 
 
@@ -27,18 +29,23 @@ def test_console_script_installed():
 
 def test_demo_pipeline_end_to_end(tmp_path, capsys):
     """`pdnet demo` (the README's main job) on a tiny budget: synth, J&F before/after,
-    training, segmenting a held-out clip, and the report naming real files."""
+    training, segmenting a held-out clip, and the report naming real files. The
+    recipe (50 epochs) does not fit the 12-s budget, so the time budget ends training
+    (after at least one step) and the report says so."""
     import json
     from pathlib import Path
 
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--clips", "5", "--frames", "3", "--synth-size", "64x64",
-                 "--set", "train.epochs=1", "--set", "data.size=64", "--set", "data.workers=0",
-                 "--set", "train.batch_size=2", "--set", "log.progress=false"])
+    code = main(["demo", "--out", str(out), "--minutes", "0.2", "--clips", "5", "--frames", "3",
+                 "--synth-size", "64x64", "--set", "train.epochs=50", "--set", "data.size=64",
+                 "--set", "data.workers=0", "--set", "train.batch_size=2", "--set", "log.progress=false"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert 0.0 <= report["J&F_before"] <= 1.0 and 0.0 <= report["J&F_after"] <= 1.0
     assert report["steps"] >= 1 and Path(report["checkpoint"]).is_file() and Path(report["metrics"]).is_file()
+    assert report["stopped_by_time_budget"] and report["steps"] < report["recipe_steps"]
+    assert report["epochs"] == pytest.approx(report["steps"] * 50 / report["recipe_steps"], abs=0.01)
+    assert set(report["stage_seconds"]) == {"synth", "setup", "validate_before", "train", "validate_after", "segment"}
     seg = report["segmented"]
     frames = sorted((out / "data" / "JPEGImages" / "480p" / seg["clip"]).glob("*.jpg"))
     masks = sorted(Path(seg["masks"]).glob("*.png"))
