@@ -147,6 +147,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     p_feats, y_feats, masks = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
+        from pdnet.ops._higher_order import assemble_parts_formula, backward_by_formula
+
+        return backward_by_formula(assemble_parts_formula, (p_feats, y_feats, masks), (grad,), ctx.needs_input_grad)
     dpy, dr = assemble_parts_bwd(grad, p_feats, y_feats, masks)
     need = ctx.needs_input_grad
     return (dpy if need[0] else None), (dpy if need[1] else None), (dr if need[2] else None)

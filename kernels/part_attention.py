@@ -422,6 +422,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, key_mask = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
+        from pdnet.ops._higher_order import attention_with_lse, backward_by_formula
+
+        return backward_by_formula(attention_with_lse, (q, k, v, ctx.scale, key_mask), (dout, None),
+                                   ctx.needs_input_grad)
     mask_grad = key_mask is not None and ctx.needs_input_grad[4]
     dq, dk, dv, dkm = part_attention_bwd(dout, q, k, v, out, lse, ctx.scale, key_mask, mask_grad)
     return dq, dk, dv, None, (dkm if mask_grad else None)

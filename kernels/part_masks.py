@@ -145,6 +145,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     part_logits, gate = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
+        from pdnet.ops._higher_order import backward_by_formula, part_masks_formula
+
+        return backward_by_formula(part_masks_formula(ctx.gate_is_logit), (part_logits, gate), (grad,),
+                                   ctx.needs_input_grad) + (None,)
     gate_grad = ctx.needs_input_grad[1]
     dd, dg = part_masks_bwd(grad, part_logits, gate, ctx.gate_is_logit, gate_grad)
     return dd, (dg if gate_grad else None), None

@@ -10,6 +10,13 @@ Every op takes a ``backend`` argument:
 
 Asking for a backend that is not available raises an error naming those that are.
 All inputs are validated here, before any backend runs.
+
+Every backend gives the reference's results, non-finite values included: NaN and inf
+in the inputs (or a NaN / infinite ``scale``) appear at the same places of the output
+and of every gradient as with ``backend="reference"``. The one documented exception is
+:func:`part_attention`'s fully masked row (see there). Gradients of every order are
+exact in every backend: a backward run with ``create_graph=True`` differentiates the
+op's PyTorch formula (:mod:`pdnet.ops._higher_order`) instead of the backward kernels.
 """
 from __future__ import annotations
 
@@ -72,6 +79,11 @@ def part_attention(
 
     Returns:
         Tensor[B, p, Nq, d]: softmax over keys of (q k^T * scale + key_mask) times v.
+        A query row whose scores are all -inf (every key masked) has attention weights
+        0 in the kernel backends: its output is 0 (0 * v, so NaN only where v is not
+        finite) and it passes no gradient; the reference's softmax gives NaN there.
+        Otherwise NaN / inf propagate as in the reference (a NaN in a row of k, or
+        scale=nan, gives NaN in every query row that attends that key).
     """
     _checks.check_part_attention(q, k, v, scale, key_mask)
     return resolve("part_attention", backend, q.device)(q, k, v, float(scale), key_mask)

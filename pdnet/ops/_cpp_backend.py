@@ -7,7 +7,10 @@ This module adds what torch needs beyond the kernels:
 * fake (meta) kernels with :func:`torch.library.register_fake`, so that
   ``torch.compile``, ``torch.export`` and ``torch.library.opcheck`` can trace the ops;
 * autograd formulas with :func:`torch.library.register_autograd`; every backward is
-  itself a ``torch.ops.pdnet.*_backward`` op, dispatched per device;
+  itself a ``torch.ops.pdnet.*_backward`` op, dispatched per device. A backward run
+  with ``create_graph=True`` (grad mode on inside the formula) differentiates the op's
+  PyTorch formula instead (:mod:`pdnet.ops._higher_order`), so that second- and
+  higher-order gradients are exact;
 
 and registers the backend ``"cpp"`` with :func:`pdnet.ops.register_backend` for the
 devices the extension was built for. When the extension cannot be loaded (not built,
@@ -18,8 +21,10 @@ reference ops. Importing this module never raises.
 Ops (shapes: B batch, p parts, Nq/Nk queries/keys, d head dim, C channels):
 
 * ``part_attention(q, k, v, scale, key_mask) -> (out, lse)``: out [B,p,Nq,d], lse
-  [B,p,Nq] in float32 (float64 for float64 inputs). A query row whose keys are all
-  masked to -inf gets out = 0, lse = -inf and zero gradients (the reference gives NaN).
+  [B,p,Nq] in float32 (float64 for float64 inputs). A query row whose scores are all
+  -inf (every key masked) gets attention weights 0: out = 0 (0 * v: NaN only where v
+  is not finite), lse = -inf and no gradient (the reference's softmax gives NaN). NaN
+  and inf otherwise propagate as in the reference.
 * ``part_masks(part_logits, gate, gate_is_logit) -> masks``.
 * ``assemble_parts(p_feats, y_feats, masks) -> out``.
 * ``area_variance(x) -> (loss, areas)``: areas [B,p] (opmath dtype) are saved for the
@@ -35,6 +40,7 @@ from typing import Optional
 
 import torch
 
+from . import _higher_order
 from ._dispatch import mark_unavailable, register_backend
 
 _C = None
@@ -114,6 +120,11 @@ def _register_autograd() -> None:
 
     def pa_backward(ctx, grad_out, grad_lse):
         q, k, v, out, lse, key_mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable formula (_higher_order)
+            return _higher_order.backward_by_formula(
+                _higher_order.attention_with_lse, (q, k, v, ctx.scale, key_mask), (grad_out, grad_lse),
+                ctx.needs_input_grad,
+            )
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         mask_grad = ctx.has_mask and ctx.needs_input_grad[4]
@@ -133,6 +144,11 @@ def _register_autograd() -> None:
 
     def pm_backward(ctx, grad_out):
         part_logits, masks, gate = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _higher_order.backward_by_formula(
+                _higher_order.part_masks_formula(ctx.gate_is_logit), (part_logits, gate), (grad_out,),
+                ctx.needs_input_grad,
+            ) + (None,)
         need_gate = bool(ctx.needs_input_grad[1])
         gl, gg = ops.part_masks_backward(grad_out, part_logits, masks, gate, ctx.gate_is_logit, need_gate)
         return (gl if ctx.needs_input_grad[0] else None, gg if need_gate else None, None)
@@ -145,6 +161,10 @@ def _register_autograd() -> None:
 
     def ap_backward(ctx, grad_out):
         p_feats, y_feats, masks = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _higher_order.backward_by_formula(
+                _higher_order.assemble_parts_formula, (p_feats, y_feats, masks), (grad_out,), ctx.needs_input_grad
+            )
         need_p, need_y, need_m = ctx.needs_input_grad[:3]
         gf, gm = ops.assemble_parts_backward(
             grad_out, p_feats, y_feats, masks, bool(need_p or need_y), bool(need_m)
@@ -163,6 +183,10 @@ def _register_autograd() -> None:
 
     def av_backward(ctx, grad_loss, grad_areas):
         x, areas = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _higher_order.backward_by_formula(
+                _higher_order.area_variance_formula, (x,), (grad_loss,), ctx.needs_input_grad
+            )[0]
         coef = ops.area_variance_backward(grad_loss, x, areas)  # [B, p]
         # one value per (b, part): broadcast, as torch's sum backward does
         return coef[:, :, None, None].expand(x.shape)
