@@ -18,28 +18,38 @@
 - :class:`DataError` (a ``ValueError`` naming the bad file, also when raised in a
   DataLoader worker), :class:`DataWarning`.
 """
-from .augment import PairAugment, PairBatch, collate_pairs, normalize_uint8, prepare_batch
-from .datasets import (
-    ImagePairDataset,
-    PairDataset,
-    VideoPairDataset,
-    build_dataset,
-    make_loader,
-    sample_rng,
-    seed_worker,
-)
-from .errors import DataError, DataWarning
-from .io import decode_mask, probe, read_image, read_mask, read_rgba
-from .layouts import (
-    LAYOUTS,
-    Clip,
-    detect_layout,
-    scan_davis,
-    scan_image_folders,
-    scan_mvps,
-    scan_pphumanseg,
-    validate_clips,
-)
+import importlib as _importlib
+
+#: public name -> submodule defining it; imported on first use (PEP 562), so that
+#: ``pdnet.data.errors`` or ``pdnet synth --help`` do not import torch
+_EXPORTS = {
+    **dict.fromkeys(("PairAugment", "PairBatch", "collate_pairs", "normalize_uint8", "prepare_batch"), "augment"),
+    **dict.fromkeys(
+        ("ImagePairDataset", "PairDataset", "VideoPairDataset", "build_dataset", "make_loader", "sample_rng",
+         "seed_worker"),
+        "datasets",
+    ),
+    **dict.fromkeys(("DataError", "DataWarning"), "errors"),
+    **dict.fromkeys(("decode_mask", "probe", "read_image", "read_mask", "read_rgba"), "io"),
+    **dict.fromkeys(
+        ("LAYOUTS", "Clip", "detect_layout", "scan_davis", "scan_image_folders", "scan_mvps", "scan_pphumanseg",
+         "validate_clips"),
+        "layouts",
+    ),
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "Clip",

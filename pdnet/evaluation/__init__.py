@@ -7,9 +7,46 @@
 - :mod:`pdnet.evaluation.reference`: the per-frame NumPy transcription of the toolkit
   (oracle and benchmark baseline).
 """
-from .evaluate import PROTOCOLS, EvalResult, SequenceResult, Stats, binarize, evaluate, evaluate_arrays
-from .io import EvaluationError
-from .metrics import boundary_f, boundary_radius, flicker, jaccard, statistics
+import importlib as _importlib
+import sys as _sys
+import types as _types
+
+#: public name -> submodule defining it; imported on first use (PEP 562), so that
+#: ``pdnet evaluate --help`` and argument errors do not import torch
+_EXPORTS = {
+    **dict.fromkeys(
+        ("PROTOCOLS", "EvalResult", "SequenceResult", "Stats", "binarize", "evaluate", "evaluate_arrays"), "evaluate"
+    ),
+    "EvaluationError": "io",
+    **dict.fromkeys(("boundary_f", "boundary_radius", "flicker", "jaccard", "statistics"), "metrics"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(_types.ModuleType):
+    """Keeps ``pdnet.evaluation.evaluate`` the function: importing the submodule of the
+    same name sets the package attribute to the module (the eager ``from .evaluate
+    import evaluate`` used to rebind it)."""
+
+    def __setattr__(self, name, value):
+        if name == "evaluate" and isinstance(value, _types.ModuleType):
+            value = value.evaluate
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "PROTOCOLS",
