@@ -160,6 +160,8 @@ def test_stray_value_in_01_sequence_changes_only_its_frame(tmp_path):
     assert len(msgs) == 1 and msgs[0].startswith(str(stray)), msgs
     j = r.sequences["s"].j_frames
     assert j.tolist() == [1.0, 1.0, 0.0, 1.0]
+    code, err = _cli(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")])
+    assert code == 0 and err.strip().splitlines()[-1].startswith(f"pdnet evaluate: warning: {stray}: "), err
     # in memory, the same rule per frame
     pred = np.stack([b.astype(np.uint8) for b in box])
     pred[2, 0, 0] = 2
