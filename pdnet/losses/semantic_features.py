@@ -13,8 +13,10 @@ class SemanticFeatures(nn.Module):
     """Frozen ResNet-18 up to layer4: Tensor[B, 3, H, W] -> Tensor[B, 512, H/32, W/32].
 
     Loads ImageNet weights from ``weights`` (a torchvision state_dict file) or from
-    torchvision's hub cache when present; never downloads. Without weights it warns
-    and stays random (the semantic loss is then only a regulariser).
+    torchvision's hub cache when present; never downloads. Without weights (None, or
+    no cached file) it warns and stays random (the semantic loss is then only a
+    regulariser). A weights file that does not exist, cannot be read or is not a
+    torchvision ResNet-18 raises (FileNotFoundError / RuntimeError naming the file).
     Always in eval mode, no gradients.
     """
 

@@ -1,6 +1,7 @@
 """Configuration of a PDNet model."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Tuple
 
@@ -13,6 +14,10 @@ BACKBONE_CHANNELS: Dict[str, Tuple[int, int, int, int]] = {
 }
 
 LOSS_VARIANTS = ("release", "paper")
+
+#: values of ``ops_backend``: auto, the backends of pdnet.ops and their aliases (cuda = cpp,
+#: torch = reference)
+OPS_BACKENDS = ("auto", "reference", "triton", "cpp", "cuda", "torch")
 
 
 @dataclass
@@ -34,7 +39,8 @@ class PDNetConfig:
         decoder_channels: decoder width (release: 128).
         ipda_channels: IPDA feature width (release: 64).
         attention_dim: query/key/value width d (release: 32).
-        ops_backend: backend of the hot-path ops (``auto``, ``reference``, ``triton``, ``cpp``).
+        ops_backend: backend of the hot-path ops (``auto``, ``reference``, ``triton``, ``cpp``;
+            aliases ``cuda`` = cpp, ``torch`` = reference).
     """
 
     backbone: str = "resnet50"
@@ -58,8 +64,16 @@ class PDNetConfig:
             )
         if not isinstance(self.parts, int) or not 1 <= self.parts <= 8:
             raise ValueError(f"PDNetConfig.parts must be an integer in 1..8, got {self.parts!r}")
-        if self.ipda_stride < 1:
-            raise ValueError(f"PDNetConfig.ipda_stride must be >= 1, got {self.ipda_stride}")
+        if isinstance(self.ipda_stride, bool) or not isinstance(self.ipda_stride, int) or self.ipda_stride < 1:
+            raise ValueError(f"PDNetConfig.ipda_stride must be an integer >= 1, got {self.ipda_stride!r}")
+        if (
+            isinstance(self.attention_scale, bool)
+            or not isinstance(self.attention_scale, (int, float))
+            or not math.isfinite(self.attention_scale)
+        ):
+            raise ValueError(f"PDNetConfig.attention_scale must be a finite number, got {self.attention_scale!r}")
+        if self.ops_backend not in OPS_BACKENDS:
+            raise ValueError(f"PDNetConfig.ops_backend must be one of {OPS_BACKENDS}, got {self.ops_backend!r}")
         if len(self.input_size) != 2 or any(s <= 0 or s % 32 for s in self.input_size):
             raise ValueError(
                 f"PDNetConfig.input_size must be (H, W) with both multiples of 32, got {self.input_size}"

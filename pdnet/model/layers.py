@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from typing import List, Optional
 
 import torch
@@ -79,9 +80,16 @@ class ResNetEncoder(nn.Module):
     def load_imagenet(self, source: Optional[str] = "cache") -> bool:
         """Load ImageNet weights without touching the network.
 
-        ``source`` is a path to a torchvision ResNet state_dict, or ``"cache"`` to
-        use torchvision's file if it is already in the torch hub cache. Returns
-        True when weights were loaded; otherwise warns that the backbone starts random.
+        ``source`` is a path to a torchvision ResNet state_dict, ``"cache"`` to use
+        torchvision's file if it is already in the torch hub cache, or None. Returns True
+        when weights were loaded; False (with a warning that the backbone starts random)
+        for None or a cache without the file.
+
+        Raises:
+            FileNotFoundError: ``source`` names a file that does not exist.
+            RuntimeError: the file (given or cached) cannot be read, is not a
+                torchvision state_dict of this ResNet, or holds NaN / inf; the message
+                names the file.
         """
         path = source
         if source == "cache":
@@ -90,6 +98,10 @@ class ResNetEncoder(nn.Module):
             weights = getattr(torchvision.models, _TORCHVISION_WEIGHTS[self.name]).IMAGENET1K_V1
             fname = os.path.basename(weights.url)
             path = os.path.join(torch.hub.get_dir(), "checkpoints", fname)
+        elif source is not None and not os.path.isfile(source):
+            raise FileNotFoundError(
+                f"ImageNet weights {source} " + ("is not a file" if os.path.exists(source) else "not found")
+            )
         if path is None or not os.path.isfile(path):
             warnings.warn(
                 f"no ImageNet weights for {self.name} found ({path}); the backbone starts from random "
@@ -97,14 +109,27 @@ class ResNetEncoder(nn.Module):
                 stacklevel=2,
             )
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RuntimeError(f"cannot read ImageNet weights {path} ({type(exc).__name__}: {first})") from None
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise RuntimeError(f"{path} is not a torchvision {self.name} state_dict (it holds a {type(state).__name__})")
+        state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or mismatched:
             raise RuntimeError(
                 f"{path} is not a torchvision {self.name} checkpoint: missing keys {missing[:8]}, "
-                f"unexpected keys {unexpected[:8]}"
+                f"unexpected keys {unexpected[:8]}, shape mismatches {mismatched[:8]}"
             )
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise RuntimeError(f"ImageNet weights {path}: tensor {bad[0]} holds NaN or inf values")
+        self.load_state_dict(state, strict=True)
         return True
 
 

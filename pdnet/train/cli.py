@@ -12,51 +12,112 @@ def add_parser(sub) -> None:
         "train",
         help="train PDNet with the release recipe (resumable; multi-GPU via torchrun)",
         description="Train PDNet. Configs: a YAML file or a shipped name (release, demo-cpu). "
-        "Multi-GPU: torchrun --nproc_per_node=N -m pdnet train ...",
+        "Multi-GPU: torchrun --nproc_per_node=N -m pdnet train ... "
+        "Every config value and flag is checked before any data is read (one-line errors, exit code 2). "
+        "Ctrl-C (SIGINT) or SIGTERM: the run writes RUN/last.pt after the current step and exits "
+        "(code 130 for SIGINT, 143 for SIGTERM; a second Ctrl-C stops at once, last.pt stays the "
+        "previous complete checkpoint). A loss that turns NaN/inf stops the run (exit code 2) naming the "
+        "step and the loss terms, last.pt keeping the last finite weights (train.nonfinite=skip skips "
+        "such steps instead).",
     )
     p.add_argument("--config", default="release", help="YAML config file or shipped name (default: release)")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="video dataset folder (layout detected); repeatable; adds to data.video")
     p.add_argument("--out", help="run folder (checkpoints, metrics, TensorBoard)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps in total")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
+    p.add_argument("--max-steps", metavar="N", help="stop after this many steps in total (an integer >= 1)")
+    p.add_argument("--max-minutes", metavar="M",
+                   help="stop (with a checkpoint) after this much wall time (a number > 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-3 --set data.size=256")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _max_steps(raw):
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise UserError(f"--max-steps must be an integer >= 1, got {raw!r}")
+    return value
+
+
+def _max_minutes(raw):
+    import math
+
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise UserError(f"--max-minutes must be a finite number > 0, got {raw!r}")
+    return value
+
+
+def _run_folder(flag: str, value: str):
+    """The run folder of --out / --resume, refused when it cannot be one."""
     from pathlib import Path
 
-    import yaml
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {value} is a file, not a run folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {value}: {parent} is a file, not a folder")
+            break
+    return out
 
-    from ..data.errors import DataError
-    from .config import ConfigError, load_config
-    from .loop import Trainer, TrainError
 
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+    from pathlib import Path
+
+    from .config import ConfigError, load_config, read_yaml_mapping
+
+    # flags and config first: nothing heavy is imported before they are known good
     if not args.out and not args.resume:
         raise UserError("give --out RUN for a new run or --resume RUN to continue one")
     if args.out and args.resume and Path(args.out) != Path(args.resume):
         raise UserError(f"--out {args.out} and --resume {args.resume} name different runs")
-    out = Path(args.resume or args.out)
+    max_steps, max_minutes = _max_steps(args.max_steps), _max_minutes(args.max_minutes)
+    out = _run_folder("--resume" if args.resume else "--out", args.resume or args.out)
+    for d in args.data:
+        if not Path(d).is_dir():
+            raise UserError(f"--data {d}: " + ("not a folder" if Path(d).exists() else "folder not found"))
     try:
         if args.resume:
             saved = out / "config.yaml"
             if not saved.is_file():
                 raise UserError(f"cannot resume: {saved} not found (is {out} a run folder?)")
-            cfg = load_config(None, args.set, base=yaml.safe_load(saved.read_text()))
+            base = read_yaml_mapping(saved)
+            cfg = load_config(None, args.set, base=base, base_name=str(saved), resume=True)
         else:
             cfg = load_config(args.config, args.set)
-        for d in args.data:
-            if not Path(d).is_dir():
-                raise UserError(f"--data {d}: folder not found")
-            entry = {"kind": "auto", "root": str(Path(d).resolve())}
-            if entry not in cfg["data"]["video"]:
-                cfg["data"]["video"].append(entry)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    for d in args.data:
+        entry = {"kind": "auto", "root": str(Path(d).resolve())}
+        if entry not in cfg["data"]["video"]:
+            cfg["data"]["video"].append(entry)
+
+    from ..data.errors import DataError
+    from .loop import Trainer, TrainError, TrainInterrupted
+
+    try:
         trainer = Trainer(cfg, out, resume=bool(args.resume), device=args.device)
-        result = trainer.fit(args.max_steps, None if args.max_minutes is None else 60 * args.max_minutes)
+        result = trainer.fit(max_steps, None if max_minutes is None else 60 * max_minutes)
+    except TrainInterrupted as stop:
+        how = "interrupted" if stop.signum == signal.SIGINT else "terminated"
+        print(f"pdnet train: {how} ({signal.Signals(stop.signum).name}) {stop}", file=sys.stderr)
+        return 128 + stop.signum
     except (ConfigError, TrainError, DataError) as exc:
         raise UserError(str(exc)) from None
     if trainer.is_main:

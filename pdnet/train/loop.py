@@ -11,6 +11,16 @@ An epoch is one pass over the video data plus the image steps interleaved with i
 the epoch of a step is a pure function of the step number. Data order and augmentation
 are functions of (seed, epoch, position), so a run resumed from ``RUN/last.pt`` replays
 exactly the batches the uninterrupted run would have seen.
+
+Safety: a step whose loss is NaN / inf stops the run with :class:`NonFiniteLoss` naming
+the step and the loss terms (``train.nonfinite=stop``; checked without a device sync at
+each log line, checkpoint and at least every 64 steps; ``RUN/last.pt`` stays the last
+checkpoint with finite weights, as a checkpoint is never written with NaN / inf
+tensors), or is skipped without an optimizer update (``train.nonfinite=skip``, at most
+``train.max_skips`` in a row). SIGINT (Ctrl-C) and SIGTERM during :meth:`Trainer.fit`
+write a checkpoint after the current step and raise :class:`TrainInterrupted` (a second
+signal stops at once, leaving the previous checkpoint). Temporary files of checkpoint
+writes killed midway (``.last.pt.*.tmp``) are removed when a run starts in the folder.
 """
 from __future__ import annotations
 
@@ -18,6 +28,9 @@ import json
 import math
 import os
 import random
+import re
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -153,16 +166,84 @@ def set_rng_state(st: Dict[str, Any]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through ``.NAME.XXXX.tmp`` and ``os.replace``; the
+    temporary file is removed when the write fails."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+#: temporary files of the run folder's atomic writes (checkpoints, config.yaml), left
+#: behind when a process is killed midway
+STALE_TEMPORARY = re.compile(r"^\.(?:last\.pt|best\.pt|config\.yaml)\.(?:[A-Za-z0-9_]+\.)?tmp$")
+
+
+def remove_stale_temporaries(folder: Path) -> List[Path]:
+    """Remove the temporary files of killed checkpoint / config writes in ``folder``."""
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if STALE_TEMPORARY.match(p.name) and p.is_file():
+                try:
+                    size = p.stat().st_size
+                    p.unlink()
+                    removed.append((p, size))
+                except OSError:
+                    pass
+    return removed
+
+
+def resolve_device(spec: Optional[str]) -> Optional[torch.device]:
+    """The training device named by ``spec`` (cpu, cuda, cuda:N; None: not chosen).
+
+    Raises:
+        TrainError: not a device, not cpu / cuda, or a CUDA device this machine lacks.
+    """
+    if spec is None:
+        return None
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise TrainError(f"--device {spec}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"--device {spec}: training runs on cpu or cuda devices, not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {spec}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 # ----------------------------------------------------------------------------- trainer
 
 
 class TrainError(RuntimeError):
-    """A problem that stops training before it starts (bad checkpoint, bad run folder)."""
+    """A problem that stops training (bad checkpoint, bad run folder, a non-finite loss,
+    a failed checkpoint write); one line, naming the file, value or step."""
+
+
+class NonFiniteLoss(TrainError):
+    """The loss turned NaN / inf (``train.nonfinite``); names the step and the terms."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped :meth:`Trainer.fit`; ``signum`` is the signal, the message
+    says which step the run folder's ``last.pt`` holds."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def _resolve_amp(mode: str, device: torch.device):
@@ -191,8 +272,16 @@ class Trainer:
         echo=print,
     ) -> None:
         self.cfg, self.out, self.echo = cfg, Path(out), echo
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(f"{self.out} is a file, not a run folder")
         self._init_distributed(device)
         tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+        #: step of the newest checkpoint in ``out`` (None: none written or resumed)
+        self.saved_step: Optional[int] = None
+        #: non-finite steps skipped so far (train.nonfinite=skip), and in a row
+        self.skipped_steps, self._skips_in_row = 0, 0
+        self._pending: List[Any] = []  # (step, image, terms) not yet checked for finiteness
+        self._signal: Optional[int] = None
         keep = tc.get("keep_freed_memory", "auto")
         #: whether this process's malloc keeps freed memory (train.keep_freed_memory)
         self.keeps_freed_memory = False
@@ -207,25 +296,41 @@ class Trainer:
                 "or choose another --out"
             )
         resume_state = self._read_resume(ckpt_path) if resume else None
+        if self.is_main:
+            removed = remove_stale_temporaries(self.out)
+            if removed:
+                mib = sum(size for _, size in removed) / 2**20
+                self.echo(f"removed {len(removed)} temporary file(s) ({mib:.1f} MiB) left in {self.out} by a killed run")
 
         torch.manual_seed(tc["seed"] + self.rank)
         random.seed(tc["seed"] + self.rank)
         np.random.seed(tc["seed"] + self.rank)
         size = (dc["size"], dc["size"]) if isinstance(dc["size"], int) else tuple(dc["size"])
-        self.model_config = PDNetConfig(
-            backbone=mc["backbone"],
-            parts=mc["parts"],
-            attention_scale=mc["attention_scale"],
-            ipda_stride=mc["ipda_stride"],
-            input_size=size,
-            loss_variant=mc["loss_variant"],
-            ops_backend=mc["ops_backend"],
-        )
+        try:
+            self.model_config = PDNetConfig(
+                backbone=mc["backbone"],
+                parts=mc["parts"],
+                attention_scale=mc["attention_scale"],
+                ipda_stride=mc["ipda_stride"],
+                input_size=size,
+                loss_variant=mc["loss_variant"],
+                ops_backend=mc["ops_backend"],
+            )
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        self._check_ops_backend(mc["ops_backend"])
         model = PDNet(self.model_config)
         if mc["imagenet"] and resume_state is None:
-            model.encoder.load_imagenet(mc["imagenet"])
+            try:
+                model.encoder.load_imagenet(mc["imagenet"])
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise TrainError(f"model.imagenet: {exc}") from None
         basis = L.PartBasis(self.model_config.parts, L.SemanticFeatures.channels)
-        self.semantic = L.SemanticFeatures(tc["semantic_features"]).to(self.device)
+        try:
+            semantic = L.SemanticFeatures(tc["semantic_features"])
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise TrainError(f"train.semantic_features: {exc}") from None
+        self.semantic = semantic.to(self.device)
         self.module = TrainModule(model, basis).to(self.device)
         self.channels_last = bool(tc["channels_last"])
         if self.channels_last:
@@ -273,12 +378,24 @@ class Trainer:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
+
+    def _check_ops_backend(self, backend: str) -> None:
+        """A backend named explicitly must run every op on the training device."""
+        if backend == "auto":
+            return
+        from ..ops._dispatch import OPS, resolve
+
+        for op in OPS:
+            try:
+                resolve(op, backend, self.device)
+            except (RuntimeError, ValueError) as exc:
+                raise TrainError(f"model.ops_backend={backend}: {exc}") from None
 
     def _datasets(self, group: str, split: str, augment: bool):
         from ..data import build_dataset
@@ -374,6 +491,14 @@ class Trainer:
         return x
 
     def train_step(self, batch: Dict[str, Any], image: bool) -> Dict[str, torch.Tensor]:
+        """One optimizer step; returns the detached loss terms. With ``train.nonfinite=skip``
+        a step whose total loss is NaN / inf (on any rank) changes nothing (no update, the
+        BatchNorm statistics of its forward pass undone) and returns terms with
+        ``"skipped"`` set."""
+        skip_mode = self.cfg["train"]["nonfinite"] == "skip"
+        if skip_mode:  # the forward pass updates BatchNorm statistics: keep them to undo a skipped step
+            buffers = list(self.module.buffers())
+            kept = [b.clone() for b in buffers]
         # uint8 / raw batches are finished (normalised, resized) on the training device
         batch = prepare_batch(batch, self.device)
         x_t, m_t = self._to_device(batch["target"]), self._to_device(batch["target_mask"])
@@ -393,6 +518,17 @@ class Trainer:
                     self.model_config.ops_backend, self.cfg["train"]["semantic_impl"],
                 )
         self.optimizer.zero_grad(set_to_none=True)
+        if skip_mode:
+            finite = torch.isfinite(terms["total"].detach()).to(torch.int32)
+            if self.world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not bool(finite):  # one device sync per step, in this mode only
+                with torch.no_grad():
+                    for b, k in zip(buffers, kept):
+                        b.copy_(k)
+                out = {k: v.detach() for k, v in terms.items()}
+                out["skipped"] = torch.ones((), device=terms["total"].device)
+                return out
         self.scaler.scale(terms["total"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -409,14 +545,33 @@ class Trainer:
             "streams": {"video": self.video.state(), "image": self.image.state()},
             "rng": rng_state(),
             "train_config": self.cfg,
+            "nonfinite_skipped": self.skipped_steps,
         }
 
+    def _on_disk(self) -> str:
+        last = self.out / "last.pt"
+        return f"{last} holds step {self.saved_step}" if self.saved_step is not None else "no checkpoint was written"
+
     def save(self) -> Optional[Path]:
+        """Write ``out/last.pt`` (main process); first checks the pending losses
+        (train.nonfinite=stop), so that a checkpoint never follows a non-finite step.
+
+        Raises:
+            NonFiniteLoss: a checked loss is NaN / inf.
+            TrainError: the weights hold NaN / inf, or the write failed (disk full ...);
+                ``last.pt`` is left as it was.
+        """
+        self._check_pending()
         if not self.is_main:
             return None
-        from ..inference.checkpoint import save_model_checkpoint
+        from ..inference.checkpoint import CheckpointError, save_model_checkpoint
 
-        return save_model_checkpoint(self.out / "last.pt", self.model, self.state())
+        try:
+            path = save_model_checkpoint(self.out / "last.pt", self.model, self.state())
+        except CheckpointError as exc:
+            raise TrainError(f"step {self.step}: {exc}; {self._on_disk()}") from None
+        self.saved_step = self.step
+        return path
 
     def _read_resume(self, path: Path) -> Dict[str, Any]:
         from ..inference.checkpoint import CheckpointError, read_checkpoint
@@ -453,6 +608,8 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainError(f"cannot resume from {path}: incompatible state ({exc})") from None
         self.step = int(ckpt["step"])
+        self.saved_step = self.step
+        self.skipped_steps = int(ckpt.get("nonfinite_skipped", 0))
         self.video.load_state(ckpt["streams"]["video"])
         self.image.load_state(ckpt["streams"]["image"])
         set_rng_state(ckpt["rng"])
@@ -476,6 +633,9 @@ class Trainer:
         limit = self.cfg["log"]["val_clips"] or None
         for ds in self.val:
             for clip_idx, clip in enumerate(ds.clips[:limit]):
+                if self._signal is not None:  # stopping: no time for validation
+                    model.train(was_training)
+                    return None
                 start = ds.clip_start(clip_idx)
                 state = None
                 pred_list, gt_list = [], []
@@ -498,22 +658,37 @@ class Trainer:
     def fit(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> Dict[str, Any]:
         """Train until ``max_steps`` (total, counting resumed steps), ``max_seconds`` of
         wall time (checked after each step; a checkpoint is written at the stop) or the
-        end of the recipe."""
+        end of the recipe.
+
+        Returns:
+            ``{"step", "val", "pairs_per_s", "seconds", "checkpoint", "checkpoint_step",
+            "skipped_steps", "metrics"}``; ``checkpoint`` is the newest checkpoint of the
+            run folder (None when none was written, e.g. ``max_steps`` 0 on a new run).
+
+        Raises:
+            NonFiniteLoss: the loss turned NaN / inf (train.nonfinite).
+            TrainError: a checkpoint or metrics write failed.
+            TrainInterrupted: SIGINT / SIGTERM (after writing a checkpoint at the step
+                that was running; a second signal stops at once).
+        """
         lc = self.cfg["log"]
-        limit = self.total_steps if max_steps is None else min(max_steps, self.total_steps)
+        limit = self.total_steps if max_steps is None else max(0, min(max_steps, self.total_steps))
         started = time.perf_counter()
         deadline = None if max_seconds is None else started + max_seconds
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+            except OSError as exc:
+                raise TrainError(f"cannot write {self.out / 'config.yaml'}: {exc.strerror or exc}") from None
         writer = self._tensorboard() if self.is_main and lc["tensorboard"] else None
         bar = None
         if self.is_main and lc["progress"]:
             from tqdm import tqdm
 
-            bar = tqdm(total=limit, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=limit, initial=min(self.step, limit), desc="train", unit="step", dynamic_ncols=True)
         self.module.train()
         sums: Dict[str, torch.Tensor] = {}
         counts: Dict[str, int] = {}
@@ -521,55 +696,151 @@ class Trainer:
         last_val = None
         pairs_per_s = 0.0
         run_pairs = 0
-        while self.step < limit:
-            image = self.is_image_step(self.step)
-            lr = self._set_lr(self.step, image)
-            batch = (self.image if image else self.video).next()
-            terms = self.train_step(batch, image)
-            self.step += 1
-            pairs += batch["target"].shape[0] * self.world
-            run_pairs += batch["target"].shape[0] * self.world
-            named = {"total": terms["total"], ("image." if image else "video.") + "total": terms["total"]}
-            if not image:
-                named.update((f"video.{k}", v) for k, v in terms.items() if k != "total")
-            for k, v in named.items():
-                sums[k] = sums.get(k, 0) + v
-                counts[k] = counts.get(k, 0) + 1
-            end_epoch = self.step % self.steps_per_epoch == 0
-            if deadline is not None and time.perf_counter() >= deadline:
-                limit = self.step  # time is up: log, checkpoint and stop after this step
-            if self.step % lc["every"] == 0 or self.step == limit:
-                now = time.perf_counter()
-                pairs_per_s = pairs / max(now - t_last, 1e-9)
-                line = {k: float(v) / counts[k] for k, v in sums.items()}  # one sync per log line
-                line.update(step=self.step, epoch=self.epoch_of(self.step - 1), lr=lr, pairs_per_s=pairs_per_s)
-                self._log(line, writer)
+        restore = self._catch_signals()
+        try:
+            while self.step < limit:
+                image = self.is_image_step(self.step)
+                lr = self._set_lr(self.step, image)
+                batch = (self.image if image else self.video).next()
+                terms = self.train_step(batch, image)
+                self.step += 1
+                pairs += batch["target"].shape[0] * self.world
+                run_pairs += batch["target"].shape[0] * self.world
+                skipped = "skipped" in terms
+                if skipped:
+                    self._skipped(terms, image)
+                else:
+                    self._skips_in_row = 0
+                    if self.cfg["train"]["nonfinite"] == "stop":
+                        self._pending.append((self.step, image, terms))
+                        if len(self._pending) >= 64:
+                            self._check_pending()
+                    named = {"total": terms["total"], ("image." if image else "video.") + "total": terms["total"]}
+                    if not image:
+                        named.update((f"video.{k}", v) for k, v in terms.items() if k != "total")
+                    for k, v in named.items():
+                        sums[k] = sums.get(k, 0) + v
+                        counts[k] = counts.get(k, 0) + 1
+                end_epoch = self.step % self.steps_per_epoch == 0
+                if deadline is not None and time.perf_counter() >= deadline:
+                    limit = self.step  # time is up: log, checkpoint and stop after this step
+                if self.step % lc["every"] == 0 or self.step == limit:
+                    self._check_pending()
+                    now = time.perf_counter()
+                    pairs_per_s = pairs / max(now - t_last, 1e-9)
+                    line = {k: float(v) / counts[k] for k, v in sums.items()}  # one sync per log line
+                    line.update(step=self.step, epoch=self.epoch_of(self.step - 1), lr=lr, pairs_per_s=pairs_per_s)
+                    if self.skipped_steps:
+                        line["skipped_steps"] = self.skipped_steps
+                    self._log(line, writer)
+                    if bar is not None and "total" in line:
+                        bar.set_postfix(_bar_terms(line, lr, pairs_per_s), refresh=False)
+                    sums, counts, pairs, t_last = {}, {}, 0, time.perf_counter()
                 if bar is not None:
-                    bar.set_postfix(_bar_terms(line, lr, pairs_per_s), refresh=False)
-                sums, counts, pairs, t_last = {}, {}, 0, time.perf_counter()
+                    bar.update(1)
+                stop = self._stop_requested()
+                if self.step % lc["checkpoint_every"] == 0 or end_epoch or self.step == limit or stop:
+                    self.save()
+                stop = stop or self._stop_requested()  # a signal during the checkpoint write
+                if stop:
+                    if self.saved_step != self.step:
+                        self.save()
+                    raise TrainInterrupted(
+                        stop, f"after step {self.step}; {self._on_disk()}; continue with: pdnet train --resume {self.out}"
+                    )
+                val_due = lc["val_every"] is not None and (
+                    end_epoch or (lc["val_every"] and self.step % lc["val_every"] == 0)
+                )
+                if val_due and self.is_main:
+                    last_val = self.validate()
+                    if last_val is not None:
+                        self._log({"step": self.step, **{f"val/{k}": v for k, v in last_val.items()}}, writer)
+            self._check_pending()
+        finally:
+            restore()
             if bar is not None:
-                bar.update(1)
-            if self.step % lc["checkpoint_every"] == 0 or end_epoch or self.step == limit:
-                self.save()
-            val_due = lc["val_every"] is not None and (
-                end_epoch or (lc["val_every"] and self.step % lc["val_every"] == 0)
-            )
-            if val_due and self.is_main:
-                last_val = self.validate()
-                if last_val is not None:
-                    self._log({"step": self.step, **{f"val/{k}": v for k, v in last_val.items()}}, writer)
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
+                bar.close()
+            if writer is not None:
+                writer.close()
         return {
             "step": self.step,
             "val": last_val,
             "pairs_per_s": run_pairs / max(time.perf_counter() - started, 1e-9),
             "seconds": time.perf_counter() - started,
-            "checkpoint": str(self.out / "last.pt"),
+            "checkpoint": None if self.saved_step is None else str(self.out / "last.pt"),
+            "checkpoint_step": self.saved_step,
+            "skipped_steps": self.skipped_steps,
             "metrics": str(self.out / "metrics.jsonl"),
         }
+
+    # ------------------------------------------------------------------ safety
+    def _bad_terms(self, terms: Dict[str, torch.Tensor], image: bool) -> str:
+        """``name=value`` of the non-finite loss terms (the parts before the total)."""
+        prefix = "image." if image else "video."
+        bad = [(k, v) for k, v in terms.items() if k not in ("total", "skipped") and not bool(torch.isfinite(v).all())]
+        bad = bad or [("total", terms["total"])]
+        shown = ", ".join(f"{prefix}{k}={float(v)}" for k, v in bad[:6])
+        return shown + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+
+    def _check_pending(self) -> None:
+        """Raise NonFiniteLoss for the first pending step whose total loss is NaN / inf
+        (one device sync for all of them)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        totals = torch.stack([t["total"].float() for _, _, t in pending])
+        finite = torch.isfinite(totals)
+        if bool(finite.all()):
+            return
+        step, image, terms = pending[int((~finite).nonzero()[0, 0])]
+        raise NonFiniteLoss(
+            f"step {step} ({'image' if image else 'video'} step): the loss is not finite "
+            f"({self._bad_terms(terms, image)}); training stopped, {self._on_disk()} "
+            "(train.nonfinite=skip skips such steps instead)"
+        )
+
+    def _skipped(self, terms: Dict[str, torch.Tensor], image: bool) -> None:
+        self.skipped_steps += 1
+        self._skips_in_row += 1
+        cap = self.cfg["train"]["max_skips"]
+        what = self._bad_terms(terms, image)
+        if self._skips_in_row >= cap:
+            raise NonFiniteLoss(
+                f"step {self.step}: the loss was not finite for {self._skips_in_row} steps in a row "
+                f"(train.max_skips={cap}; last: {what}); training stopped, {self._on_disk()}"
+            )
+        if self.is_main:
+            self.echo(f"step {self.step}: the loss is not finite ({what}); step skipped "
+                      f"({self.skipped_steps} so far, {self._skips_in_row} in a row)")
+
+    def _catch_signals(self):
+        """Make SIGINT / SIGTERM request a stop at the next step boundary (a second one
+        raises TrainInterrupted at once); returns the function restoring the handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        self._signal = None
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise TrainInterrupted(signum, f"at once (second signal); {self._on_disk()}")
+            self._signal = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _stop_requested(self) -> int:
+        """The signal that asks this run to stop (0: none); ranks agree (the largest)."""
+        signum = self._signal or 0
+        if self.world > 1:
+            flag = torch.tensor([signum], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag)
+        return signum
 
     def _tensorboard(self):
         try:
@@ -582,8 +853,11 @@ class Trainer:
     def _log(self, line: Dict[str, Any], writer) -> None:
         if not self.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            raise TrainError(f"cannot write {self.out / 'metrics.jsonl'}: {exc.strerror or exc}") from None
         if writer is not None:
             for k, v in line.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -610,6 +884,9 @@ def _bar_terms(line: Dict[str, Any], lr: float, pairs_per_s: float) -> Dict[str,
 def _seed_worker(worker_id: int) -> None:
     from ..data.datasets import seed_worker
 
+    # Ctrl-C reaches the whole process group: the main process stops the run at a step
+    # boundary, so the workers ignore it and keep serving until they are shut down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed_worker(worker_id)
 
 
