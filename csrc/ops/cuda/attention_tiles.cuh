@@ -8,7 +8,7 @@
 //   Layouts: A(m, k) = a[m * lda + k] (row-major), or a[k * lda + m] when TA;
 //            B(k, n) = b[k * ldb + n] (row-major), or b[n * ldb + k] when TB.
 // * AttnCfg<T, D>: tile sizes and shared-memory layouts per storage type and head dim
-//   (D = 16, 32, 64, 128: the head dim rounded up; padding columns are zero), chosen so
+//   (D = 32, 64, 128: the head dim rounded up; padding columns are zero), chosen so
 //   that every configuration fits the 99 KB a block may use on sm_86.
 // * load_rows: a [ROWS x D] tile from a row-major [n x d] global array into shared
 //   memory, zero-filled past the n rows and d columns, 16-byte loads when possible.
@@ -223,12 +223,13 @@ __device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, in
 
 namespace pdnet::cuda {
 
-// f(std::integral_constant<int, D>) with D the head dim d rounded up to 16, 32, 64 or 128
+// f(std::integral_constant<int, D>) with D the head dim d rounded up to 32, 64 or 128.
+// d <= 16 takes the D = 32 kernels (zero padding columns) rather than kernels of its own:
+// one instantiation fewer per dtype and direction in the build, for a head dim the model
+// does not use (it uses 32).
 template <typename F>
 inline void dispatch_head_dim(const char* where, int64_t d, F&& f) {
-  if (d <= 16) {
-    f(std::integral_constant<int, 16>{});
-  } else if (d <= 32) {
+  if (d <= 32) {
     f(std::integral_constant<int, 32>{});
   } else if (d <= 64) {
     f(std::integral_constant<int, 64>{});

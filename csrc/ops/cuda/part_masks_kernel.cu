@@ -37,7 +37,8 @@ __global__ void part_masks_fwd_kernel(const T* __restrict__ logits, const T* __r
   }
 }
 
-// grad_logits = s * G * (go - sum_k s_k go_k); grad_gate = that sum * (G (1 - G) or 1),
+// grad_logits = s * (go G - sum_k s_k go_k G) (the reference's order: an infinite
+// ground-truth gate gives NaN as there); grad_gate = sum_k s_k go_k * (G (1 - G) or 1),
 // when grad_gate is not null
 template <typename T>
 __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ logits,
@@ -53,13 +54,17 @@ __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* _
     float sum = 0.f;
     for (int64_t k = 0; k < p; ++k) sum += __expf(to_float(logits[base + k * hw]) - mx);
     const float inv = 1.f / sum;
-    float sg = 0.f;
-    for (int64_t k = 0; k < p; ++k)
-      sg += __expf(to_float(logits[base + k * hw]) - mx) * inv * to_float(grad_out[base + k * hw]);
     const float G = gate_value(to_float(gate[idx]), gate_is_logit);
+    float sg = 0.f, sa = 0.f;  // sum_k s_k go_k, sum_k s_k go_k G
     for (int64_t k = 0; k < p; ++k) {
       const float s = __expf(to_float(logits[base + k * hw]) - mx) * inv;
-      grad_logits[base + k * hw] = from_float<T>(s * G * (to_float(grad_out[base + k * hw]) - sg));
+      const float go = to_float(grad_out[base + k * hw]);
+      sg += s * go;
+      sa += s * (go * G);
+    }
+    for (int64_t k = 0; k < p; ++k) {
+      const float s = __expf(to_float(logits[base + k * hw]) - mx) * inv;
+      grad_logits[base + k * hw] = from_float<T>(s * (to_float(grad_out[base + k * hw]) * G - sa));
     }
     if (grad_gate != nullptr) grad_gate[idx] = from_float<T>(gate_is_logit ? sg * G * (1.f - G) : sg);
   }
