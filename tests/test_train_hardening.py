@@ -442,21 +442,54 @@ def test_stale_temporaries_are_removed_when_a_run_starts(synth_data, tmp_path): 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_to_a_training_process(synth_data, tmp_path, signum, code):  # noqa: F811
+@pytest.mark.parametrize("signum, code, workers", [(signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 0)])
+def test_signal_to_a_training_process(synth_data, tmp_path, signum, code, workers):  # noqa: F811
     """A real process: the signal arrives whenever it does; the run ends with a
-    complete checkpoint at the step it had reached and the signal's exit code."""
+    complete checkpoint at the step it had reached and the signal's exit code. SIGINT
+    goes to the whole process group, DataLoader workers included, as Ctrl-C does."""
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "pdnet", "train", "--out", str(run), "--data", str(synth_data),
-            "--set", "train.epochs=50"] + sets(TINY)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "pdnet", "train", "--out", str(run), "--data", str(synth_data)] + sets(
+        TINY + ["train.epochs=50", f"data.workers={workers}"])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.pt").exists():
         time.sleep(0.1)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("pdnet train: "), err
     step = read_checkpoint(run / "last.pt")["step"]
     assert f"holds step {step}; continue with" in err
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_resume_verifies_the_checkpoint(synth_data, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    t = Trainer(tiny_cfg(synth_data), run)
+    t.fit(1)
+    weight = t.model.state_dict()["encoder.layer4.1.conv2.weight"]
+    data = bytearray((run / "last.pt").read_bytes())
+    stored = torch.empty(0, dtype=torch.uint8).set_(weight.untyped_storage())  # channels_last: as stored
+    at = data.find(stored.numpy().tobytes()[:256])
+    assert at > 0
+    data[at + 1000] ^= 0x01  # one flipped bit inside the tensor
+    (run / "last.pt").write_bytes(bytes(data))
+    code, err = run_cli(["train", "--resume", str(run), "--data", str(synth_data)], capsys)
+    assert_one_line_error(code, err, f"cannot resume from {run / 'last.pt'}: checkpoint {run / 'last.pt'} is damaged: "
+                                     "tensor model/encoder.layer4.1.conv2.weight does not match its checksum")
+
+
+def test_imagenet_weights_missing_or_corrupt_are_errors_naming_the_file(tmp_path):
+    from pdnet.losses import SemanticFeatures
+    from pdnet.model.layers import ResNetEncoder
+
+    with pytest.raises(FileNotFoundError, match="ImageNet weights .*nope.pth not found"):
+        ResNetEncoder("resnet18").load_imagenet(str(tmp_path / "nope.pth"))
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(RuntimeError, match="other.pth is not a torchvision resnet18 checkpoint"):
+        SemanticFeatures(str(tmp_path / "other.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(RuntimeError, match="list.pth is not a torchvision resnet18 state_dict"):
+        ResNetEncoder("resnet18").load_imagenet(str(tmp_path / "list.pth"))
+    with pytest.warns(UserWarning, match="no ImageNet weights"):
+        assert ResNetEncoder("resnet18").load_imagenet(None) is False

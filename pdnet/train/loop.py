@@ -562,15 +562,15 @@ class Trainer:
                 ``last.pt`` is left as it was.
         """
         self._check_pending()
-        if not self.is_main:
-            return None
-        from ..inference.checkpoint import CheckpointError, save_model_checkpoint
+        path = None
+        if self.is_main:
+            from ..inference.checkpoint import CheckpointError, save_model_checkpoint
 
-        try:
-            path = save_model_checkpoint(self.out / "last.pt", self.model, self.state())
-        except CheckpointError as exc:
-            raise TrainError(f"step {self.step}: {exc}; {self._on_disk()}") from None
-        self.saved_step = self.step
+            try:
+                path = save_model_checkpoint(self.out / "last.pt", self.model, self.state())
+            except CheckpointError as exc:
+                raise TrainError(f"step {self.step}: {exc}; {self._on_disk()}") from None
+        self.saved_step = self.step  # on every rank: they take the same decisions from it
         return path
 
     def _read_resume(self, path: Path) -> Dict[str, Any]:
@@ -785,12 +785,21 @@ class Trainer:
     def _check_pending(self) -> None:
         """Raise NonFiniteLoss for the first pending step whose total loss is NaN / inf
         (one device sync for all of them)."""
-        if not self._pending:
+        if not self._pending and self.world == 1:
             return
         pending, self._pending = self._pending, []
-        totals = torch.stack([t["total"].float() for _, _, t in pending])
+        totals = torch.stack([t["total"].float() for _, _, t in pending]) if pending else torch.zeros(0)
         finite = torch.isfinite(totals)
-        if bool(finite.all()):
+        ok = bool(finite.all())
+        if self.world > 1:  # every rank checks at the same steps: they stop together
+            flag = torch.tensor([int(ok)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if ok and not int(flag):
+                raise NonFiniteLoss(
+                    f"step {self.step}: the loss turned non-finite on another process; training stopped, "
+                    f"{self._on_disk()}"
+                )
+        if ok:
             return
         step, image, terms = pending[int((~finite).nonzero()[0, 0])]
         raise NonFiniteLoss(
