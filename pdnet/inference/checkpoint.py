@@ -179,6 +179,8 @@ def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
     previous = {}
     try:
         for sig in signals:
+            if signal.getsignal(sig) is None:  # a handler installed outside Python: leave it alone
+                continue
             previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
         yield
     finally:

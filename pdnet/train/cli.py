@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--config", default="release", help="YAML config file or shipped name (default: release)")
     p.add_argument("--data", action="append", default=[], metavar="DIR",
                    help="video dataset folder (layout detected); repeatable; adds to data.video")
-    p.add_argument("--out", help="run folder (checkpoints, metrics, TensorBoard)")
+    p.add_argument("--out", help="run folder (checkpoints, metrics, TensorBoard); temporary files a killed "
+                   "run left there are removed when a run starts")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from RUN/last.pt")
     p.add_argument("--max-steps", metavar="N", help="stop after this many steps in total (an integer >= 1)")
     p.add_argument("--max-minutes", metavar="M",
