@@ -40,6 +40,16 @@ def no_fsync(monkeypatch):
     monkeypatch.setattr(ck.os, "fsync", lambda fd: None)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny steps: a second intra-op thread gains nothing and, on a loaded 2-core
+    machine, its barrier waits made some of these tests 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 #: (--set item, what the one-line error must contain): every config key, bad values
@@ -450,7 +460,9 @@ def test_signal_to_a_training_process(synth_data, tmp_path, signum, code, worker
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "pdnet", "train", "--out", str(run), "--data", str(synth_data)] + sets(
         TINY + ["train.epochs=50", f"data.workers={workers}"])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.pt").exists():
         time.sleep(0.1)
@@ -493,3 +505,10 @@ def test_imagenet_weights_missing_or_corrupt_are_errors_naming_the_file(tmp_path
         ResNetEncoder("resnet18").load_imagenet(str(tmp_path / "list.pth"))
     with pytest.warns(UserWarning, match="no ImageNet weights"):
         assert ResNetEncoder("resnet18").load_imagenet(None) is False
+
+
+def test_trainer_checks_a_config_edited_in_code(synth_data, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(synth_data)
+    cfg["train"]["lr"] = float("nan")
+    with pytest.raises(TrainError, match="train.lr must be a finite number > 0, got nan"):
+        Trainer(cfg, tmp_path / "r")

@@ -271,6 +271,12 @@ class Trainer:
         device: Optional[str] = None,
         echo=print,
     ) -> None:
+        from .config import ConfigError, validate
+
+        try:  # a config built or edited in code gets the checks of load_config
+            validate(cfg, resume=resume)
+        except ConfigError as exc:
+            raise TrainError(str(exc)) from None
         self.cfg, self.out, self.echo = cfg, Path(out), echo
         if self.out.exists() and not self.out.is_dir():
             raise TrainError(f"{self.out} is a file, not a run folder")
