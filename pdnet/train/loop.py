@@ -166,14 +166,11 @@ def set_rng_state(st: Dict[str, Any]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``.NAME.XXXX.tmp`` and ``os.replace``; the
-    temporary file is removed when the write fails."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` to ``path`` through ``.NAME.tmp`` and ``os.replace`` (the file gets
+    the umask's mode); the temporary file is removed when the write fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         try:
