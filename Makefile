@@ -1,6 +1,11 @@
 # Set-up and everyday commands. Every target creates (or reuses) the virtual
 # environment .venv and installs torch 2.14.1 / torchvision 0.29.1 and pdnet
 # (editable, compiled against that torch) into it.
+#
+# The extension compiles once per change: its objects stay in build/ (setup.py), so
+# after an edit of csrc/ `make venv` recompiles only what changed; MAX_JOBS=N caps the
+# parallel compile jobs (default: the CPU cores). `make demo DEMO_ARGS="--minutes 10"`
+# gives the demo more time (default: 4.5 minutes in all, see `pdnet demo --help`).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,8 +28,10 @@ $(STAMP): $(INSTALL_DEPS)
 	$(PIP) install -q --no-build-isolation -e ".[test,data,train]"
 	touch $(STAMP)
 
+DEMO_ARGS ?=
+
 demo: venv
-	$(VENV)/bin/pdnet demo
+	$(VENV)/bin/pdnet demo $(DEMO_ARGS)
 
 test: venv
 	$(PY) -m pytest -q

@@ -24,7 +24,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
              "the whole pipeline on synthetic data: synth, train demo-cpu, evaluate, segment, report (CPU)"),
     "segment": ("pdnet.inference.cli",
                 "segment a video or a folder of frames: mask PNGs, optional overlay / composite videos"),
-    "synth": ("pdnet.data.synth", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
+    "synth": ("pdnet.data.synth_cli", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
     "train": ("pdnet.train.cli", "train PDNet with the release recipe (resumable; multi-GPU via torchrun)"),
     "evaluate": ("pdnet.evaluation.cli", "DAVIS J&F of predicted mask PNGs against ground truth"),
 }

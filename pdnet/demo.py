@@ -131,8 +131,10 @@ def training_budget(total_s: float, elapsed_s: float, validate_s: float) -> floa
     ``elapsed_s`` are spent and the first J&F took ``validate_s``: what is left, less
     the final J&F (the same work as the first) and the segmenting of one clip (a
     quarter of the J&F's clips, plus loading the checkpoint and encoding a video),
-    with a 10% margin for a machine whose speed varies. At least 1 s (one step)."""
-    reserve = 1.1 * (validate_s * 1.5 + 10.0)
+    with a 10% margin for a machine whose speed varies, and less 5% of the budget for
+    the step and the checkpoint that run past the training deadline (the trainer
+    checks it after each step). At least 1 s (one step)."""
+    reserve = 1.1 * (validate_s * 1.5 + 10.0) + 0.05 * total_s
     return max(1.0, total_s - elapsed_s - reserve)
 
 
