@@ -10,6 +10,16 @@ from pdnet.train import ResumableSampler, Trainer, TrainError, load_config
 from pdnet.train.config import ConfigError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny steps: a second intra-op thread gains nothing and, on a loaded 2-core
+    machine, its barrier waits made these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
