@@ -27,7 +27,6 @@ def test_console_script_installed():
     assert r.returncode == 0 and r.stdout.startswith("pdnet ")
 
 
-@pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path, capsys):
     """`pdnet demo` (the README's main job) on a tiny budget: synth, J&F before/after,
     training, segmenting a held-out clip, and the report naming real files. The
