@@ -36,9 +36,9 @@ def _extension_modules():
 
     CPU sources always; the CUDA sources too when nvcc (``$CUDA_HOME`` or
     /usr/local/cuda) and a CUDA build of torch are present and ``PDNET_NO_CUDA`` is not
-    1, as sm_80 and sm_90 machine code plus compute_90 PTX unless ``TORCH_CUDA_ARCH_LIST``
-    says otherwise (sm_80 code runs on every 8.x GPU: A100, A10, RTX 30xx/40xx, L4, L40;
-    the PTX is compiled by the driver on newer GPUs).
+    1, as sm_80 (A100), sm_86 (RTX 3090, the paper's GPU) and sm_90 (H100/H200) machine
+    code plus compute_90 PTX unless ``TORCH_CUDA_ARCH_LIST`` says otherwise (the PTX is
+    compiled by the driver on newer GPUs).
 
     Compiled once, with ninja: every .cpp and .cu file is one job and the jobs run in
     parallel, ``MAX_JOBS`` of them (default: the number of CPU cores this process may
@@ -96,6 +96,7 @@ def _extension_modules():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             nvcc_flags += [
                 "-gencode=arch=compute_80,code=sm_80",
+                "-gencode=arch=compute_86,code=sm_86",
                 "-gencode=arch=compute_90,code=[sm_90,compute_90]",
             ]
         include_dirs = []

@@ -14,8 +14,6 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from pdnet.ops._checks import check_area_variance
-
 from ._common import INTERPRET, acc_dtype, check_device, register_op
 
 
@@ -92,6 +90,7 @@ def area_variance(x: torch.Tensor) -> torch.Tensor:
         Tensor[] in x's dtype: mean over the batch of the unbiased variance over parts
         of the L2-normalised areas; 0 (with zero gradient) when p == 1.
     """
+    from pdnet.ops._checks import check_area_variance  # here: pdnet.ops imports this package
     check_area_variance(x)
     check_device("area_variance", x)
     area = area_sums(x)  # [B, p], fp32 (fp64 for fp64 input)

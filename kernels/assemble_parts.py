@@ -14,8 +14,6 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from pdnet.ops._checks import check_assemble_parts
-
 from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
 
 
@@ -170,6 +168,7 @@ def assemble_parts(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Te
     Returns:
         Tensor[B, C, h, w]
     """
+    from pdnet.ops._checks import check_assemble_parts  # here: pdnet.ops imports this package
     check_assemble_parts(p_feats, y_feats, masks)
     check_device("assemble_parts", p_feats)
     return assemble_parts_fwd(p_feats, y_feats, masks)

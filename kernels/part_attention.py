@@ -25,8 +25,6 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from pdnet.ops._checks import check_part_attention
-
 from ._common import (
     INTERPRET,
     to_dtype,
@@ -455,6 +453,7 @@ def part_attention(
     Returns:
         Tensor[B, p, Nq, d]; rows whose keys are all -inf are 0 (gradient 0).
     """
+    from pdnet.ops._checks import check_part_attention  # here: pdnet.ops imports this package
     check_part_attention(q, k, v, scale, key_mask)
     check_device("part_attention", q)
     B, P, _, d = q.shape

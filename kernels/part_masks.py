@@ -12,8 +12,6 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from pdnet.ops._checks import check_part_masks
-
 from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
 
 
@@ -169,6 +167,7 @@ def part_masks(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: boo
     Returns:
         Tensor[B, p, h, w], differentiable in both inputs.
     """
+    from pdnet.ops._checks import check_part_masks  # here: pdnet.ops imports this package
     check_part_masks(part_logits, gate, "saliency_logit" if gate_is_logit else "mask")
     check_device("part_masks", part_logits)
     return part_masks_fwd(part_logits, gate, bool(gate_is_logit))
