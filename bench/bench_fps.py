@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 import pdnet  # noqa: E402
 from pdnet.inference import VideoSegmenter, VideoWriter, preprocess, segment_video  # noqa: E402
-from pdnet.inference.segmenter import parse_device, parse_dtype  # noqa: E402
+from pdnet._device import parse_device  # noqa: E402
+from pdnet.inference.segmenter import parse_dtype  # noqa: E402
 
 
 def device_name(device: torch.device) -> str:

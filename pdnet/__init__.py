@@ -6,8 +6,9 @@ the first use of a name below (``pdnet.PDNet``, ``pdnet.load``, ``pdnet.ops``,
 ``pdnet --help`` and the argument errors of every command answer without importing
 torch, and each command imports only what it uses.
 """
-import importlib as _importlib
 import typing as _typing
+
+from ._lazy import lazy_attributes as _lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -56,22 +57,4 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
     from .model import PDNet, PDNetConfig, ReferenceState, load_release_state_dict, to_release_state_dict
 
 
-def __getattr__(name: str) -> "_typing.Any":
-    """Imports the submodule behind ``name`` on first use (PEP 562)."""
-    if name in _EXPORTS:
-        value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    elif name in _SUBMODULES:
-        try:
-            value = _importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:  # e.g. pdnet.kernels in an install without kernels/
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r} ({exc})") from None
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> "list[str]":
-    return sorted({k for k in globals() if not k.startswith("_")} | set(__all__) | set(_SUBMODULES))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS, _SUBMODULES)

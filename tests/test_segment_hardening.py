@@ -14,7 +14,8 @@ import pdnet  # noqa: E402
 from pdnet.cli import main  # noqa: E402
 from pdnet.inference import FrameSource, SourceError, save_model_checkpoint  # noqa: E402
 from pdnet.inference.segment import check_outputs  # noqa: E402
-from pdnet.inference.segmenter import parse_device, parse_dtype  # noqa: E402
+from pdnet._device import parse_device  # noqa: E402
+from pdnet.inference.segmenter import parse_dtype  # noqa: E402
 from pdnet.inference.video import OutputError, TruncatedVideoWarning, write_mask  # noqa: E402
 
 N_FRAMES = 4
@@ -348,10 +349,10 @@ SWEEP = [
     ({"--input-size": "16384"}, "got '16384'"),
     ({"--backbone": "resnet9"}, "--backbone: expected one of resnet18, resnet34, resnet50, resnet101, got 'resnet9'"),
     ({"--dtype": "int8"}, "--dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),
-    ({"--device": "bogus"}, "invalid device 'bogus': expected auto, cpu, cuda or cuda:N"),
-    ({"--device": "meta"}, "invalid device 'meta'"),
-    ({"--device": "cpu:1"}, "invalid device 'cpu:1'"),
-    ({"--device": "cuda:x"}, "invalid device 'cuda:x'"),
+    ({"--device": "bogus"}, "--device bogus: not a device this engine runs on; expected auto, cpu, cuda or cuda:N"),
+    ({"--device": "meta"}, "--device meta: not a device"),
+    ({"--device": "cpu:1"}, "--device cpu:1: not a device"),
+    ({"--device": "cuda:x"}, "--device cuda:x: not a device"),
     ({"--device": ""}, "--device: empty value ''"),
     ({"--composite": "mauve-ish"}, "'mauve-ish' is neither an existing image file nor a colour"),
     ({"--composite": "300,0,0"}, "'300,0,0' is neither"),
@@ -402,7 +403,7 @@ def test_device_cuda_without_cuda(assets, tmp_path, capsys):
     rc = main(["segment", str(root / "frames"), "--checkpoint", str(root / "tiny.pt"), "--out", str(tmp_path / "o"),
                "--device", "cuda", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "device 'cuda' requested but CUDA is not available" in err[0]
+    assert rc == 2 and len(err) == 1 and "--device cuda: CUDA is not available on this machine" in err[0]
 
 
 def test_damaged_checkpoint_is_one_line(assets, bad_inputs, tmp_path, capsys):

@@ -18,7 +18,7 @@
 - :class:`DataError` (a ``ValueError`` naming the bad file, also when raised in a
   DataLoader worker), :class:`DataWarning`.
 """
-import importlib as _importlib
+from .._lazy import lazy_attributes as _lazy_attributes
 
 #: public name -> submodule defining it; imported on first use (PEP 562), so that
 #: ``pdnet.data.errors`` or ``pdnet synth --help`` do not import torch
@@ -39,16 +39,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -7,9 +7,10 @@
 - :mod:`pdnet.evaluation.reference`: the per-frame NumPy transcription of the toolkit
   (oracle and benchmark baseline).
 """
-import importlib as _importlib
 import sys as _sys
 import types as _types
+
+from .._lazy import lazy_attributes as _lazy_attributes
 
 #: public name -> submodule defining it; imported on first use (PEP 562), so that
 #: ``pdnet evaluate --help`` and argument errors do not import torch
@@ -22,16 +23,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)
 
 
 class _Package(_types.ModuleType):

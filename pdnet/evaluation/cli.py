@@ -67,21 +67,13 @@ def _check_out(out: Path) -> None:
 
 
 def _check_device(text: str):
-    import torch
-
+    from .._device import parse_device
     from ..cli import UserError
 
     try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError) as exc:
-        raise UserError(f"--device {text}: {exc}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {text}: must be cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {text}: CUDA is not available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+        parse_device(text, name="--device")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

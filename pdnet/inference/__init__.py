@@ -12,8 +12,9 @@ The package imports lazily: ``import pdnet.inference`` (as ``pdnet segment`` doe
 check its arguments) loads neither torch nor the model; the first use of a name below
 imports the module that defines it.
 """
-import importlib as _importlib
 import typing as _typing
+
+from .._lazy import lazy_attributes as _lazy_attributes
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -58,14 +59,4 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
     from .video import FrameSource, OutputError, SourceError, TruncatedVideoWarning, VideoWriter
 
 
-def __getattr__(name: str) -> "_typing.Any":
-    """Imports the submodule behind ``name`` on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)

@@ -53,6 +53,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .._device import parse_device
 from ..model import PDNet, PDNetConfig, load_release_state_dict
 from ..model.release import release_to_pdnet_key, unwrap_state_dict
 
@@ -460,12 +461,6 @@ def load_engine_state_dict(model: PDNet, state: Mapping[str, torch.Tensor]) -> P
     return model
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load(
     checkpoint: Union[PathLike, Mapping],
     device: Union[str, torch.device, None] = "cpu",
@@ -532,4 +527,4 @@ def load(
         raise
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {name}: {exc}") from None
-    return model.to(device=_resolve_device(device), dtype=dtype).eval()
+    return model.to(device=parse_device(device), dtype=dtype).eval()

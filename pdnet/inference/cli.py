@@ -104,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .checkpoint import CheckpointError, load
     from .segment import segment_video
-    from .segmenter import VideoSegmenter, parse_device, parse_dtype
+    from .._device import parse_device
+    from .segmenter import VideoSegmenter, parse_dtype
 
     try:
-        device = parse_device(args.device)
+        device = parse_device(args.device, name="--device")
         dtype = parse_dtype(args.dtype, device)
         model = load(checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
     except (FileNotFoundError, CheckpointError) as exc:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._device import parse_device
 from ..model import PDNet, ReferenceState
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .fused import FastPDNet
@@ -48,29 +49,6 @@ def parse_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> t
         raise ValueError(f"dtype bfloat16 is not supported by {device} ({torch.cuda.get_device_name(device)}); "
                          "use float16 or float32")
     return out
-
-
-def parse_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``.
-
-    Anything else (another device type, a CPU index, unavailable CUDA, a CUDA index
-    beyond the visible devices) is a ValueError naming the value.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"invalid device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise ValueError(f"invalid device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available in this torch build / machine")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return dev
 
 
 def as_frame_batch(frames: FrameLike) -> torch.Tensor:

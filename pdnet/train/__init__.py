@@ -3,8 +3,9 @@
 The package imports lazily: ``pdnet train --help`` and its argument errors import the
 config module only (no torch); the trainer is imported on first use of its names.
 """
-import importlib as _importlib
 import typing as _typing
+
+from .._lazy import lazy_attributes as _lazy_attributes
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -23,14 +24,4 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
     from .loop import ResumableSampler, Trainer, TrainError
 
 
-def __getattr__(name: str) -> "_typing.Any":
-    """Imports the submodule behind ``name`` on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)

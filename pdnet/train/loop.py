@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from .. import losses as L
+from .._device import parse_device
 from ..data.augment import collate_pairs, prepare_batch
 from ..model import PDNet, PDNetConfig
 
@@ -201,25 +202,17 @@ def remove_stale_temporaries(folder: Path) -> List[Path]:
 
 
 def resolve_device(spec: Optional[str]) -> Optional[torch.device]:
-    """The training device named by ``spec`` (cpu, cuda, cuda:N; None: not chosen).
+    """The training device named by ``spec`` (auto, cpu, cuda, cuda:N; None: not chosen).
 
     Raises:
-        TrainError: not a device, not cpu / cuda, or a CUDA device this machine lacks.
+        TrainError: see :func:`pdnet._device.parse_device`.
     """
     if spec is None:
         return None
     try:
-        dev = torch.device(spec)
-    except (RuntimeError, TypeError, ValueError):
-        raise TrainError(f"--device {spec}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise TrainError(f"--device {spec}: training runs on cpu or cuda devices, not {dev.type}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"--device {spec}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TrainError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+        return parse_device(spec, name="--device")
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- trainer
