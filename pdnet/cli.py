@@ -37,6 +37,19 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 2."""
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Makes ``parser`` report a bad command line (unknown option, missing or malformed
+    value) as one line on stderr, ``<prog>: error: <message> (see <prog> --help)``, exit
+    code 2, like every other error of a command, instead of argparse's usage block."""
+
+    def error(message: str):
+        sys.stderr.write(f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``pdnet`` parser. Sub-command ``command`` gets its full parser (its module
     is imported); the others are listed by name and summary only. ``"all"`` imports
@@ -47,6 +60,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         prog="pdnet", description="PDNet: Part-Decoupling Network for video portrait segmentation"
     )
     parser.add_argument("--version", action="version", version=f"pdnet {__version__}")
+    one_line_errors(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, summary) in COMMANDS.items():
@@ -54,6 +68,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub)
             if name not in sub.choices:
                 raise RuntimeError(f"{module}.add_parser did not register the command {name!r}")
+            one_line_errors(sub.choices[name])
         else:
             sub.add_parser(name, help=summary, add_help=False)
     return parser
@@ -75,7 +90,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser: "pdnet segment: error: ..."
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -159,3 +159,24 @@ def test_each_subpackage_imports_first(module):
     before it (``import pdnet`` used to import ops, model and inference first)."""
     res = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["segment", "in", "--checkpoint", "c.pt", "--out", "o", "--bogus", "1"],
+     "pdnet segment: error: unrecognized arguments: --bogus 1 (see pdnet segment --help)"),
+    (["train", "--out", "r", "--nope"], "pdnet train: error: unrecognized arguments: --nope (see pdnet train --help)"),
+    (["evaluate", "--pred"], "pdnet evaluate: error: argument --pred: expected one argument"),
+    (["synth"], "pdnet synth: error: the following arguments are required: OUT"),
+    (["demo", "--minutes"], "pdnet demo: error: argument --minutes: expected one argument"),
+    (["bogus"], "pdnet: error: argument COMMAND: invalid choice: 'bogus'"),
+    ([], "pdnet: error: the following arguments are required: COMMAND (see pdnet --help)"),
+])
+def test_command_line_errors_are_one_line(argv, expected, capsys):
+    """argparse's own errors (unknown options included, which the top-level parser meets
+    first) are one line naming the command, like every other error, exit code 2."""
+    from pdnet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(expected), err

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .synth_cli import MAX_SIDE, add_parser, one_line_errors, parse_size, run  # noqa: F401  (the CLI)
+from .synth_cli import MAX_SIDE, add_parser, parse_size, run  # noqa: F401  (the CLI)
 
 #: real backgrounds: scikit-image photos that ship with the package (no download)
 BACKGROUNDS = (

@@ -28,21 +28,6 @@ def parse_size(text: str) -> Tuple[int, int]:
     return parts[0], parts[1]
 
 
-def one_line_errors(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """Makes ``parser`` report a bad command line as one line on stderr
-    (``pdnet <command>: error: ... (see pdnet <command> --help)``, exit code 2) instead of
-    argparse's usage block, like every other error of the command."""
-
-    def error(message: str):
-        import sys
-
-        sys.stderr.write(f"pdnet {command}: error: {message} (see pdnet {command} --help)\n")
-        raise SystemExit(2)
-
-    parser.error = error
-    return parser
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "synth",
@@ -54,7 +39,6 @@ def add_parser(subparsers) -> None:
             "motion (smooth random flow at three scales). The same seed gives the same bytes."
         ),
     )
-    one_line_errors(p, "synth")
     p.add_argument("out", metavar="OUT", help="output folder (must be empty or absent, unless --force)")
     p.add_argument("--clips", type=int, default=20, help="number of clips, at least 1 (default 20)")
     p.add_argument("--frames", type=int, default=30, help="frames per clip, at least 1 (default 30)")

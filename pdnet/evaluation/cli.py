@@ -25,9 +25,6 @@ def add_parser(subparsers) -> None:
         "Masks, decided per file: 8-bit grey 0/255 masks or 0..255 probabilities as stored, 0/1 masks "
         "scaled to 0/255, palette and colour-coded RGB: non-zero is foreground.",
     )
-    from ..data.synth_cli import one_line_errors
-
-    one_line_errors(p, "evaluate")
     p.add_argument("--pred", required=True, type=Path, metavar="DIR", help="predictions: DIR/<sequence>/<frame>.png")
     p.add_argument("--gt", required=True, type=Path, metavar="DIR", help="ground truth: DIR/<sequence>/<frame>.png")
     p.add_argument(

@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn, Tuple
+from typing import Tuple
 
 from ..cli import UserError
 
@@ -158,16 +158,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_error(parser: argparse.ArgumentParser):
-    """``parser.error`` printing one line (``pdnet segment: error: ...``) instead of usage + message."""
-
-    def error(message: str) -> NoReturn:
-        print(f"{parser.prog}: error: {message} (see {parser.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-    return error
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment",
@@ -184,7 +174,6 @@ def add_parser(sub) -> None:
             "unless --allow-truncated."
         ),
     )
-    p.error = _one_line_error(p)  # type: ignore[method-assign]
     p.add_argument("input", metavar="INPUT",
                    help="video file (mp4, mov, mkv, ...) or folder of frames (sorted by name)")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
