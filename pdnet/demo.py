@@ -152,7 +152,16 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
-        shutil.rmtree(out)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+        if foreign:  # --overwrite replaces a previous demo's output, never an arbitrary folder
+            raise UserError(f"--overwrite: {out} is not the output of a previous demo (it holds {foreign[0]!r}); "
+                            "choose another --out")
+        for name in DEMO_OUTPUTS:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     try:
         cfg = load_config("demo-cpu", args.set)
     except ConfigError as exc:
@@ -249,6 +258,57 @@ def run(args: argparse.Namespace) -> int:
     return run_quick(args) if args.quick else run_pipeline(args)
 
 
+#: what a demo writes in --out: all that --overwrite removes
+DEMO_OUTPUTS = ("data", "run", "segment", "report.json")
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _parts(text: str) -> int:
+    value = _int_at_least(1)(text)
+    if value > 8:
+        raise argparse.ArgumentTypeError(f"expected a number of parts in 1..8, got {value}")
+    return value
+
+
+def _input_size(text: str) -> int:
+    value = _int_at_least(32)(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"the input size must be a multiple of 32, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite learning rate > 0, got {text!r}")
+    return value
+
+
+def _synth_size(text: str) -> str:
+    """argparse type of --synth-size: pdnet synth's HxW rule, checked before anything runs."""
+    from .data.synth_cli import parse_size
+
+    parse_size(text)
+    return text
+
+
 def _minutes(text: str) -> float:
     """argparse type of --minutes: a positive, finite number."""
     try:
@@ -270,23 +330,24 @@ def add_parser(sub) -> None:
         "or when the budget would be exceeded, and the report says which, with the steps reached.",
     )
     p.add_argument("--out", default="demo-out", help="folder for the data, the run and the report")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous demo's output in --out (a folder holding anything else is refused)")
     p.add_argument("--minutes", type=_minutes, default=DEFAULT_MINUTES, metavar="N",
                    help="wall-time budget of the whole demo in minutes, training gets what the other stages "
                    f"leave (default {DEFAULT_MINUTES:g}); more minutes train longer on slow machines, and with "
                    "--set train.epochs=N beyond the recipe's 12 epochs")
-    p.add_argument("--clips", type=int, default=24)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--synth-size", default="128x128", help="HxW of the synthetic clips")
+    p.add_argument("--clips", type=_int_at_least(2), default=24, help="synthetic clips, at least 2 (train and held-out)")
+    p.add_argument("--frames", type=_int_at_least(2), default=8, help="frames per clip, at least 2")
+    p.add_argument("--synth-size", type=_synth_size, default="128x128", help="HxW of the synthetic clips")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo-cpu values")
     p.add_argument("--quick", action="store_true",
                    help="only a forward/backward of a small PDNet on one synthetic pair (seconds)")
     g = p.add_argument_group("--quick options")
     g.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-    g.add_argument("--parts", type=int, default=5)
-    g.add_argument("--size", type=int, default=128, help="input size (multiple of 32)")
-    g.add_argument("--batch", type=int, default=2)
-    g.add_argument("--steps", type=int, default=3, help="training steps to run")
-    g.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
+    g.add_argument("--parts", type=_parts, default=5, help="parts, 1..8")
+    g.add_argument("--size", type=_input_size, default=128, help="input size (multiple of 32)")
+    g.add_argument("--batch", type=_int_at_least(1), default=2)
+    g.add_argument("--steps", type=_int_at_least(0), default=3, help="training steps to run (0: forward only)")
+    g.add_argument("--lr", type=_learning_rate, default=0.01)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=run)

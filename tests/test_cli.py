@@ -53,3 +53,42 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     assert "J&F on held-out synthetic clips" in capsys.readouterr().out
     # a second run into the same folder refuses to overwrite it
     assert main(["demo", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--clips", "0"], "argument --clips: expected an integer >= 2, got 0"),
+    (["--clips", "x"], "argument --clips: expected an integer >= 2, got 'x'"),
+    (["--frames", "1"], "argument --frames: expected an integer >= 2, got 1"),
+    (["--synth-size", "10x"], "argument --synth-size: size must be HxW"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--minutes", "nan"], "argument --minutes: must be a positive number of minutes, got 'nan'"),
+    (["--minutes", "0"], "argument --minutes: must be a positive number of minutes, got '0'"),
+    (["--set", "train.lr=nan"], "--set train.lr=nan: train.lr must be a finite number > 0"),
+    (["--set", "bogus"], "--set expects section.key=value, got 'bogus'"),
+    (["--quick", "--parts", "0"], "argument --parts: expected an integer >= 1, got 0"),
+    (["--quick", "--parts", "9"], "argument --parts: expected a number of parts in 1..8, got 9"),
+    (["--quick", "--size", "33"], "argument --size: the input size must be a multiple of 32, got 33"),
+    (["--quick", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    (["--quick", "--steps", "-1"], "argument --steps: expected an integer >= 0, got -1"),
+    (["--quick", "--lr", "inf"], "argument --lr: expected a finite learning rate > 0, got 'inf'"),
+    (["--quick", "--backbone", "resnet9"], "argument --backbone: invalid choice: 'resnet9'"),
+])
+def test_demo_flags_bad_values_are_one_line(args, expected, tmp_path, capsys):
+    """Every flag of pdnet demo: a bad value is one line naming it (exit 2), before anything runs."""
+    try:
+        code = main(["demo", "--out", str(tmp_path / "demo"), *args])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("pdnet demo: error: ") and expected in err[0], err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_overwrite_replaces_only_a_previous_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "mine").mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    assert main(["demo", "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the output of a previous demo (it holds 'mine')" in err[0]
+    assert (out / "mine").is_dir() and (out / "report.json").is_file()  # nothing removed
