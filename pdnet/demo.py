@@ -291,16 +291,6 @@ def _input_size(text: str) -> int:
     return value
 
 
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite learning rate > 0, got {text!r}")
-    return value
-
-
 def _synth_size(text: str) -> str:
     """argparse type of --synth-size: pdnet synth's HxW rule, checked before anything runs."""
     from .data.synth_cli import parse_size
@@ -309,15 +299,19 @@ def _synth_size(text: str) -> str:
     return text
 
 
-def _minutes(text: str) -> float:
-    """argparse type of --minutes: a positive, finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
-    return value
+def _positive_float(what: str):
+    """argparse type: a finite number > 0 (``what`` names it in the error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {what} (a finite number > 0), got {text!r}")
+        return value
+
+    return parse
 
 
 def add_parser(sub) -> None:
@@ -332,7 +326,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="demo-out", help="folder for the data, the run and the report")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous demo's output in --out (a folder holding anything else is refused)")
-    p.add_argument("--minutes", type=_minutes, default=DEFAULT_MINUTES, metavar="N",
+    p.add_argument("--minutes", type=_positive_float("a number of minutes"), default=DEFAULT_MINUTES, metavar="N",
                    help="wall-time budget of the whole demo in minutes, training gets what the other stages "
                    f"leave (default {DEFAULT_MINUTES:g}); more minutes train longer on slow machines, and with "
                    "--set train.epochs=N beyond the recipe's 12 epochs")
@@ -348,6 +342,6 @@ def add_parser(sub) -> None:
     g.add_argument("--size", type=_input_size, default=128, help="input size (multiple of 32)")
     g.add_argument("--batch", type=_int_at_least(1), default=2)
     g.add_argument("--steps", type=_int_at_least(0), default=3, help="training steps to run (0: forward only)")
-    g.add_argument("--lr", type=_learning_rate, default=0.01)
+    g.add_argument("--lr", type=_positive_float("a learning rate"), default=0.01)
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=run)

@@ -1,5 +1,4 @@
 """Checkpoint integrity and interrupted / failed writes (pdnet.inference.checkpoint)."""
-import errno
 import os
 import signal
 import time
@@ -10,6 +9,8 @@ import torch
 import pdnet
 from pdnet.inference import CheckpointError, load, read_checkpoint, save_model_checkpoint
 from pdnet.inference import checkpoint as ck
+
+from io_faults import FailingFile, enospc
 
 
 @pytest.fixture(autouse=True)
@@ -110,35 +111,9 @@ def test_saving_nan_weights_is_refused_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-class FailingFile:
-    """A binary file that fails (or sends a signal) at its ``at``-th write."""
-
-    def __init__(self, f, at, action):
-        self.f, self.at, self.action, self.writes = f, at, action, 0
-
-    def write(self, data):
-        self.writes += 1
-        if self.writes == self.at:
-            self.action()
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def patch_fdopen(monkeypatch, at, action):
     real = os.fdopen
     monkeypatch.setattr(ck.os, "fdopen", lambda fd, mode: FailingFile(real(fd, mode), at, action))
-
-
-def enospc():
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_disk_full_during_write_is_one_line_error_and_keeps_the_previous_file(model, tmp_path, monkeypatch):
@@ -153,10 +128,7 @@ def test_disk_full_during_write_is_one_line_error_and_keeps_the_previous_file(mo
 
 
 def test_disk_full_at_fsync_is_reported_too(model, tmp_path, monkeypatch):
-    def fsync(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(ck.os, "fsync", fsync)
+    monkeypatch.setattr(ck.os, "fsync", lambda fd: enospc())
     with pytest.raises(CheckpointError, match="new.pt: No space left on device; .*new.pt was not created"):
         save_model_checkpoint(tmp_path / "new.pt", model)
     assert list(tmp_path.iterdir()) == []

@@ -61,8 +61,8 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     (["--frames", "1"], "argument --frames: expected an integer >= 2, got 1"),
     (["--synth-size", "10x"], "argument --synth-size: size must be HxW"),
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
-    (["--minutes", "nan"], "argument --minutes: must be a positive number of minutes, got 'nan'"),
-    (["--minutes", "0"], "argument --minutes: must be a positive number of minutes, got '0'"),
+    (["--minutes", "nan"], "argument --minutes: must be a number of minutes (a finite number > 0), got 'nan'"),
+    (["--minutes", "0"], "argument --minutes: must be a number of minutes (a finite number > 0), got '0'"),
     (["--set", "train.lr=nan"], "--set train.lr=nan: train.lr must be a finite number > 0"),
     (["--set", "bogus"], "--set expects section.key=value, got 'bogus'"),
     (["--quick", "--parts", "0"], "argument --parts: expected an integer >= 1, got 0"),
@@ -70,7 +70,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     (["--quick", "--size", "33"], "argument --size: the input size must be a multiple of 32, got 33"),
     (["--quick", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
     (["--quick", "--steps", "-1"], "argument --steps: expected an integer >= 0, got -1"),
-    (["--quick", "--lr", "inf"], "argument --lr: expected a finite learning rate > 0, got 'inf'"),
+    (["--quick", "--lr", "inf"], "argument --lr: must be a learning rate (a finite number > 0), got 'inf'"),
     (["--quick", "--backbone", "resnet9"], "argument --backbone: invalid choice: 'resnet9'"),
 ])
 def test_demo_flags_bad_values_are_one_line(args, expected, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """Training hardening: every config key and flag checked up front, non-finite losses,
 signals, stale temporaries, disk full while checkpointing."""
 import argparse
-import errno
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pdnet.train import Trainer, TrainError, load_config
 from pdnet.train import cli as train_cli
 from pdnet.train import config as C
 from pdnet.train.loop import NonFiniteLoss, TrainInterrupted, remove_stale_temporaries
+from io_faults import FailingFile, enospc
 from test_train import synth_data, tiny_cfg  # noqa: F401 - the fixture is used by name
 
 TINY = [
@@ -375,26 +375,6 @@ def test_second_signal_stops_at_once_keeping_the_previous_checkpoint(synth_data,
     assert read_checkpoint(tmp_path / "r" / "last.pt")["step"] == 1
 
 
-class FailingFile:
-    def __init__(self, f, action):
-        self.f, self.action, self.writes = f, action, 0
-
-    def write(self, data):
-        self.writes += 1
-        if self.writes == 3:
-            self.action()
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def fail_checkpoint_writes(monkeypatch, action, after: int):
     """The ``after``-th checkpoint file written runs ``action`` mid-write."""
     real = os.fdopen
@@ -405,7 +385,7 @@ def fail_checkpoint_writes(monkeypatch, action, after: int):
         if "b" not in mode:
             return f
         count["n"] += 1
-        return FailingFile(f, action) if count["n"] == after else f
+        return FailingFile(f, 3, action) if count["n"] == after else f
 
     monkeypatch.setattr(ck.os, "fdopen", fdopen)
 
@@ -421,9 +401,6 @@ def test_ctrl_c_during_a_checkpoint_write_ends_interrupted_with_last_pt_complete
 
 
 def test_disk_full_during_a_checkpoint_write_is_one_line_error(synth_data, tmp_path, capsys, monkeypatch):  # noqa: F811
-    def enospc():
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     fail_checkpoint_writes(monkeypatch, enospc, after=2)
     run = tmp_path / "run"
     code, err = run_cli(["train", "--out", str(run), "--data", str(synth_data), "--max-steps", "6"]
