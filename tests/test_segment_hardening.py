@@ -455,3 +455,22 @@ def test_stale_temporaries_of_a_killed_run_are_removed(assets, tmp_path, capsys,
     (out2 / ".00019.png.zzzzzzzz.tmp").write_bytes(b"x")
     rc, _ = segment(capsys, str(root / "clip.mkv"), "--checkpoint", str(root / "tiny.pt"), "--out", str(out2))
     assert rc == 0 and not (out2 / ".00019.png.zzzzzzzz.tmp").exists()
+
+
+def test_outputs_get_the_usual_file_mode(assets, tmp_path, capsys, quick_load):
+    """Atomic writes go through mkstemp (mode 0o600); the files put in place get the mode
+    a plain open would give them (0o666 & ~umask), like any other output."""
+    import stat
+
+    root, model = assets
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        rc, _ = segment(capsys, str(root / "frames"), "--checkpoint", str(root / "tiny.pt"), "--out", str(out),
+                        "--overlay")
+        assert rc == 0
+        ck = save_model_checkpoint(tmp_path / "m.pt", model)
+    finally:
+        os.umask(old)
+    for p in [*out.iterdir(), ck]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p

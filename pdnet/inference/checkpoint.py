@@ -43,7 +43,6 @@ import os
 import pickle
 import re
 import signal
-import tempfile
 import threading
 import zlib
 from collections.abc import Mapping
@@ -54,6 +53,7 @@ import torch
 from torch import nn
 
 from .._device import parse_device
+from .._fs import temporary_beside
 from ..model import PDNet, PDNetConfig, load_release_state_dict
 from ..model.release import release_to_pdnet_key, unwrap_state_dict
 
@@ -239,7 +239,7 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     with deferred_signals():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = temporary_beside(path)
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from None
         writer = None

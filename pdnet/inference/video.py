@@ -37,7 +37,6 @@ import math
 import os
 import queue
 import re
-import tempfile
 import threading
 import warnings
 from fractions import Fraction
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+
+from .._fs import temporary_beside
 
 if TYPE_CHECKING:  # torch is imported by background() itself: reading and checking inputs does not need it
     import torch
@@ -384,9 +385,9 @@ class BackgroundWorker:
 
 def _temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
     """A new empty file in ``path``'s folder, hidden, named after ``path``, for an atomic write."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = temporary_beside(path, suffix)
     os.close(fd)
-    return Path(tmp)
+    return tmp
 
 
 def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> List[Path]:
@@ -414,7 +415,7 @@ def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> 
     return removed
 
 
-#: ``tempfile.mkstemp(prefix=".<name>.", suffix=...)`` names: 8 characters from [a-z0-9_]
+#: :func:`pdnet._fs.temporary_beside` names (``tempfile.mkstemp``): 8 characters from [a-z0-9_]
 _STALE_TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)$")
 
 
