@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 #: command -> (module that defines it with ``add_parser``, the summary ``pdnet --help``
 #: lists, the same as that module's ``help=``), in help order
-COMMANDS: Dict[str, Tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pdnet.demo",
              "the whole pipeline on synthetic data: synth, train demo-cpu, evaluate, segment, report (CPU)"),
     "segment": ("pdnet.inference.cli",
                 "segment a video or a folder of frames: mask PNGs, optional overlay / composite videos"),
-    "synth": ("pdnet.data.synth_cli", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
+    "synth": ("pdnet.data.synth.cli", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
     "train": ("pdnet.train.cli", "train PDNet with the release recipe (resumable; multi-GPU via torchrun)"),
     "evaluate": ("pdnet.evaluation.cli", "DAVIS J&F of predicted mask PNGs against ground truth"),
 }
@@ -50,7 +50,7 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``pdnet`` parser. Sub-command ``command`` gets its full parser (its module
     is imported); the others are listed by name and summary only. ``"all"`` imports
     every command module and builds every full parser."""
@@ -74,7 +74,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _command_of(argv: Sequence[str]) -> Optional[str]:
+def _command_of(argv: Sequence[str]) -> str | None:
     """The sub-command named in ``argv``: its first word that is not an option (the
     top-level options take no value)."""
     args = list(argv)
@@ -86,7 +86,7 @@ def _command_of(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(_command_of(argv))

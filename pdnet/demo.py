@@ -293,7 +293,7 @@ def _input_size(text: str) -> int:
 
 def _synth_size(text: str) -> str:
     """argparse type of --synth-size: pdnet synth's HxW rule, checked before anything runs."""
-    from .data.synth_cli import parse_size
+    from .data.synth.cli import parse_size
 
     parse_size(text)
     return text

@@ -1,5 +1,5 @@
 """``pdnet synth``'s command line (argument checks, one-line errors, ``--force``); the
-generator is :mod:`pdnet.data.synth`. Importing this module imports neither torch nor
+generator is :mod:`pdnet.data.synth.writer`. Importing this module imports neither torch nor
 NumPy, so ``pdnet synth --help`` and argument errors answer at once.
 """
 from __future__ import annotations
@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Tuple
-
 
 MAX_SIDE = 4096
 
 
-def parse_size(text: str) -> Tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
     """"480x854" -> (480, 854); "256" -> (256, 256); each side in 16..4096."""
     try:
         parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
@@ -66,7 +64,7 @@ def add_parser(subparsers) -> None:
 
 def _check_out(out: Path, force: bool) -> None:
     """One-line errors for an output folder synth cannot (or must not) write into."""
-    from ..cli import UserError
+    from ...cli import UserError
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
@@ -86,7 +84,7 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ...cli import UserError
 
     out = Path(args.out)
     for flag, value, low in (("--clips", args.clips, 1), ("--frames", args.frames, 1), ("--workers", args.workers, 1)):
@@ -103,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         import skimage  # noqa: F401
     except ImportError:
         raise UserError("pdnet synth needs scikit-image (pip install 'pdnet[data]')") from None
-    from .synth import NotSynthOutput, remove_previous, split_of, synthesize  # torch: only now
+    from .writer import NotSynthOutput, remove_previous, split_of, synthesize  # torch: only now
     try:
         if args.force and out.is_dir() and any(out.iterdir()):
             try:
