@@ -661,7 +661,8 @@ def test_packed_batches(davis, output):
     travel by value, prepare_batch of the packed buffer equals the per-entry path."""
     import pickle
 
-    from pdnet.data.augment import PIXEL_KEYS, PairBatch, collate_pairs
+    from pdnet.data.collate import collate_pairs
+    from pdnet.data.transport import PIXEL_KEYS, PairBatch
 
     ds = build_dataset("davis", davis, "train", size=(24, 20), seed=3, output=output)
     ds.set_epoch(1)
@@ -702,7 +703,8 @@ def test_packed_batches(davis, output):
 def test_packed_batches_cuda(davis, output):
     """On a GPU: the packed buffer is pinned once (DataLoader pin_memory) and moved once;
     the result matches the CPU one (float resize there for raw: within one grey level)."""
-    from pdnet.data.augment import PIXEL_KEYS, collate_pairs
+    from pdnet.data.collate import collate_pairs
+    from pdnet.data.transport import PIXEL_KEYS
 
     ds = build_dataset("davis", davis, "train", size=(24, 20), seed=3, output=output)
     batch = collate_pairs([ds[i] for i in range(3)])

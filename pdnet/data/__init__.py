@@ -9,8 +9,10 @@
   ``output="raw"`` batches there (the fast formats for GPU training on few CPU cores).
 - ``scan_*`` readers of each layout (:mod:`pdnet.data.layouts`) and
   :func:`validate_clips`, the main-process file check.
-- :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation;
-  :class:`PairBatch`, the collated batch (pixels packed in one buffer).
+- :class:`PairAugment`: random crop (up to 1/8 a side), flip, resize, normalisation
+  (:mod:`pdnet.data.augment`); :func:`collate_pairs` (:mod:`pdnet.data.collate`) makes
+  a :class:`PairBatch`, the collated batch whose pixels travel between processes as one
+  buffer (:mod:`pdnet.data.transport`).
 - :mod:`pdnet.data.synth`: ``pdnet synth``, fake-motion clips in the DAVIS-2016 layout.
 - :func:`decode_mask` / :func:`read_mask`: the one mask reader (training and
   ``pdnet evaluate``): 0/255 and soft grey as stored, 0/1 scaled to 0/255, palette and
@@ -23,7 +25,9 @@ from .._lazy import lazy_attributes as _lazy_attributes
 #: public name -> submodule defining it; imported on first use (PEP 562), so that
 #: ``pdnet.data.errors`` or ``pdnet synth --help`` do not import torch
 _EXPORTS = {
-    **dict.fromkeys(("PairAugment", "PairBatch", "collate_pairs", "normalize_uint8", "prepare_batch"), "augment"),
+    **dict.fromkeys(("PairAugment", "normalize_uint8"), "augment"),
+    **dict.fromkeys(("collate_pairs", "prepare_batch"), "collate"),
+    "PairBatch": "transport",
     **dict.fromkeys(
         ("ImagePairDataset", "PairDataset", "VideoPairDataset", "build_dataset", "make_loader", "sample_rng",
          "seed_worker"),

@@ -32,7 +32,7 @@ cropped, resized and flipped in one pass (:func:`pdnet.data.augment.augment_rgba
 the CPU the resized mask is a grey level within 1/255 of a float resize. uint8 and raw
 samples are views of [H, W, 4] buffers (image and mask with channels-last strides);
 :func:`pdnet.data.collate_pairs` packs a batch's pixels into one buffer
-(:class:`pdnet.data.augment.PairBatch`: one shared-memory segment per batch from a
+(:class:`pdnet.data.transport.PairBatch`: one shared-memory segment per batch from a
 worker, moved once by ``prepare_batch``). Throughput: bench/bench_data.py.
 
 Video datasets have one sample per annotated frame (every frame of a clip is a target,
@@ -63,7 +63,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import OUTPUTS, PairAugment, SizeLike, as_size, augment_rgba, collate_pairs, geometry_tensor, rgba_to_float
+from .augment import OUTPUTS, PairAugment, SizeLike, as_size, augment_rgba, geometry_tensor, rgba_to_float
+from .collate import collate_pairs
 from .errors import DataError, PathLike, problem, raise_or_warn
 from .io import read_rgba
 from .layouts import LAYOUTS, SCANNERS, Clip, detect_layout, validate_clips
