@@ -11,6 +11,7 @@ Install into an environment that already has torch, without build isolation:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import sysconfig
 from pathlib import Path
@@ -143,11 +144,21 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _version() -> str:
+    """``__version__`` of pdnet/__init__.py, the one place the version is written (read as
+    text: importing pdnet here would need its dependencies at build time)."""
+    text = (ROOT / "pdnet" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("pdnet/__init__.py has no line __version__ = \"...\"")
+    return match.group(1)
+
+
 ext_modules, cmdclass = _extension_modules()
 
 setup(
     name="pdnet",
-    version="0.1.0",
+    version=_version(),
     description="PDNet (Part-Decoupling Network) for video portrait segmentation, with fused kernels",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -164,9 +175,12 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless"],  # cv2: the DAVIS toolkit's dilation, as a test oracle
+        # cv2: the DAVIS toolkit's dilation, as a test oracle
+        "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless"],
         "data": ["scikit-image", "av"],
         "train": ["tensorboard"],
+        # pinned: `make lint` must give the same verdict everywhere
+        "lint": ["ruff==0.17.6", "clang-format==23.1.5"],
     },
     entry_points={"console_scripts": ["pdnet = pdnet.cli:main"]},
     ext_modules=ext_modules,

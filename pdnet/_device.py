@@ -1,12 +1,10 @@
 """One reading of a device argument for every command and API (``--device``, ``device=``)."""
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
 
-def parse_device(spec: Union[str, torch.device, None], name: str = "device") -> torch.device:
+def parse_device(spec: str | torch.device | None, name: str = "device") -> torch.device:
     """``None`` / ``"auto"``: CUDA when available, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``.
 
     Args:

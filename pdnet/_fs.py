@@ -5,10 +5,9 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
 
 _umask_lock = threading.Lock()
-_umask: Optional[int] = None
+_umask: int | None = None
 
 
 def _process_umask() -> int:
@@ -21,7 +20,7 @@ def _process_umask() -> int:
         return _umask
 
 
-def temporary_beside(path: Path, suffix: str = ".tmp") -> Tuple[int, Path]:
+def temporary_beside(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
     """A new empty file ``.<name>.<8 random characters><suffix>`` in ``path``'s folder,
     open for writing (the descriptor is returned), with the mode a plain ``open`` would
     give ``path`` (``0o666 & ~umask``) rather than mkstemp's 0o600, so that the file put

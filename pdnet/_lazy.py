@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable, Iterable, List, Mapping, Tuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 
 def lazy_attributes(
     package: str, exports: Mapping[str, str], submodules: Iterable[str] = ()
-) -> Tuple[Callable[[str], Any], Callable[[], List[str]]]:
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The ``__getattr__`` and ``__dir__`` of a package whose names import on first use.
 
     Args:
@@ -44,7 +45,7 @@ def lazy_attributes(
         setattr(sys.modules[package], name, value)
         return value
 
-    def __dir__() -> List[str]:
+    def __dir__() -> list[str]:
         names = vars(sys.modules[package])
         public = {k for k in names if not k.startswith("_")} | set(names.get("__all__", ()))
         return sorted(public | set(exports) | submodules)

@@ -4,13 +4,13 @@ By default glibc serves each block of more than 128 KB (raised dynamically up to
 with a fresh ``mmap`` and returns it to the kernel on ``free``, and trims freed heap
 beyond 128 KB. A PyTorch process on the CPU allocates and frees tensors of megabytes
 every step, so it page-faults (and the kernel zeroes) every page of them again and
-again: on a 2-vCPU VM that costs about as much as the arithmetic of a memory-bound op
-(see bench/results/README.md, "allocator"). These settings make freed blocks stay in the
-process instead (after the first few allocations of a size, while the heap grows: an
-aligned block does not fit the exact hole its predecessor left until holes merge). They
-change nothing but speed and the resident set (which then stays at its peak), are process-wide, and are applied only where pdnet runs the process's work:
-its DataLoader workers, the trainer on CPU devices (``train.keep_freed_memory``) and, on
-request, the benchmarks.
+again, which can cost as much as the arithmetic of a memory-bound op. These settings
+make freed blocks stay in the process instead (after the first few allocations of a
+size, while the heap grows: an aligned block does not fit the exact hole its
+predecessor left until holes merge). They change nothing but speed and the resident set
+(which then stays at its peak) and are process-wide, so nothing applies them on import:
+only an explicit call does (pdnet's DataLoader workers, the trainer when
+``train.keep_freed_memory`` asks for it, the benchmarks on request).
 """
 from __future__ import annotations
 

@@ -7,17 +7,20 @@ import pytest
 from pdnet.cli import main
 
 
+@pytest.mark.slow  # a subprocess
 def test_python_m_pdnet_help():
     r = subprocess.run([sys.executable, "-m", "pdnet", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout
 
 
+@pytest.mark.slow  # end to end
 def test_demo_runs(capsys):
     assert main(["demo", "--quick", "--steps", "1", "--size", "64", "--batch", "1"]) == 0
     out = capsys.readouterr().out
     assert "parameters:" in out and "parts_t.area_gt" in out and "total time" in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_script_installed():
     from pathlib import Path
 
@@ -27,6 +30,7 @@ def test_console_script_installed():
     assert r.returncode == 0 and r.stdout.startswith("pdnet ")
 
 
+@pytest.mark.slow  # end to end
 def test_demo_pipeline_end_to_end(tmp_path, capsys):
     """`pdnet demo` (the README's main job) on a tiny budget: synth, J&F before/after,
     training, segmenting a held-out clip, and the report naming real files. The

@@ -40,7 +40,8 @@ def test_video_step_total(variant):
     terms = L.video_step_loss(out, mt, mr, ft, fr, basis, variant)
     expect = L.seg_loss(out["pred"], mt)["total"]
     for tag, m, f in (("t", mt, ft), ("r", mr, fr)):
-        aux = sum(L.seg_loss(s, m)["total"] for s in out[f"side_{tag}"]) + L.seg_loss(out[f"saliency_{tag}"], m)["total"]
+        sides = sum(L.seg_loss(s, m)["total"] for s in out[f"side_{tag}"])
+        aux = sides + L.seg_loss(out[f"saliency_{tag}"], m)["total"]
         parts = L.part_total(out[f"parts_{tag}"], m, out[f"saliency_{tag}"], f, basis, variant)["total"]
         expect = expect + 0.8 * (aux + parts)
     torch.testing.assert_close(terms["total"], expect)
@@ -110,7 +111,13 @@ def test_part_basis_is_nonnegative():
         (lambda: L.concentration(torch.zeros(2, 4, 4)), r"Tensor\[B, p, H, W\]"),
         (lambda: L.semantic(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(3, 3)), "basis must be"),
         (lambda: L.semantic(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 5, 4), torch.zeros(2, 3)), "feat must be"),
-        (lambda: L.part_total(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(2, 3)), "saliency_logit must be"),
+        (
+            lambda: L.part_total(
+                torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4),
+                torch.zeros(2, 3),
+            ),
+            "saliency_logit must be",
+        ),
     ],
 )
 def test_loss_input_errors(call, msg):
@@ -134,11 +141,11 @@ def test_factored_semantic_equals_dense_with_gradients(low):
         return out["semantic_gt"], out["semantic_sal"]
 
     dense, fact = both("dense"), both("factored")
-    for a, b in zip(dense, fact):
+    for a, b in zip(dense, fact, strict=True):
         torch.testing.assert_close(b.double(), a.double(), rtol=1e-5, atol=1e-7)
         ga = torch.autograd.grad(a, (D, S, w), retain_graph=True, allow_unused=True)
         gb = torch.autograd.grad(b, (D, S, w), retain_graph=True, allow_unused=True)
-        for x, y, t in zip(ga, gb, (D, S, w)):
+        for x, y, t in zip(ga, gb, (D, S, w), strict=True):
             x = torch.zeros_like(t) if x is None else x
             y = torch.zeros_like(t) if y is None else y
             torch.testing.assert_close(y.double(), x.double(), rtol=1e-4, atol=1e-6)

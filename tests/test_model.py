@@ -143,7 +143,7 @@ def test_train_one_step(parts):
     loss["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
     opt.step()
-    unchanged = [n for (n, p), b in zip(m.named_parameters(), before) if torch.equal(p, b)]
+    unchanged = [n for (n, p), b in zip(m.named_parameters(), before, strict=True) if torch.equal(p, b)]
     # with a single part the softmax over parts is constant: the part head gets no gradient
     assert unchanged == (["ipda.part_head.weight", "ipda.part_head.bias"] if parts == 1 else [])
     # an image step too
@@ -165,10 +165,20 @@ def test_batchnorm_statistics_update_in_training():
 @pytest.mark.parametrize(
     "t,r,exc,msg",
     [
-        (torch.randn(2, 4, 64, 64), torch.randn(2, 4, 64, 64), ValueError, r"RGB batch Tensor\[B, 3, H, W\].*\(2, 4, 64, 64\)"),
+        (
+            torch.randn(2, 4, 64, 64),
+            torch.randn(2, 4, 64, 64),
+            ValueError,
+            r"RGB batch Tensor\[B, 3, H, W\].*\(2, 4, 64, 64\)",
+        ),
         (torch.randn(2, 3, 64, 64), torch.randn(2, 3, 96, 64), ValueError, "same shape"),
         (torch.randn(2, 3, 64, 64), torch.randn(1, 3, 64, 64), ValueError, "same shape"),
-        (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, "floating-point"),
+        (
+            torch.zeros(2, 3, 64, 64, dtype=torch.uint8),
+            torch.zeros(2, 3, 64, 64, dtype=torch.uint8),
+            TypeError,
+            "floating-point",
+        ),
         (torch.randn(2, 3, 60, 64), torch.randn(2, 3, 60, 64), ValueError, "multiples of 32.*60x64"),
         (torch.randn(3, 64, 64), torch.randn(3, 64, 64), ValueError, "RGB batch"),
         (torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64).double(), ValueError, "dtype and device"),
@@ -201,7 +211,7 @@ def test_release_key_map_round_trips():
         assert release_to_pdnet_key(rk) == k
 
 
-@pytest.mark.parametrize("backbone,parts", [("resnet18", 3), ("resnet101", 5)])
+@pytest.mark.parametrize("backbone,parts", [("resnet18", 3), pytest.param("resnet101", 5, marks=pytest.mark.slow)])
 def test_release_export_reload_other_backbones(backbone, parts):
     a = pdnet.PDNet(backbone=backbone, parts=parts, input_size=(64, 64)).eval()
     sd = pdnet.to_release_state_dict(a)

@@ -1,10 +1,10 @@
 """Parity with the authors' release (tests/data/official, see PARITY.md there)."""
 import pytest
 import torch
+from release_fixture import FIXTURE, read_keys, recipe_state_dict
 
 import pdnet
 from pdnet import losses as L
-from release_fixture import FIXTURE, read_keys, recipe_state_dict
 
 OUT_RTOL = 1e-4  # PARITY.md: model outputs to about 1e-4 relative error in fp32
 LOSS_RTOL = 1e-5  # PARITY.md: losses to about 1e-5 relative error
@@ -59,7 +59,13 @@ def test_pred_eval_with_cached_reference(release_model, fixture):
 
 @pytest.mark.parametrize(
     "ours,theirs",
-    [("pred", "pred"), ("saliency_t", "sup_x"), ("parts_t", "parts_x"), ("saliency_r", "sup_y"), ("parts_r", "parts_y")],
+    [
+        ("pred", "pred"),
+        ("saliency_t", "sup_x"),
+        ("parts_t", "parts_x"),
+        ("saliency_r", "sup_y"),
+        ("parts_r", "parts_y"),
+    ],
 )
 def test_train_outputs(train_outputs, fixture, ours, theirs):
     ref = fixture["train_outputs"][theirs]
@@ -76,22 +82,22 @@ def test_side_outputs(train_outputs, fixture, frame, theirs, i):
 
 @pytest.fixture(scope="module")
 def loss_case(fixture):
-    T, I = fixture["train_outputs"], fixture["loss_inputs"]
+    T, inputs = fixture["train_outputs"], fixture["loss_inputs"]
     X = torch.softmax(T["parts_x"], dim=1)
-    return T, I, X, fixture["losses"]
+    return T, inputs, X, fixture["losses"]
 
 
 def test_seg_losses(loss_case):
-    T, I, _, R = loss_case
-    assert rel_err(L.wbce(T["pred"], I["gt"]), R["seg_wbce"]) < LOSS_RTOL
-    assert rel_err(L.prob_l1(T["pred"], I["gt"]), R["seg_l1"]) < LOSS_RTOL
-    s = L.seg_loss(T["pred"], I["gt"])
+    T, inputs, _, R = loss_case
+    assert rel_err(L.wbce(T["pred"], inputs["gt"]), R["seg_wbce"]) < LOSS_RTOL
+    assert rel_err(L.prob_l1(T["pred"], inputs["gt"]), R["seg_l1"]) < LOSS_RTOL
+    s = L.seg_loss(T["pred"], inputs["gt"])
     assert rel_err(s["total"], R["seg_wbce"] + 0.8 * R["seg_l1"]) < LOSS_RTOL
 
 
 def test_part_losses(loss_case):
-    T, I, X, R = loss_case
-    gt, feat, basis = I["gt"], I["feat"], I["basis"]
+    T, inputs, X, R = loss_case
+    gt, feat, basis = inputs["gt"], inputs["feat"], inputs["basis"]
     assert rel_err(L.concentration(X * gt), R["concentration"]) < LOSS_RTOL
     assert rel_err(L.semantic(X * gt, feat * gt, basis), R["semantic"]) < LOSS_RTOL
     assert rel_err(L.orthonormal(basis), R["orthonormal"]) < LOSS_RTOL
@@ -99,14 +105,15 @@ def test_part_losses(loss_case):
 
 
 def test_part_total(loss_case):
-    T, I, _, R = loss_case
-    out = L.part_total(T["parts_x"], I["gt"], T["sup_x"], I["feat"], I["basis"])
+    T, inputs, _, R = loss_case
+    out = L.part_total(T["parts_x"], inputs["gt"], T["sup_x"], inputs["feat"], inputs["basis"])
     assert rel_err(out["total"], R["part_total"]) < LOSS_RTOL
 
 
 def test_losses_on_our_outputs(train_outputs, fixture):
     """The whole chain: our outputs fed to our losses give the release's loss values."""
-    I, R = fixture["loss_inputs"], fixture["losses"]
-    out = L.part_total(train_outputs["parts_t"], I["gt"], train_outputs["saliency_t"], I["feat"], I["basis"])
+    inputs, R = fixture["loss_inputs"], fixture["losses"]
+    parts, saliency = train_outputs["parts_t"], train_outputs["saliency_t"]
+    out = L.part_total(parts, inputs["gt"], saliency, inputs["feat"], inputs["basis"])
     assert rel_err(out["total"], R["part_total"]) < 1e-4
-    assert rel_err(L.wbce(train_outputs["pred"], I["gt"]), R["seg_wbce"]) < 1e-4
+    assert rel_err(L.wbce(train_outputs["pred"], inputs["gt"]), R["seg_wbce"]) < 1e-4

@@ -43,11 +43,13 @@ def test_model_outputs_and_gradients_match_reference():
         (preds[-1] * weight).sum().backward()
     torch.testing.assert_close(preds[1], preds[0], rtol=1e-9, atol=1e-9)
     n = 0
-    for (name, p_ref), (_, p_tri) in zip(ref.named_parameters(), tri.named_parameters()):
+    for (name, p_ref), (_, p_tri) in zip(ref.named_parameters(), tri.named_parameters(), strict=True):
         if p_ref.grad is None:
             assert p_tri.grad is None, name
             continue
-        torch.testing.assert_close(p_tri.grad, p_ref.grad, rtol=1e-7, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            p_tri.grad, p_ref.grad, rtol=1e-7, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}"
+        )
         n += 1
     assert n > 50  # the trunk, IPDA (attention, masks, assembly) and heads all got gradients
     assert tri.ipda.query[0].weight.grad.abs().sum() > 0 and tri.ipda.key[0].weight.grad.abs().sum() > 0
@@ -75,5 +77,7 @@ def test_part_losses_match_reference():
     (t_ref, g_ref), (t_tri, g_tri) = out["reference"], out["triton"]
     assert set(t_ref) == set(t_tri)
     for name in t_ref:
-        torch.testing.assert_close(t_tri[name], t_ref[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            t_tri[name], t_ref[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
     torch.testing.assert_close(g_tri, g_ref, rtol=1e-4, atol=1e-7)

@@ -6,8 +6,6 @@ W = ReLU(w), Tensor[p, C]; ``feat`` are frozen semantic features Tensor[B, C, h,
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 from torch import nn
 
@@ -86,7 +84,7 @@ def upsampled_sq_norm(feat: torch.Tensor, size, chunk: int = 64) -> torch.Tensor
 
 
 def semantic_factored(
-    x: torch.Tensor, gate: torch.Tensor, feat: torch.Tensor, basis: torch.Tensor, feat_sq: Optional[torch.Tensor] = None
+    x: torch.Tensor, gate: torch.Tensor, feat: torch.Tensor, basis: torch.Tensor, feat_sq: torch.Tensor | None = None
 ) -> torch.Tensor:
     """:func:`semantic` of ``(x, gate * up(feat), basis)`` without the (B, C, H, W) tensors.
 
@@ -107,11 +105,15 @@ def semantic_factored(
     _check_parts("semantic_factored", x)
     B, p, H, W = x.shape
     if basis.dim() != 2 or basis.shape != (p, feat.shape[1]):
-        raise ValueError(f"semantic_factored: basis must be Tensor[p, C] = {(p, feat.shape[1])}, got {tuple(basis.shape)}")
+        raise ValueError(
+            f"semantic_factored: basis must be Tensor[p, C] = {(p, feat.shape[1])}, got {tuple(basis.shape)}"
+        )
     if feat.dim() != 4 or feat.shape[0] != B:
         raise ValueError(f"semantic_factored: feat must be Tensor[B={B}, C, h, w], got {tuple(feat.shape)}")
     if gate.shape != (B, 1, H, W):
-        raise ValueError(f"semantic_factored: gate must be Tensor[B, 1, H, W] = {(B, 1, H, W)}, got {tuple(gate.shape)}")
+        raise ValueError(
+            f"semantic_factored: gate must be Tensor[B, 1, H, W] = {(B, 1, H, W)}, got {tuple(gate.shape)}"
+        )
     x, gate, basis = x.float(), gate.float(), basis.float()
     if feat_sq is None:
         feat_sq = upsampled_sq_norm(feat, (H, W))
@@ -148,7 +150,7 @@ def part_total(
     variant: str = "release",
     backend: str = "auto",
     semantic_impl: str = "factored",
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """All part losses of one frame, as named terms plus ``total``.
 
     Args:
@@ -168,7 +170,12 @@ def part_total(
     if variant not in ("release", "paper"):
         raise ValueError(f"part_total: variant must be 'release' or 'paper', got {variant!r}")
     for name, t in (("gt", gt), ("saliency_logit", saliency_logit)):
-        if t.dim() != 4 or t.shape[1] != 1 or t.shape[0] != part_logits.shape[0] or t.shape[-2:] != part_logits.shape[-2:]:
+        if (
+            t.dim() != 4
+            or t.shape[1] != 1
+            or t.shape[0] != part_logits.shape[0]
+            or t.shape[-2:] != part_logits.shape[-2:]
+        ):
             raise ValueError(
                 f"part_total: {name} must be Tensor[B, 1, H, W] matching part_logits "
                 f"{tuple(part_logits.shape)}, got {tuple(t.shape)}"
@@ -209,7 +216,7 @@ def part_total(
 class PartBasis(nn.Module):
     """Learnable part basis w (p, C), initialised |N(0, 1)|; forward returns W = ReLU(w)."""
 
-    def __init__(self, parts: int, channels: int = 512, generator: Optional[torch.Generator] = None) -> None:
+    def __init__(self, parts: int, channels: int = 512, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(parts, channels, generator=generator).abs())
 

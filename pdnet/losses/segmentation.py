@@ -1,8 +1,6 @@
 """Segmentation losses of the release: weighted BCE + L1 on probabilities."""
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +38,7 @@ def prob_l1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(logits.float()) - target.float()).abs().mean()
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """seg = wbce + 0.8 * l1; returns {"wbce", "l1", "total"}."""
     w = wbce(logits, target)
     l1 = prob_l1(logits, target)

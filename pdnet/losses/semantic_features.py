@@ -1,8 +1,6 @@
 """Frozen ImageNet ResNet-18 feature extractor for the semantic part loss."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -22,7 +20,7 @@ class SemanticFeatures(nn.Module):
 
     channels = 512
 
-    def __init__(self, weights: Optional[str] = "cache") -> None:
+    def __init__(self, weights: str | None = "cache") -> None:
         super().__init__()
         self.net = ResNetEncoder("resnet18")
         self.pretrained = self.net.load_imagenet(weights)
@@ -30,7 +28,7 @@ class SemanticFeatures(nn.Module):
             p.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "SemanticFeatures":
+    def train(self, mode: bool = True) -> SemanticFeatures:
         return super().train(False)
 
     @torch.no_grad()

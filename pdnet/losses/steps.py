@@ -1,7 +1,7 @@
 """Step totals of the release recipe: the image step and the video step."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -11,7 +11,7 @@ from .segmentation import seg_loss
 SIDE_WEIGHT = 0.8
 
 
-def _add_seg(terms: Dict[str, torch.Tensor], prefix: str, logits, target) -> torch.Tensor:
+def _add_seg(terms: dict[str, torch.Tensor], prefix: str, logits, target) -> torch.Tensor:
     s = seg_loss(logits, target)
     terms[f"{prefix}.wbce"] = s["wbce"]
     terms[f"{prefix}.l1"] = s["l1"]
@@ -25,7 +25,7 @@ def _frame_aux(terms, tag: str, sides: Sequence[torch.Tensor], saliency, target)
     return total + _add_seg(terms, f"saliency_{tag}", saliency, target)
 
 
-def image_step_loss(outputs: Mapping[str, object], mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+def image_step_loss(outputs: Mapping[str, object], mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Loss of an image step (a still image fed as both frames).
 
     seg(pred) + 0.8 * (sum of seg over the 4 side logits and the saliency logit).
@@ -37,7 +37,7 @@ def image_step_loss(outputs: Mapping[str, object], mask: torch.Tensor) -> Dict[s
     Returns:
         dict of named terms (``pred.wbce``, ``side_t0.l1`` ...) plus ``total``.
     """
-    terms: Dict[str, torch.Tensor] = {}
+    terms: dict[str, torch.Tensor] = {}
     pred = _add_seg(terms, "pred", outputs["pred"], mask)
     aux = _frame_aux(terms, "t", outputs["side_t"], outputs["saliency_t"], mask)
     terms["total"] = pred + SIDE_WEIGHT * aux
@@ -54,7 +54,7 @@ def video_step_loss(
     variant: str = "release",
     backend: str = "auto",
     semantic_impl: str = "factored",
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Loss of a video step.
 
     seg(pred) + 0.8 * (sides_t + seg(S_t) + part_total_t)
@@ -68,7 +68,7 @@ def video_step_loss(
         variant: ``release`` or ``paper`` (eq. 6), see :func:`part_total`.
         backend, semantic_impl: see :func:`part_total`.
     """
-    terms: Dict[str, torch.Tensor] = {}
+    terms: dict[str, torch.Tensor] = {}
     total = _add_seg(terms, "pred", outputs["pred"], mask_t)
     for tag, mask, feat in (("t", mask_t, feat_t), ("r", mask_r, feat_r)):
         aux = _frame_aux(terms, tag, outputs[f"side_{tag}"], outputs[f"saliency_{tag}"], mask)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Tuple
+from typing import Any
 
 #: output channels of C2..C5 for each supported backbone
-BACKBONE_CHANNELS: Dict[str, Tuple[int, int, int, int]] = {
+BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (64, 128, 256, 512),
     "resnet34": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
@@ -47,7 +47,7 @@ class PDNetConfig:
     parts: int = 5
     attention_scale: float = 1.0
     ipda_stride: int = 4
-    input_size: Tuple[int, int] = (480, 480)
+    input_size: tuple[int, int] = (480, 480)
     loss_variant: str = "release"
     decoder_channels: int = 128
     ipda_channels: int = 64
@@ -85,16 +85,16 @@ class PDNetConfig:
                 raise ValueError(f"PDNetConfig.{name} must be positive, got {getattr(self, name)}")
 
     @property
-    def backbone_channels(self) -> Tuple[int, int, int, int]:
+    def backbone_channels(self) -> tuple[int, int, int, int]:
         return BACKBONE_CHANNELS[self.backbone]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "PDNetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PDNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +68,7 @@ class ResNetEncoder(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.name = name
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
@@ -77,7 +76,7 @@ class ResNetEncoder(nn.Module):
         c5 = self.layer4(c4)
         return [c2, c3, c4, c5]
 
-    def load_imagenet(self, source: Optional[str] = "cache") -> bool:
+    def load_imagenet(self, source: str | None = "cache") -> bool:
         """Load ImageNet weights without touching the network.
 
         ``source`` is a path to a torchvision ResNet state_dict, ``"cache"`` to use
@@ -115,7 +114,8 @@ class ResNetEncoder(nn.Module):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RuntimeError(f"cannot read ImageNet weights {path} ({type(exc).__name__}: {first})") from None
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise RuntimeError(f"{path} is not a torchvision {self.name} state_dict (it holds a {type(state).__name__})")
+            kind = type(state).__name__
+            raise RuntimeError(f"{path} is not a torchvision {self.name} state_dict (it holds a {kind})")
         state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
         own = self.state_dict()
         missing = [k for k in own if k not in state]

@@ -6,7 +6,6 @@ release's IPDA stride 4), N = h*w tokens, d attention width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ class FrameFeatures:
     """
 
     decoded: torch.Tensor
-    sides: List[torch.Tensor]
+    sides: list[torch.Tensor]
     parts: torch.Tensor
     part_logits: torch.Tensor
     saliency: torch.Tensor
@@ -53,9 +52,9 @@ class ReferenceState:
     keys: torch.Tensor
     values: torch.Tensor
     size: tuple
-    features: Optional[FrameFeatures] = None
+    features: FrameFeatures | None = None
 
-    def to(self, *args, **kwargs) -> "ReferenceState":
+    def to(self, *args, **kwargs) -> ReferenceState:
         return ReferenceState(self.keys.to(*args, **kwargs), self.values.to(*args, **kwargs), self.size, None)
 
 
@@ -76,7 +75,7 @@ class Decoder(nn.Module):
         self.fuse3 = Fuse(width)
         self.fuse2 = Fuse(width)
 
-    def forward(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         c2, c3, c4, c5 = feats
         l2, l3, l4 = self.lateral2(c2), self.lateral3(c3), self.lateral4(c4)
         x5 = upsample(self.lateral5(c5), l4.shape[-2:])  # [B, w, H/16, W/16]
@@ -180,7 +179,7 @@ class PDNet(nn.Module):
     Tensor[B, 1, H, W]. :meth:`train_outputs` returns every deep-supervision output.
     """
 
-    def __init__(self, config: Optional[PDNetConfig] = None, **overrides) -> None:
+    def __init__(self, config: PDNetConfig | None = None, **overrides) -> None:
         super().__init__()
         if config is None:
             config = PDNetConfig(**overrides)
@@ -262,10 +261,11 @@ class PDNet(nn.Module):
         split = lambda t: (t[:B], t[B:])  # noqa: E731
         ft, fr = [FrameFeatures(*z) for z in zip(
             split(both.decoded),
-            zip(*[split(s) for s in both.sides]),
+            zip(*[split(s) for s in both.sides], strict=True),
             split(both.parts),
             split(both.part_logits),
             split(both.saliency),
+            strict=True,
         )]
         ft.sides, fr.sides = list(ft.sides), list(fr.sides)
         return ft, fr
@@ -287,7 +287,7 @@ class PDNet(nn.Module):
 
     # ------------------------------------------------------------------ public API
     def forward(
-        self, target: torch.Tensor, reference: Union[torch.Tensor, ReferenceState], size: Optional[tuple] = None
+        self, target: torch.Tensor, reference: torch.Tensor | ReferenceState, size: tuple | None = None
     ) -> torch.Tensor:
         """Logits Tensor[B, 1, H, W] of the target frame given a reference frame or state.
 
@@ -304,7 +304,7 @@ class PDNet(nn.Module):
         keys, values = self.ipda.keys_values(feats_r.parts)
         return self._decode(feats_t, keys, values, size)
 
-    def train_outputs(self, target: torch.Tensor, reference: torch.Tensor) -> Dict[str, object]:
+    def train_outputs(self, target: torch.Tensor, reference: torch.Tensor) -> dict[str, object]:
         """Every output used by the training losses, all upsampled to the input size.
 
         Returns a dict with ``pred`` (B,1,H,W); ``side_t`` / ``side_r`` (lists of 4
@@ -317,9 +317,10 @@ class PDNet(nn.Module):
         size = target.shape[-2:]
         feats_t, feats_r = self._trunk_pair(target, reference)
         keys, values = self.ipda.keys_values(feats_r.parts)
-        out: Dict[str, object] = {"pred": self._decode(feats_t, keys, values, size)}
+        out: dict[str, object] = {"pred": self._decode(feats_t, keys, values, size)}
         for tag, f in (("t", feats_t), ("r", feats_r)):
-            out[f"side_{tag}"] = [upsample(self.side_heads[n](s), size) for n, s in zip(SIDE_NAMES, f.sides)]
+            sides = zip(SIDE_NAMES, f.sides, strict=True)
+            out[f"side_{tag}"] = [upsample(self.side_heads[n](s), size) for n, s in sides]
             out[f"saliency_{tag}"] = upsample(f.saliency, size)
             out[f"parts_{tag}"] = upsample(f.part_logits, size)
         return out

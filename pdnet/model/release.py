@@ -8,14 +8,14 @@ that every key is accounted for and every shape fits, listing all problems at on
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 #: (release pattern, engine pattern); ``{name}`` matches one dotted component,
 #: ``{rest}`` the remainder of the key.
-KEY_RULES: List[Tuple[str, str]] = [
+KEY_RULES: list[tuple[str, str]] = [
     ("bkbone.{rest}", "encoder.{rest}"),
     ("l{n}_adapt.0.{rest}", "decoder.lateral{n}.conv.{rest}"),
     ("l{n}_adapt.1.{rest}", "decoder.lateral{n}.bn.{rest}"),
@@ -64,7 +64,7 @@ _FORWARD = [(_compile(src), dst) for src, dst in KEY_RULES]
 _BACKWARD = [(_compile(dst), src) for src, dst in KEY_RULES]
 
 
-def _apply(rules, key: str) -> Optional[str]:
+def _apply(rules, key: str) -> str | None:
     for pat, template in rules:
         m = pat.match(key)
         if m:
@@ -72,17 +72,17 @@ def _apply(rules, key: str) -> Optional[str]:
     return None
 
 
-def release_to_pdnet_key(key: str) -> Optional[str]:
+def release_to_pdnet_key(key: str) -> str | None:
     """Map one release state_dict key to this engine's name (None if it has none)."""
     return _apply(_FORWARD, key)
 
 
-def pdnet_to_release_key(key: str) -> Optional[str]:
+def pdnet_to_release_key(key: str) -> str | None:
     """Map one of this engine's state_dict keys to the release's name."""
     return _apply(_BACKWARD, key)
 
 
-def unwrap_state_dict(state: Mapping) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(state: Mapping) -> dict[str, torch.Tensor]:
     """Accept a bare state_dict, one nested under 'state_dict'/'model', and DDP 'module.' prefixes."""
     for key in ("state_dict", "model"):
         if key in state and isinstance(state[key], Mapping):
@@ -102,7 +102,7 @@ def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
         raise TypeError(f"load_release_state_dict: expected a state_dict mapping, got {type(state_dict).__name__}")
     state = unwrap_state_dict(state_dict)
     own = model.state_dict()
-    converted: Dict[str, Tuple[str, torch.Tensor]] = {}
+    converted: dict[str, tuple[str, torch.Tensor]] = {}
     unexpected = []
     for k, v in state.items():
         new = release_to_pdnet_key(k)
@@ -120,7 +120,8 @@ def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
         cfg = getattr(model, "config", None)
         desc = f"{cfg.backbone}, p={cfg.parts}" if cfg is not None else type(model).__name__
         lines = [f"the release checkpoint does not fit this PDNet ({desc})"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        problems = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for title, items in problems:
             if items:
                 shown = ", ".join(items[:40]) + (f" ... and {len(items) - 40} more" if len(items) > 40 else "")
                 lines.append(f"{title} ({len(items)}): {shown}")
@@ -129,7 +130,7 @@ def load_release_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     return model
 
 
-def to_release_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+def to_release_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Export ``model``'s weights under the release's key names."""
     out = {}
     for k, v in model.state_dict().items():
