@@ -9,7 +9,8 @@ DAVIS-2016 480p size), then measures
 2. one sample (decode + crop/flip/resize to 480 x 480 + normalise, target and reference;
    mean over distinct samples)
    in this process, one thread;
-3. the DataLoader the trainer uses (``pdnet.data.make_loader``): batch 4, ``--workers``
+3. the DataLoader the trainer uses (``pdnet.data.make_loader``, its workers' ``malloc``
+   keeping freed memory: ``keep_freed_memory=True``): batch 4, ``--workers``
    worker processes, after a warm-up, in pairs per second (wall clock), and the CPU time
    of all loader processes per pair, which other load on the machine barely changes:
    ``cores / that`` estimates the rate on idle cores. For each sample format
@@ -17,17 +18,16 @@ DAVIS-2016 480p size), then measures
    "raw" (workers decode and draw the crop/flip; ``prepare_batch`` does the pixels on the
    training device, timed separately on the CPU and on CUDA when present).
 
-On a 2-vCPU VM most of the gap between in-process sample cost and loader cost is the
-page faults of the fresh shared memory each batch travels in (one segment per batch,
-``PairBatch``: about 1800 pages per pair of float samples, 450 per pair of uint8
-samples, at about 2 microseconds each); the loader rows give the page faults and the CPU
-time of the workers and of the main process per pair.
+Part of the gap between in-process sample cost and loader cost is the page faults of
+the fresh shared memory each batch travels in (one segment per batch, ``PairBatch``);
+the loader rows give the page faults and the CPU time of the workers and of the main
+process per pair.
 
 Usage::
 
     python bench/bench_data.py [--data DIR] [--workers 2] [--batches 150] [--size 480] [--outputs float,uint8,raw]
 
-The issue's target: at least 150 pairs/s with 2 workers on a 2-core CPU machine.
+The target: at least 150 pairs/s with 2 workers on a 2-core CPU machine.
 Results are appended as one JSON line to bench/results/data_<host>.jsonl.
 """
 from __future__ import annotations
@@ -145,7 +145,8 @@ def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict
     """Wall-clock pairs/s of the DataLoader, and the CPU time all its processes (main +
     workers) spend per pair. The latter is little affected by other load on the machine,
     so ``cores * 1000 / cpu_ms_per_pair`` estimates the rate on an idle machine."""
-    loader = make_loader(ds, batch_size=batch, workers=workers, shuffle=True, seed=0, drop_last=True)
+    loader = make_loader(ds, batch_size=batch, workers=workers, shuffle=True, seed=0, drop_last=True,
+                         keep_freed_memory=True)
     times = []
     n = 0
     epoch = 0
@@ -226,11 +227,11 @@ def main() -> int:
         print(f"synthesised {args.clips} clips x {args.frames} frames at 480x854 in {time.perf_counter() - t0:.1f} s")
 
     torch.set_num_threads(1)
-    # the in-process timings below run with the allocator settings of the loader's
-    # workers (pdnet.data.datasets.tune_worker_malloc), as the workers' work does
-    from pdnet.data.datasets import _tune_malloc
+    # the in-process timings below run with the allocator settings that the loader's
+    # workers get with make_loader(keep_freed_memory=True)
+    from pdnet.data.datasets import tune_sample_malloc
 
-    _tune_malloc()
+    tune_sample_malloc()
     ds = build_dataset("davis", data, "train", size=args.size, augment=True)
     clip = ds.clips[0]
     result = {

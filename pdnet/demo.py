@@ -17,111 +17,108 @@ segmenting are expected to take (estimated from the first J&F, which does the sa
 work), runs out, whichever comes first. A slow or busy machine trains fewer steps and
 reports a lower J&F rather than running longer.
 
-``pdnet demo --quick`` only runs a forward/backward of a small PDNet on one synthetic
-pair and prints the named loss terms (seconds). The pair is built from the person mask of scikit-image's astronaut photo shipped in
-``pdnet/assets``: a textured person on a textured background (reference frame), and
-the same scene with the person moved and the head moved further (target frame, the
-imbalanced part motion PDNet is built for). Nothing is downloaded.
+``pdnet demo --quick`` is the same pipeline in miniature (seconds): two ``pdnet synth``
+clips (one to train on, one held out) in a temporary folder, ``--steps`` video steps of
+the trainer with the demo-cpu recipe changed by the ``--quick`` options, the named loss
+terms of the first step, and the J&F of the held-out clip. Nothing is downloaded and
+nothing is left behind.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import time
-from importlib import resources
-from typing import TYPE_CHECKING, Dict, Optional
-
-if TYPE_CHECKING:
-    import torch
 
 #: default wall-time budget of ``pdnet demo`` (minutes), all stages together
 DEFAULT_MINUTES = 4.5
 
 
-def _load_person_mask(size: int) -> "torch.Tensor":
-    import numpy as np
-    import torch
-    from PIL import Image
+def _synthesize(data, clips: int, frames: int, size: str, seed: int, *extra: str) -> int:
+    """``pdnet synth`` into ``data`` (``extra``: more of its options); its exit code."""
+    from .cli import main
 
-    with resources.files("pdnet.assets").joinpath("astronaut_mask.png").open("rb") as f:
-        m = Image.open(f).convert("L").resize((size, size), Image.NEAREST)
-    return torch.from_numpy((np.asarray(m) >= 128).astype(np.float32))  # [H, W]
+    return main(["synth", str(data), "--clips", str(clips), "--frames", str(frames), "--size", size,
+                 "--seed", str(seed), *extra])
 
 
-def synthetic_pair(size: int = 128, batch: int = 2, seed: int = 0):
-    """Returns (target, reference, mask_t, mask_r): images Tensor[B, 3, H, W] uint8, masks Tensor[B, 1, H, W]."""
-    import torch
+def _config(overrides) -> dict:
+    """The demo-cpu recipe with ``overrides`` ("section.key=value"); a bad one is a
+    one-line :class:`UserError`."""
+    from .cli import UserError
+    from .train import ConfigError, load_config
 
-    g = torch.Generator().manual_seed(seed)
-    mask = _load_person_mask(size)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    head = (mask > 0) & (yy < size * 0.45)  # the upper part of the silhouette moves on its own
-    frames, masks = [], []
-    for b in range(batch):
-        bg = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.25 * torch.sin(xx / (3 + b) + yy / 7.0)
-        fg = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.2 + 0.1 * torch.cos(yy / 4.0)
-        pair = []
-        for shift, head_shift in ((0, 0), (size // 16, size // 10)):
-            body = torch.roll(mask * (~head), shifts=shift, dims=1)
-            hd = torch.roll(head.float(), shifts=shift + head_shift, dims=1)
-            m = (body + hd).clamp(0, 1)
-            img = bg * (1 - m) + fg * m
-            pair.append(((img.clamp(0, 1) * 255).to(torch.uint8), m[None]))
-        frames.append(pair)
-    reference = torch.stack([p[0][0] for p in frames])
-    target = torch.stack([p[1][0] for p in frames])
-    mask_r = torch.stack([p[0][1] for p in frames])
-    mask_t = torch.stack([p[1][1] for p in frames])
-    return target, reference, mask_t, mask_r
+    try:
+        return load_config("demo-cpu", overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _trainer(cfg: dict, data, run):
+    """The trainer of ``cfg`` on the DAVIS-layout ``data``, writing its run into ``run``."""
+    from .cli import UserError
+    from .train import Trainer, TrainError
+
+    cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
+    try:
+        return Trainer(cfg, run)
+    except TrainError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _fit(trainer, **limits) -> dict:
+    from .cli import UserError
+    from .train import TrainError
+
+    try:
+        return trainer.fit(**limits)
+    except TrainError as exc:
+        raise UserError(str(exc)) from None
 
 
 def run_quick(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
     import warnings
+    from pathlib import Path
 
-    import torch
-
-    from . import PDNet, PDNetConfig
-    from .losses import PartBasis, SemanticFeatures, video_step_loss
-    from .preprocess import normalize
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    cfg = PDNetConfig(backbone=args.backbone, parts=args.parts, input_size=(args.size, args.size))
-    model = PDNet(cfg)
-    basis = PartBasis(cfg.parts, SemanticFeatures.channels)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        sem = SemanticFeatures()
-    target, reference, mask_t, mask_r = synthetic_pair(args.size, args.batch, args.seed)
-    x_t, x_r = normalize(target), normalize(reference)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"PDNet {cfg.backbone}, p={cfg.parts}, input {args.size}x{args.size}, batch {args.batch}")
-    print(f"parameters: {n_params / 1e6:.2f} M (+ part basis {basis.weight.numel()})")
-    if caught:
-        print("semantic-loss extractor: no ImageNet weights available offline, random ResNet-18")
-    opt = torch.optim.SGD(list(model.parameters()) + list(basis.parameters()), lr=args.lr, momentum=0.9)
-    model.train()
-    for step in range(args.steps):
-        ts = time.perf_counter()
-        out = model.train_outputs(x_t, x_r)
-        loss = video_step_loss(out, mask_t, mask_r, sem(x_t), sem(x_r), basis(), cfg.loss_variant)
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        opt.step()
-        dt = time.perf_counter() - ts
-        if step == 0:
-            print("loss terms of the first video step:")
-            width = max(len(k) for k in loss)
-            for k, v in loss.items():
-                print(f"  {k:<{width}}  {v.item():.5f}")
-        print(f"step {step + 1}/{args.steps}: total {loss['total'].item():.4f}  ({dt * 1000:.0f} ms forward+backward)")
-    model.eval()
-    with torch.no_grad():
-        state = model.encode_reference(x_r)
-        logits = model(x_t, state)
-        iou = (((logits > 0) & (mask_t > 0.5)).sum() / ((logits > 0) | (mask_t > 0.5)).sum().clamp_min(1)).item()
-    print(f"inference with a cached reference state: logits {tuple(logits.shape)}, IoU after {args.steps} steps {iou:.3f}")
+    # one training clip of at least one batch, one held-out clip: every epoch is
+    # frames // batch steps, and the recipe has enough epochs for --steps
+    frames = max(2, args.batch)
+    epochs = max(1, math.ceil(args.steps / (frames // args.batch)))
+    overrides = [f"model.backbone={args.backbone}", f"model.parts={args.parts}", f"data.size={args.size}",
+                 "data.workers=0", f"data.seed={args.seed}", f"train.seed={args.seed}", f"train.epochs={epochs}",
+                 f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.image_every=0",
+                 "log.every=1", "log.progress=false", "log.tensorboard=false", *args.set]
+    cfg = _config(overrides)
+    with tempfile.TemporaryDirectory(prefix="pdnet-demo-quick-") as tmp:
+        data = Path(tmp) / "data"
+        code = _synthesize(data, 2, frames, f"{args.size}x{args.size}", args.seed, "--val", "0.5", "--quiet")
+        if code:
+            return code
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = _trainer(cfg, data, Path(tmp) / "run")
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"PDNet {cfg['model']['backbone']}, p={cfg['model']['parts']}, input {args.size}x{args.size}, "
+              f"batch {args.batch}: the demo-cpu recipe on pdnet synth clips")
+        print(f"parameters: {n_params / 1e6:.2f} M (+ part basis {trainer.basis.weight.numel()})")
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            print(f"note: {message}")
+        result = _fit(trainer, max_steps=args.steps)
+        lines = [json.loads(line) for line in Path(result["metrics"]).read_text().splitlines()] if args.steps else []
+        for line in (line for line in lines if "total" in line):  # the step lines (the others: validation)
+            if line["step"] == 1:
+                print("loss terms of the first video step:")
+                terms = {k[len("video."):]: v for k, v in line.items() if k.startswith("video.")}
+                width = max(len(k) for k in terms)
+                for k, v in terms.items():
+                    print(f"  {k:<{width}}  {v:.5f}")
+            ms = 1000.0 * args.batch / max(line["pairs_per_s"], 1e-9)
+            print(f"step {line['step']}/{args.steps}: total {line['total']:.4f}  ({ms:.0f} ms with data loading)")
+        val = trainer.validate()
+    print(f"J&F of the held-out clip (a cached reference state per clip) after {result['step']} steps: "
+          f"{val['J&F']:.3f} (J {val['J']:.3f}, F {val['F']:.3f})")
     print(f"total time {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -143,9 +140,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from .cli import UserError, main
-    from .train import ConfigError, Trainer, TrainError, load_config
+    from .cli import UserError
 
+    cfg = _config(args.set)  # a bad --set ends the demo before anything is written or removed
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
@@ -162,13 +159,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
-    try:
-        cfg = load_config("demo-cpu", args.set)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
     t0 = time.perf_counter()
     budget_s = 60.0 * args.minutes
-    stages: Dict[str, float] = {}
+    stages: dict[str, float] = {}
 
     def stage(name: str, since: float) -> float:
         now = time.perf_counter()
@@ -177,16 +170,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     data = out / "data"
     print(f"[1/5] synthesising {args.clips} clips x {args.frames} frames at {args.synth_size} into {data}")
-    code = main(["synth", str(data), "--clips", str(args.clips), "--frames", str(args.frames),
-                 "--size", args.synth_size, "--seed", str(args.seed)])
+    code = _synthesize(data, args.clips, args.frames, args.synth_size, args.seed)
     if code:
         return code
     t = stage("synth", t0)
-    cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
-    try:
-        trainer = Trainer(cfg, out / "run")
-    except TrainError as exc:
-        raise UserError(str(exc)) from None
+    trainer = _trainer(cfg, data, out / "run")
     t = stage("setup", t)
     print("[2/5] J&F of the untrained model on the held-out clips")
     before = trainer.validate()
@@ -196,10 +184,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     epochs = cfg["train"]["epochs"]
     print(f"[3/5] training demo-cpu: {epochs} epochs ({trainer.total_steps} steps) or {train_s / 60:.1f} min "
           f"(what is left of the {args.minutes:g}-min budget), whichever ends first")
-    try:
-        result = trainer.fit(max_seconds=train_s)
-    except TrainError as exc:
-        raise UserError(str(exc)) from None
+    result = _fit(trainer, max_seconds=train_s)
     t = stage("train", t)
     steps = result["step"]
     epochs_done = steps / trainer.steps_per_epoch
@@ -330,18 +315,21 @@ def add_parser(sub) -> None:
                    help="wall-time budget of the whole demo in minutes, training gets what the other stages "
                    f"leave (default {DEFAULT_MINUTES:g}); more minutes train longer on slow machines, and with "
                    "--set train.epochs=N beyond the recipe's 12 epochs")
-    p.add_argument("--clips", type=_int_at_least(2), default=24, help="synthetic clips, at least 2 (train and held-out)")
+    p.add_argument("--clips", type=_int_at_least(2), default=24,
+                   help="synthetic clips, at least 2 (train and held-out)")
     p.add_argument("--frames", type=_int_at_least(2), default=8, help="frames per clip, at least 2")
     p.add_argument("--synth-size", type=_synth_size, default="128x128", help="HxW of the synthetic clips")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override demo-cpu values")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override demo-cpu values (also with --quick, after its options)")
     p.add_argument("--quick", action="store_true",
-                   help="only a forward/backward of a small PDNet on one synthetic pair (seconds)")
+                   help="the pipeline in miniature (seconds): two synthetic clips, a few training steps, "
+                   "the loss terms and the held-out J&F")
     g = p.add_argument_group("--quick options")
     g.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
     g.add_argument("--parts", type=_parts, default=5, help="parts, 1..8")
     g.add_argument("--size", type=_input_size, default=128, help="input size (multiple of 32)")
     g.add_argument("--batch", type=_int_at_least(1), default=2)
-    g.add_argument("--steps", type=_int_at_least(0), default=3, help="training steps to run (0: forward only)")
+    g.add_argument("--steps", type=_int_at_least(0), default=3, help="training steps to run (0: none, only the J&F)")
     g.add_argument("--lr", type=_positive_float("a learning rate"), default=0.01)
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=run)

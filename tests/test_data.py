@@ -72,7 +72,9 @@ def make_davis(root: Path, seqs=("bear", "dog"), frames=3, pair_list=False):
     if pair_list:
         d = root / "ImageSets/480p"
         d.mkdir(parents=True)
-        lines = [f"/JPEGImages/480p/{s}/{t:05d}.jpg /Annotations/480p/{s}/{t:05d}.png" for s in seqs for t in range(frames)]
+        lines = [
+            f"/JPEGImages/480p/{s}/{t:05d}.jpg /Annotations/480p/{s}/{t:05d}.png" for s in seqs for t in range(frames)
+        ]
         (d / "train.txt").write_text("\n".join(lines) + "\n")
     else:
         d = root / "ImageSets/2016"
@@ -115,7 +117,8 @@ def test_mvps_reader(tmp_path):
     root = tmp_path / "MVPS"
     for seq in ("talk/clip1", "sing/clip2"):
         for t in range(2):
-            write_pair(root / "Keyframes/480p" / seq / f"{t:04d}.jpg", root / "Annotations/480p" / seq / f"{t:04d}.png", t)
+            frame, mask = root / "Keyframes/480p" / seq / f"{t:04d}.jpg", root / "Annotations/480p" / seq / f"{t:04d}.png"
+            write_pair(frame, mask, t)
     (root / "ImageSets").mkdir()
     (root / "ImageSets/train.txt").write_text("talk/clip1\n")
     (root / "ImageSets/val.txt").write_text("sing/clip2\n")
@@ -287,7 +290,7 @@ def test_loader_determinism_across_workers(davis):
 
     r0, r2 = run(0), run(2)
     assert [x[0] for x in r0] == [x[0] for x in r2]  # same seeded order
-    for (_, t0, m0), (_, t2, m2) in zip(r0, r2):
+    for (_, t0, m0), (_, t2, m2) in zip(r0, r2, strict=True):
         assert torch.equal(t0, t2) and torch.equal(m0, m2)
     assert sorted(i for x in r0 for i in x[0]) == list(range(len(ds)))[: len(r0) * 2]
 
@@ -349,7 +352,8 @@ def test_raw_output_mixed_frame_sizes(tmp_path):
     assert batch["target"].shape == (3, 3, W, W)  # padded to the largest frame
     ready = prepare_batch(batch)
     for i in range(3):
-        assert torch.equal(ready["target"][i], f[i]["target"]) and torch.equal(ready["target_mask"][i], f[i]["target_mask"])
+        assert torch.equal(ready["target"][i], f[i]["target"])
+        assert torch.equal(ready["target_mask"][i], f[i]["target_mask"])
 
 
 def test_float_resize_path_matches_uint8():
@@ -691,14 +695,14 @@ def test_packed_batches(davis, output):
 
     b0, b2 = run(0), run(2)
     assert len(b0) == len(b2) == 2
-    for x, y in zip(b0, b2):
+    for x, y in zip(b0, b2, strict=True):
         assert isinstance(y, PairBatch) and y.intact()
         assert y["size"].dtype == torch.int64 and y["index"].tolist() == x["index"].tolist()
         for k in PIXEL_KEYS:
             assert torch.equal(x[k], y[k]), k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("output", ["uint8", "raw"])
 def test_packed_batches_cuda(davis, output):
     """On a GPU: the packed buffer is pinned once (DataLoader pin_memory) and moved once;
@@ -725,3 +729,50 @@ def test_tune_worker_malloc_only_in_workers():
     from pdnet.data.datasets import tune_worker_malloc
 
     assert tune_worker_malloc() is False  # the main process keeps its allocator settings
+
+
+class _MallocProbe(torch.utils.data.Dataset):
+    """Each sample: how often this process asked glibc to keep freed memory."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import pdnet._malloc
+
+        return torch.tensor(pdnet._malloc.calls)
+
+
+@pytest.fixture
+def count_malloc_tuning(monkeypatch):
+    """pdnet._malloc.keep_freed_memory counting its calls in ``pdnet._malloc.calls`` (the
+    loader's worker processes are forked: they inherit the counter and the stand-in)."""
+    import pdnet._malloc
+
+    monkeypatch.setattr(pdnet._malloc, "calls", 0, raising=False)
+
+    def counting(*args, **kwargs):
+        pdnet._malloc.calls += 1
+        return True
+
+    monkeypatch.setattr(pdnet._malloc, "keep_freed_memory", counting)
+    return pdnet._malloc
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_worker_malloc_tuning_is_opt_in(davis, count_malloc_tuning, keep):
+    """Reading samples, in this process or in loader workers, leaves malloc alone unless
+    make_loader(keep_freed_memory=True) asks for it, and then only in the workers."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs forked workers, which inherit the counting stand-in")
+    ds = build_dataset("davis", davis, "train", size=16)
+    for i in range(len(ds)):
+        ds[i]
+    assert count_malloc_tuning.calls == 0
+    loader = make_loader(_MallocProbe(), batch_size=1, workers=1, shuffle=False, persistent_workers=False,
+                         keep_freed_memory=keep)
+    loader.multiprocessing_context = "fork"
+    assert [int(b) for b in loader] == [int(keep)] * 2
+    assert count_malloc_tuning.calls == 0

@@ -35,6 +35,7 @@ def _probe(argv):
     return json.loads(res.stdout.strip().splitlines()[-1]), res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [
     pytest.param(["--help"], id="--help"),
     pytest.param(["--version"], id="--version"),
@@ -59,12 +60,14 @@ def _imports_torch(cmd, env=None):
     return res.returncode, "torch" in imported, res
 
 
+@pytest.mark.slow
 def test_python_m_pdnet_help_does_not_import_torch():
     code, torch_imported, res = _imports_torch([sys.executable, "-m", "pdnet", "--help"])
     assert code == 0 and "segment" in res.stdout and "demo" in res.stdout
     assert not torch_imported
 
 
+@pytest.mark.slow
 def test_console_script_segment_help_does_not_import_torch():
     script = Path(sys.executable).parent / "pdnet"
     code, torch_imported, res = _imports_torch([str(script), "segment", "--help"])
@@ -72,6 +75,7 @@ def test_console_script_segment_help_does_not_import_torch():
     assert not torch_imported
 
 
+@pytest.mark.slow
 def test_lazy_package_api():
     """import pdnet loads nothing heavy; its names, submodules, __all__ and dir() work."""
     script = """
@@ -139,17 +143,7 @@ def test_unknown_command_is_an_argument_error(capsys):
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
-def test_demo_training_budget():
-    from pdnet.demo import training_budget
-
-    # 270 s in all, 30 s spent, the first J&F took 10 s: reserve 1.1 * (1.5 * 10 + 10) + 0.05 * 270 = 41 s
-    assert training_budget(270.0, 30.0, 10.0) == pytest.approx(199.0)
-    # a slower machine (J&F 4x slower) gets less training
-    assert training_budget(270.0, 30.0, 40.0) < training_budget(270.0, 30.0, 10.0)
-    # nothing left: still one step, so that there is a checkpoint to evaluate and segment with
-    assert training_budget(60.0, 59.0, 30.0) == 1.0
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [
     "pdnet.cli", "pdnet.data", "pdnet.evaluation", "pdnet.inference", "pdnet.losses", "pdnet.model",
     "pdnet.ops", "pdnet.train", "pdnet.kernels",

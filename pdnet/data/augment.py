@@ -298,14 +298,3 @@ class PairAugment:
 
     def __repr__(self) -> str:
         return f"PairAugment(size={self.size}, train={self.train}, output={self.output!r})"
-
-
-def __getattr__(name: str):
-    """``collate_pairs`` and ``prepare_batch`` are defined in :mod:`pdnet.data.collate`
-    (which imports this module); they are looked up there on first use."""
-    if name in ("collate_pairs", "prepare_batch"):
-        from . import collate
-
-        return getattr(collate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

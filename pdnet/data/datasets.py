@@ -73,32 +73,23 @@ from .layouts import LAYOUTS, SCANNERS, Clip, detect_layout, validate_clips
 _MAX_SKIPS = 16
 
 
-_WORKER_MALLOC_TUNED = False
-
-
-def tune_worker_malloc() -> bool:
-    """In a DataLoader worker process (only there), makes glibc's ``malloc`` keep the
-    large blocks it frees instead of handing them back to the kernel, so the per-sample
-    frame buffers (0.9 to 3.7 MB each) reuse resident memory instead of page-faulting
-    fresh pages every sample (measured: 55 -> 6 page faults and about 0.2 ms less CPU per
-    uint8 pair, 164 -> 6 per float pair, at 480p). Done once per process, on the first
-    sample; a no-op outside workers and without glibc. Returns whether it was applied."""
-    global _WORKER_MALLOC_TUNED
-    if _WORKER_MALLOC_TUNED:
-        return True
-    from torch.utils.data import get_worker_info
-
-    if get_worker_info() is None:
-        return False
-    _WORKER_MALLOC_TUNED = True
-    return _tune_malloc()
-
-
-def _tune_malloc() -> bool:
-    """The ``mallopt`` settings of :func:`tune_worker_malloc`, for this process."""
+def tune_sample_malloc() -> bool:
+    """Makes this process's glibc ``malloc`` keep the large blocks it frees instead of
+    handing them back to the kernel, so that the frame buffers of each sample (megabytes)
+    reuse resident memory instead of page-faulting fresh pages every sample. Process-wide;
+    only an explicit call applies it. Returns whether it applied (False without glibc)."""
     from .._malloc import keep_freed_memory
 
     return keep_freed_memory(trim_threshold=128 << 20)
+
+
+def tune_worker_malloc() -> bool:
+    """:func:`tune_sample_malloc` in a DataLoader worker process, a no-op elsewhere (for
+    a ``worker_init_fn``; ``make_loader(keep_freed_memory=True)`` calls it). Returns
+    whether it applied."""
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None and tune_sample_malloc()
 
 
 def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
@@ -184,8 +175,6 @@ class PairDataset(Dataset):
         return [c.name for c in self.clips]
 
     def __getitem__(self, index: int) -> Dict[str, object]:
-        if not _WORKER_MALLOC_TUNED:
-            tune_worker_malloc()
         index = int(index)
         first = index
         for attempt in range(_MAX_SKIPS if self.skip_bad else 1):
@@ -386,6 +375,12 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
+def _init_tuned_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of ``make_loader(keep_freed_memory=True)``."""
+    seed_worker(worker_id)
+    tune_worker_malloc()
+
+
 def make_loader(
     dataset: PairDataset,
     batch_size: int = 4,
@@ -396,10 +391,13 @@ def make_loader(
     persistent_workers: bool = True,
     pin_memory: bool = False,
     sampler=None,
+    keep_freed_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader with this package's conventions: ``seed_worker``, a seeded shuffle
     order (``torch.Generator().manual_seed(seed)``), persistent workers, prefetch 4,
-    :func:`collate_pairs`."""
+    :func:`collate_pairs`. ``keep_freed_memory``: the workers' ``malloc`` keeps freed
+    memory (:func:`tune_worker_malloc`; faster samples, a resident set that stays at its
+    peak)."""
     g = torch.Generator()
     g.manual_seed(int(seed))
     kw = {}
@@ -411,7 +409,7 @@ def make_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=workers,
-        worker_init_fn=seed_worker,
+        worker_init_fn=_init_tuned_worker if keep_freed_memory else seed_worker,
         generator=g,
         drop_last=drop_last,
         pin_memory=pin_memory,
