@@ -101,7 +101,7 @@ def decode_times(frames, masks) -> dict:
     def tv_png(png):
         return decode_png(torch.frombuffer(bytearray(png.read_bytes()), dtype=torch.uint8))
 
-    pairs = list(zip(frames, masks))
+    pairs = list(zip(frames, masks, strict=True))
     return {
         # a frame + its mask as the RGBA buffer the datasets augment
         "rgba_read_rgba_ms": _over_frames(lambda fm: read_rgba(*fm), pairs),
@@ -157,7 +157,7 @@ def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict
         it = iter(loader)
         pids = [w.pid for w in getattr(it, "_workers", [])]
         t_prev = time.perf_counter()
-        for b in it:
+        for _ in it:
             now = time.perf_counter()
             if n >= warmup:
                 times.append(now - t_prev)
@@ -184,11 +184,12 @@ def loader_rate(ds, workers: int, batch: int, batches: int, warmup: int) -> dict
         main1 = _proc_stat(os.getpid())
         workers1 = [_proc_stat(p) for p in pids]
         out["cpu_ms_per_pair_main"] = (main1[0] - main0[0]) * 1e3 / pairs
-        out["cpu_ms_per_pair_workers"] = sum(b[0] - a[0] for a, b in zip(workers0, workers1)) * 1e3 / pairs
+        out["cpu_ms_per_pair_workers"] = sum(b[0] - a[0] for a, b in zip(workers0, workers1, strict=True)) * 1e3 / pairs
         out["page_faults_per_pair_main"] = (main1[1] - main0[1]) / pairs
-        out["page_faults_per_pair_workers"] = sum(b[1] - a[1] for a, b in zip(workers0, workers1)) / pairs
+        out["page_faults_per_pair_workers"] = sum(b[1] - a[1] for a, b in zip(workers0, workers1, strict=True)) / pairs
         out["cpu_ms_per_pair_all_processes"] = cpu * 1e3 / pairs
-        out["idle_estimate_pairs_per_s"] = min(workers, os.cpu_count() or 1) * 1e3 / out["cpu_ms_per_pair_all_processes"]
+        cores = min(workers, os.cpu_count() or 1)
+        out["idle_estimate_pairs_per_s"] = cores * 1e3 / out["cpu_ms_per_pair_all_processes"]
     return out
 
 
@@ -247,7 +248,8 @@ def main() -> int:
         "command": " ".join(["python"] + sys.argv),
         "git": _git_head(),
     }
-    result.update(decode_times([f for c in ds.clips for f in c.frames[1:6]], [m for c in ds.clips for m in c.masks[1:6]]))
+    sample_frames = [f for c in ds.clips for f in c.frames[1:6]]
+    result.update(decode_times(sample_frames, [m for c in ds.clips for m in c.masks[1:6]]))
     result["sample_ms_1thread"] = _over_frames(lambda i: ds[i], list(range(1, len(ds), 3)))  # distinct samples
     print(json.dumps(result, indent=1))
 
@@ -268,12 +270,12 @@ def main() -> int:
         if output != "float":
             # the rest of the work, done by prepare_batch in the training process
             batch = collate_pairs([d[i] for i in range(args.batch)])
-            r["prepare_batch_cpu_ms_per_pair"] = _best(lambda: prepare_batch(batch, "cpu"), n=5) / args.batch
+            r["prepare_batch_cpu_ms_per_pair"] = _best(lambda b=batch: prepare_batch(b, "cpu"), n=5) / args.batch
             line += f"; prepare_batch on the CPU {r['prepare_batch_cpu_ms_per_pair']:.1f} ms/pair"
             if torch.cuda.is_available():
                 dev = torch.device("cuda")
 
-                def on_gpu():
+                def on_gpu(batch=batch, dev=dev):
                     prepare_batch(batch, dev)
                     torch.cuda.synchronize()
 

@@ -117,8 +117,8 @@ def test_mvps_reader(tmp_path):
     root = tmp_path / "MVPS"
     for seq in ("talk/clip1", "sing/clip2"):
         for t in range(2):
-            frame, mask = root / "Keyframes/480p" / seq / f"{t:04d}.jpg", root / "Annotations/480p" / seq / f"{t:04d}.png"
-            write_pair(frame, mask, t)
+            name = f"{seq}/{t:04d}"
+            write_pair(root / "Keyframes/480p" / f"{name}.jpg", root / "Annotations/480p" / f"{name}.png", t)
     (root / "ImageSets").mkdir()
     (root / "ImageSets/train.txt").write_text("talk/clip1\n")
     (root / "ImageSets/val.txt").write_text("sing/clip2\n")

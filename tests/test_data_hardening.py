@@ -67,7 +67,9 @@ def mask_files(d: Path):
         "rgb_grey_0_1": (Image.fromarray(np.repeat(box[..., None], 3, -1).astype(np.uint8)), b255, False),
         "rgb_grey_soft": (Image.fromarray(np.repeat(soft[..., None], 3, -1)), soft, False),
         "rgb_colour": (Image.fromarray(np.stack([box * 128, box * 0, box * 0], -1).astype(np.uint8)), b255, False),
-        "rgba_colour": (Image.fromarray(np.stack([box * 0, box * 60, box * 0, box * 0 + 5], -1).astype(np.uint8)), b255, False),
+        "rgba_colour": (
+            Image.fromarray(np.stack([box * 0, box * 60, box * 0, box * 0 + 5], -1).astype(np.uint8)), b255, False
+        ),
         "rgb_photo": (Image.fromarray(photo), np.where(photo.max(-1) > 0, 255, 0).astype(np.uint8), True),
         "i16_0_1": (Image.fromarray(box.astype(np.uint16)), b255, False),
         "i16_0_255": (Image.fromarray(b255.astype(np.uint16)), b255, False),
@@ -291,7 +293,8 @@ def test_list_paths_leaving_the_root_are_refused(tmp_path):
         pair[field] = "/../secret/x.jpg" if field == 0 else "JPEGImages/../../secret/x.png"
         lst = root / "ImageSets/480p/train.txt"
         lst.parent.mkdir(parents=True, exist_ok=True)
-        lst.write_text("# comment\n/JPEGImages/480p/s/00000.jpg /Annotations/480p/s/00000.png\n" + " ".join(pair) + "\n")
+        first = "/JPEGImages/480p/s/00000.jpg /Annotations/480p/s/00000.png"
+        lst.write_text(f"# comment\n{first}\n" + " ".join(pair) + "\n")
         _assert_refused(lambda skip: build_dataset("davis", root, "train", skip_bad=skip), lst, 3, pair[field])
         lst.unlink()
     # DAVIS sequence list (ImageSets/2016)
@@ -302,7 +305,9 @@ def test_list_paths_leaving_the_root_are_refused(tmp_path):
     mv = make_mvps(tmp_path / "MVPS")
     lst = mv / "ImageSets/train.txt"
     lst.write_text("cat0/clip0\ncat0/../../../../secret/seq\n")
-    _assert_refused(lambda skip: build_dataset("mvps", mv, "train", skip_bad=skip), lst, 2, "cat0/../../../../secret/seq")
+    _assert_refused(
+        lambda skip: build_dataset("mvps", mv, "train", skip_bad=skip), lst, 2, "cat0/../../../../secret/seq"
+    )
     # PP-HumanSeg "image mask" list
     pp = tmp_path / "pp"
     _frame(pp / "images/a_0001.jpg")
@@ -333,11 +338,14 @@ def test_list_paths_through_symlinks_leaving_the_root_are_refused(tmp_path):
     lst = root / "ImageSets/480p/train.txt"
     lst.parent.mkdir(parents=True)
     lst.write_text("/JPEGImages/480p/s/link.jpg /Annotations/480p/s/00000.png\n")
-    _assert_refused(lambda skip: build_dataset("davis", root, "train", skip_bad=skip), lst, 1, "/JPEGImages/480p/s/link.jpg")
+    _assert_refused(
+        lambda skip: build_dataset("davis", root, "train", skip_bad=skip), lst, 1, "/JPEGImages/480p/s/link.jpg"
+    )
     # a link inside an MVPS category named by the list
     mv = make_mvps(tmp_path / "MVPS")
     os.symlink(secret, mv / "Keyframes/480p/cat0/evil")
-    _assert_refused(lambda skip: build_dataset("mvps", mv, "train", skip_bad=skip), mv / "ImageSets/train.txt", 1, "cat0")
+    mv_list = mv / "ImageSets/train.txt"
+    _assert_refused(lambda skip: build_dataset("mvps", mv, "train", skip_bad=skip), mv_list, 1, "cat0")
     # links that stay inside, and a data root that is itself a link, are fine
     lst.write_text("/JPEGImages/480p/s/00000.jpg /Annotations/480p/s/00000.png\n")
     os.symlink(root, tmp_path / "alias")

@@ -113,7 +113,7 @@ def test_renderer_determinism():
     c = ClipRenderer(6, 3, 4, SIZE)
     fa = [a.frame(t) for t in range(4)]
     fb = [b.frame(t) for t in range(4)]
-    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(fa, fb))
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(fa, fb, strict=True))
     assert any(not np.array_equal(x[0], c.frame(t)[0]) for t, x in enumerate(fa))
     # the clip moves
     assert any(not np.array_equal(fa[0][0], f[0]) for f in fa[1:])
@@ -156,7 +156,8 @@ def test_split_of():
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert cli_main(["synth", str(out), "--clips", "2", "--frames", "2", "--size", "32x48", "--seed", "1", "--quiet"]) == 0
+    args = ["--clips", "2", "--frames", "2", "--size", "32x48", "--seed", "1", "--quiet"]
+    assert cli_main(["synth", str(out), *args]) == 0
     assert "wrote 2 clips x 2 frames (32x48)" in capsys.readouterr().out
     assert len(list((out / "JPEGImages/480p").iterdir())) == 2
     assert cli_main(["synth", str(out), "--clips", "1", "--frames", "1", "--size", "32x48", "--quiet"]) == 2

@@ -56,8 +56,8 @@ from __future__ import annotations
 import bisect
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ class PairDataset(Dataset):
         clips = list(clips)
         if not clips:
             raise DataError("no clips: the dataset is empty")
-        self.clips: List[Clip] = validate_clips(clips, validate, skip_bad)
+        self.clips: list[Clip] = validate_clips(clips, validate, skip_bad)
         self.size = as_size(size)
         self.augment = bool(augment)
         self.seed = int(seed)
@@ -144,7 +144,7 @@ class PairDataset(Dataset):
         self._starts = np.cumsum([0] + [len(c) for c in self.clips]).tolist()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._ref_cache_size = int(ref_cache)
-        self._ref_cache: "OrderedDict[int, tuple]" = OrderedDict()
+        self._ref_cache: OrderedDict[int, tuple] = OrderedDict()
 
     # ------------------------------------------------------------------ API
     def __len__(self) -> int:
@@ -171,13 +171,13 @@ class PairDataset(Dataset):
         return self._starts[c]
 
     @property
-    def sequences(self) -> List[str]:
+    def sequences(self) -> list[str]:
         return [c.name for c in self.clips]
 
-    def __getitem__(self, index: int) -> Dict[str, object]:
+    def __getitem__(self, index: int) -> dict[str, object]:
         index = int(index)
         first = index
-        for attempt in range(_MAX_SKIPS if self.skip_bad else 1):
+        for _ in range(_MAX_SKIPS if self.skip_bad else 1):
             try:
                 return self._load(index)
             except DataError as exc:
@@ -208,7 +208,7 @@ class PairDataset(Dataset):
                 self._ref_cache.popitem(last=False)
         return pair
 
-    def _load(self, index: int) -> Dict[str, object]:
+    def _load(self, index: int) -> dict[str, object]:
         clip, c, pos = self.locate(index)
         epoch = self.epoch
         rng_t = sample_rng(self.seed, epoch, index, 0) if self.augment else None
@@ -249,7 +249,7 @@ class PairDataset(Dataset):
             **info,
         }
 
-    def _load_rgba(self, clip: Clip, c: int, pos: int, index: int, rng_t, rng_r) -> Dict[str, object]:
+    def _load_rgba(self, clip: Clip, c: int, pos: int, index: int, rng_t, rng_r) -> dict[str, object]:
         """"float" / "uint8" samples: each frame is read as one RGBA buffer (the mask as
         alpha; the reference stays cached in that layout) and cropped, resized and flipped
         in one pass (:func:`pdnet.data.augment.augment_rgba`). uint8 samples are views of
@@ -321,7 +321,7 @@ def build_dataset(
     root: PathLike,
     split: str = "train",
     size: SizeLike = 480,
-    augment: Optional[bool] = None,
+    augment: bool | None = None,
     seed: int = 0,
     output: str = "float",
     skip_bad: bool = False,

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Union
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 #: the note a DataError with a path carries (it travels in the worker's traceback text)
@@ -29,7 +28,7 @@ class DataError(ValueError):
     from the note ``data file: <path>`` that every DataError with a path carries).
     """
 
-    def __init__(self, message: str, path: Optional[PathLike] = None):
+    def __init__(self, message: str, path: PathLike | None = None):
         if path is None and isinstance(message, str) and message.startswith("Caught DataError "):
             message, path = _from_worker(message)
         super().__init__(message)

@@ -26,7 +26,6 @@ import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -319,7 +318,7 @@ def _size_mismatch(image_path: PathLike, mask_path: PathLike, frame_hw, mask_hw)
     )
 
 
-def _pil_jpeg_rgba(data: bytes, mask) -> "torch.Tensor | None":
+def _pil_jpeg_rgba(data: bytes, mask) -> torch.Tensor | None:
     """Pillow decode of an RGB JPEG with ``mask`` (a Pillow "L" image) as its alpha;
     None when Pillow cannot or the sizes differ (the caller's slow path decides)."""
     import io
@@ -342,7 +341,7 @@ def _pil_jpeg_rgba(data: bytes, mask) -> "torch.Tensor | None":
         return torch.frombuffer(buf, dtype=torch.uint8).view(h, w, 4)
 
 
-def probe(path: PathLike) -> Tuple[int, int]:
+def probe(path: PathLike) -> tuple[int, int]:
     """Cheap check of an image file: exists, readable, known format, not truncated.
 
     Reads the header and the last bytes only (no decoding).
@@ -380,7 +379,7 @@ def probe(path: PathLike) -> Tuple[int, int]:
     return h, w
 
 
-def list_files(folder: Path, extensions: Tuple[str, ...]) -> list:
+def list_files(folder: Path, extensions: tuple[str, ...]) -> list:
     """Sorted files of ``folder`` whose lower-cased suffix is in ``extensions`` (hidden files skipped)."""
     return sorted(
         p for p in folder.iterdir() if p.suffix.lower() in extensions and not p.name.startswith(".") and p.is_file()
