@@ -1,7 +1,7 @@
 """Compile every Triton kernel of pdnet.kernels for a GPU target, without a GPU.
 
 Runs Triton's front end, its NVIDIA back end and the ptxas bundled with Triton on each
-kernel at the launch configurations the host code picks (pdnet.kernels.*._configs and
+kernel at the launch configurations the host functions pick (pdnet.kernels.*._configs and
 friends), for each dtype and head dim, and prints per kernel: shared memory, registers
 per thread, local memory (non-zero = register spills) and whether the matmuls lowered to
 wgmma (Hopper tensor cores) or mma.sync; a kernel needing more shared memory per block than
@@ -90,15 +90,16 @@ def jobs(dtype: str, head_dims, torch):
         for mask in (False, True):
             base = dict(HAS_MASK=mask, BLOCK_D=d, PRECISION=prec)
             (bm, bn, w, s) = cfg["fwd"]
-            yield (f"attn_fwd d={d} mask={mask}", PA._attn_fwd_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
+            yield (f"attn_fwd d={d} mask={mask}", PA._part_attention_fwd_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
                    {"LSE": acc}, w, s)
             (bm, bn, w, s) = cfg["dkdv"]
-            yield (f"attn_dkdv d={d} mask={mask}", PA._attn_bwd_dkdv_kernel,
+            yield (f"attn_dkdv d={d} mask={mask}", PA._part_attention_bwd_dkdv_kernel,
                    dict(base, MASK_GRAD=mask, BLOCK_M=bm, BLOCK_N=bn), {"LSE": acc, "DELTA": acc}, w, s)
             (bm, bn, w, s) = cfg["dq"]
-            yield (f"attn_dq d={d} mask={mask}", PA._attn_bwd_dq_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
+            yield (f"attn_dq d={d} mask={mask}", PA._part_attention_bwd_dq_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
                    {"LSE": acc, "DELTA": acc}, w, s)
-        yield (f"attn_pre d={d}", PA._attn_bwd_preprocess_kernel, dict(BLOCK_M=64, BLOCK_D=d), {"DELTA": acc}, 4, 1)
+        yield (f"attn_pre d={d}", PA._part_attention_bwd_preprocess_kernel,
+               dict(HAS_DLSE=True, BLOCK_M=64, BLOCK_D=d), {"DLSE": acc, "DELTA": acc}, 4, 1)
     p_pad, block, _ = PM._launch_shape(5, 480 * 480, 32)
     for logit in (True, False):
         yield (f"part_masks_fwd logit={logit}", PM._part_masks_fwd_kernel,
@@ -108,10 +109,11 @@ def jobs(dtype: str, head_dims, torch):
     for C, HW in ((64, 30 * 30), (64, 120 * 120)):
         block_hw, block_c = AP._tiles(HW, C)
         tiles = dict(BLOCK_C=block_c, BLOCK_HW=block_hw)
-        yield (f"assemble_fwd HW={HW}", AP._assemble_fwd_kernel, tiles, {}, AP._WARPS, 1)
-        yield (f"assemble_bwd HW={HW}", AP._assemble_bwd_kernel, tiles, {}, AP._WARPS, 1)
+        yield (f"assemble_fwd HW={HW}", AP._assemble_parts_fwd_kernel, tiles, {}, AP._WARPS, 1)
+        yield (f"assemble_bwd HW={HW}", AP._assemble_parts_bwd_kernel,
+               dict(tiles, FEATS_GRAD=True, MASKS_GRAD=True), {}, AP._WARPS, 1)
     chunk, blk = AV._chunking(480 * 480)
-    yield ("area_sums", AV._area_sums_kernel, dict(CHUNK=chunk, BLOCK=blk), {"PARTIAL": acc}, 8, 1)
+    yield ("area_sums", AV._area_variance_fwd_kernel, dict(CHUNK=chunk, BLOCK=blk), {"PARTIAL": acc}, 8, 1)
 
 
 def main(argv=None) -> int:

@@ -16,13 +16,11 @@
 * :func:`split_scale`: a Python float as the sum of two fp32 numbers, because
   Triton passes float scalars as fp32 (the interpreter ignores ``fp64``
   annotations); kernels rebuild it in their accumulator dtype.
-* :func:`register_op`: ``torch.library.triton_op`` + a shape-only fake kernel.
 """
 from __future__ import annotations
 
 import math
 import struct
-from typing import Callable
 
 import torch
 import triton
@@ -31,9 +29,6 @@ import triton.language as tl
 #: Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import time).
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 _INTERPRET = tl.constexpr(INTERPRET)
-
-#: custom-op namespace of the Triton kernels (the C++ extension owns ``pdnet``)
-NAMESPACE = "pdnet_triton"
 
 
 @triton.jit
@@ -103,35 +98,3 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def check_device(op: str, t: torch.Tensor) -> None:
-    """The compiled kernels need CUDA tensors; the interpreter also takes CPU tensors."""
-    if not INTERPRET and t.device.type != "cuda":
-        raise ValueError(
-            f"{op} (triton): tensors must be on a CUDA device, got {t.device}; set TRITON_INTERPRET=1 "
-            "before importing pdnet to run the Triton kernels on CPU (slow, for testing)"
-        )
-
-
-def _keep_opaque(mode, op, types, args, kwargs):
-    """FunctionalTensorMode rule that keeps a triton_op as one opaque node."""
-    return mode.__torch_dispatch__(op, types, args, kwargs)
-
-
-def register_op(name: str, fn: Callable, fake: Callable):
-    """Register ``fn`` as the triton_op ``pdnet_triton::<name>`` with fake kernel ``fake``.
-
-    ``fn`` launches its kernels through ``torch.library.wrap_triton`` so that
-    torch.compile traces into them on CUDA. Under the interpreter ``wrap_triton``
-    hands back the interpreted kernel, which cannot run on fake tensors; there the
-    op stays one opaque node in compiled graphs (like a ``custom_op``), and its
-    shapes come from ``fake``.
-    """
-    op = torch.library.triton_op(f"{NAMESPACE}::{name}", fn, mutates_args=())
-    op.register_fake(fake)
-    if INTERPRET:
-        from torch._subclasses.functional_tensor import FunctionalTensorMode
-
-        op.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
-    return op

@@ -8,22 +8,26 @@ and share it in L2:
 
     dP = dY = dM * R^k            (one tensor, returned for both inputs)
     dR^k = sum_c dM_c * (P^k_c + Y^k_c)
+
+Each of the two is computed only when asked for (FEATS_GRAD, MASKS_GRAD): without the
+masks' gradient the backward does not read P and Y. The host functions do not validate
+their inputs: pdnet.ops does.
 """
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
+from ._common import INTERPRET, block_pow2, to_dtype
 
 
 @triton.jit
-def _assemble_fwd_kernel(
+def _assemble_parts_fwd_kernel(
     PF,  # [B, p, C, HW] part features P, contiguous
     YF,  # [B, p, C, HW] attended features Y, contiguous
     R,  # [B, p, HW] part masks, contiguous
     M,  # [B, C, HW] output, contiguous
-    P, C, HW,
+    P, C, HW,  # parts, channels, pixels h * w
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
@@ -45,14 +49,16 @@ def _assemble_fwd_kernel(
 
 
 @triton.jit
-def _assemble_bwd_kernel(
+def _assemble_parts_bwd_kernel(
     PF,  # [B, p, C, HW] contiguous
     YF,  # [B, p, C, HW] contiguous
     R,  # [B, p, HW] contiguous
     DM,  # [B, C, HW] upstream gradient, contiguous
-    DPY,  # [B, p, C, HW] gradient of P (= gradient of Y), contiguous
-    DR,  # [B, p, HW] gradient of R, contiguous
-    P, C, HW,
+    DPY,  # [B, p, C, HW] gradient of P (= gradient of Y), contiguous (unused unless FEATS_GRAD)
+    DR,  # [B, p, HW] gradient of R, contiguous (unused unless MASKS_GRAD)
+    P, C, HW,  # parts, channels, pixels h * w
+    FEATS_GRAD: tl.constexpr,
+    MASKS_GRAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
@@ -73,11 +79,14 @@ def _assemble_bwd_kernel(
         mask = (offs_c < C)[:, None] & s_ok[None, :]
         feat = offs_c[:, None] * HW + offs_s[None, :]  # [BC, BHW]
         dm = tl.load(dm_base + feat, mask=mask, other=0.0).to(ACC)
-        pf = tl.load(pf_base + feat, mask=mask, other=0.0).to(ACC)
-        yf = tl.load(yf_base + feat, mask=mask, other=0.0).to(ACC)
-        dr += (pf + yf) * dm
-        tl.store(dpy_base + feat, to_dtype(dm * r[None, :], DPY.dtype.element_ty), mask=mask)
-    tl.store(DR + part * HW + offs_s, to_dtype(tl.sum(dr, 0), DR.dtype.element_ty), mask=s_ok)
+        if MASKS_GRAD:
+            pf = tl.load(pf_base + feat, mask=mask, other=0.0).to(ACC)
+            yf = tl.load(yf_base + feat, mask=mask, other=0.0).to(ACC)
+            dr += (pf + yf) * dm
+        if FEATS_GRAD:
+            tl.store(dpy_base + feat, to_dtype(dm * r[None, :], DPY.dtype.element_ty), mask=mask)
+    if MASKS_GRAD:
+        tl.store(DR + part * HW + offs_s, to_dtype(tl.sum(dr, 0), DR.dtype.element_ty), mask=s_ok)
 
 
 _WARPS = 8
@@ -91,84 +100,45 @@ def _tiles(HW: int, C: int) -> tuple[int, int]:
     return block_hw, min(2048 // block_hw, block_pow2(C, 1))
 
 
-def _fwd(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def assemble_parts_forward(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """out [B, C, h, w] in p_feats' dtype."""
     B, P, C, h, w = p_feats.shape
     pf, yf, r = p_feats.contiguous(), y_feats.contiguous(), masks.contiguous()
     out = torch.empty((B, C, h, w), dtype=p_feats.dtype, device=p_feats.device)  # [B, C, h, w]
     HW = h * w
     if out.numel() == 0:
-        return out.zero_()
+        return out
     block_hw, block_c = _tiles(HW, C)
     grid = (triton.cdiv(HW, block_hw), triton.cdiv(C, block_c), B)
-    wrap_triton(_assemble_fwd_kernel)[grid](
+    wrap_triton(_assemble_parts_fwd_kernel)[grid](
         pf, yf, r, out, P, C, HW, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=_WARPS,
     )
     return out
 
 
-def _fwd_fake(p_feats, y_feats, masks):
-    B, _, C, h, w = p_feats.shape
-    return p_feats.new_empty((B, C, h, w))
-
-
-def _bwd(
-    grad: torch.Tensor, p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor
+def assemble_parts_backward(
+    grad_out: torch.Tensor,
+    p_feats: torch.Tensor,
+    y_feats: torch.Tensor,
+    masks: torch.Tensor,
+    feats_grad: bool,
+    masks_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_feats [B, p, C, h, w], the gradient of both p_feats and y_feats, grad_masks
+    [B, p, h, w]); each an empty tensor unless ``feats_grad`` / ``masks_grad``."""
     B, P, C, h, w = p_feats.shape
-    pf, yf, r, dm = p_feats.contiguous(), y_feats.contiguous(), masks.contiguous(), grad.contiguous()
-    dpy = torch.empty((B, P, C, h, w), dtype=p_feats.dtype, device=p_feats.device)
-    dr = torch.empty((B, P, h, w), dtype=masks.dtype, device=masks.device)
     HW = h * w
-    if B * P * HW == 0:
+    dpy = p_feats.new_empty((B, P, C, h, w) if feats_grad else (0,))
+    dr = masks.new_empty((B, P, h, w) if masks_grad else (0,))
+    if not (feats_grad or masks_grad) or B * P * HW == 0:
         return dpy, dr
-    if C == 0:
+    if C == 0:  # no channel: the masks' gradient is an empty sum
         return dpy, dr.zero_()
+    pf, yf, r, dm = p_feats.contiguous(), y_feats.contiguous(), masks.contiguous(), grad_out.contiguous()
     block_hw, block_c = _tiles(HW, C)
     grid = (P, triton.cdiv(HW, block_hw), B)
-    wrap_triton(_assemble_bwd_kernel)[grid](
-        pf, yf, r, dm, dpy, dr, P, C, HW, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=_WARPS,
+    wrap_triton(_assemble_parts_bwd_kernel)[grid](
+        pf, yf, r, dm, dpy if feats_grad else dm, dr if masks_grad else r, P, C, HW,
+        FEATS_GRAD=feats_grad, MASKS_GRAD=masks_grad, BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=_WARPS,
     )
     return dpy, dr
-
-
-def _bwd_fake(grad, p_feats, y_feats, masks):
-    return p_feats.new_empty(p_feats.shape), masks.new_empty(masks.shape)
-
-
-assemble_parts_fwd = register_op("assemble_parts", _fwd, _fwd_fake)
-assemble_parts_bwd = register_op("assemble_parts_backward", _bwd, _bwd_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    p_feats, y_feats, masks = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
-        from pdnet.ops._higher_order import assemble_parts_formula, backward_by_formula
-
-        return backward_by_formula(assemble_parts_formula, (p_feats, y_feats, masks), (grad,), ctx.needs_input_grad)
-    dpy, dr = assemble_parts_bwd(grad, p_feats, y_feats, masks)
-    need = ctx.needs_input_grad
-    return (dpy if need[0] else None), (dpy if need[1] else None), (dr if need[2] else None)
-
-
-assemble_parts_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def assemble_parts(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Correlation assembly M = sum_k (P^k + Y^k) * R^k, differentiable in all inputs.
-
-    Args:
-        p_feats (Tensor[B, p, C, h, w]): part features P.
-        y_feats (Tensor[B, p, C, h, w]): attended features Y.
-        masks (Tensor[B, p, h, w]): part masks R.
-
-    Returns:
-        Tensor[B, C, h, w]
-    """
-    from pdnet.ops._checks import check_assemble_parts  # here: pdnet.ops imports this package
-    check_assemble_parts(p_feats, y_feats, masks)
-    check_device("assemble_parts", p_feats)
-    return assemble_parts_fwd(p_feats, y_feats, masks)

@@ -3,56 +3,56 @@
 out[b, k] = softmax_keys(q[b, k] @ k[b, k]^T * scale + key_mask[b, k]) @ v[b, k]
 
 Forward: one program per (query tile, head); online softmax over key tiles in the
-log2 domain (exp2), so the Nq x Nk scores are never stored; it saves the per-row
-log-sum-exp (log2 units). Backward by recomputation from that LSE: a preprocess
-kernel (delta = rowsum(dO * O)), a dK/dV kernel looping over query tiles and a dQ
+log2 domain (exp2), so the Nq x Nk scores are never stored. It stores the per-row
+log-sum-exp in natural-log units (the op's contract, pdnet.ops.part_attention),
+converting from the log2 domain at the store. Backward by recomputation from that LSE
+(converted back to log2 units at the loads): a preprocess kernel
+(delta = rowsum(dO * O) - dLSE), a dK/dV kernel looping over query tiles and a dQ
 kernel looping over key tiles (no atomics, deterministic). The key mask gradient is
 the column sum of dS, accumulated in the dK/dV kernel.
 
-Rows whose scores are all -inf (every key masked): the reference's softmax gives NaN
-there; these kernels give the row attention weights 0 (LSE = +inf), so its output is
-0 v (0 for finite v) and no gradient flows through it. Otherwise NaN and inf propagate
-as in the reference: a NaN or +inf score makes the row's sum l NaN (exp2(inf - inf)),
-hence its output and LSE, and the backward's P and dS of that row.
+Rows whose scores are all -inf (every key masked) have attention weights 0: the
+output is 0 v (0 for finite v), the LSE is -inf, and the backward treats an LSE of
+-inf as "no weights", so no gradient flows through the row. Otherwise NaN and inf
+propagate as in the reference: a NaN or +inf score makes the row's sum l NaN
+(exp2(inf - inf)), hence its output and LSE, and the backward's P and dS of that row.
 
-Any Nq, Nk (masked tails), head dim 1..128 (padded to 16/32/64/128 as a constexpr),
-fp16/bf16/fp32/fp64 inputs; accumulation in fp32 (fp64 for fp64).
+Any Nq, Nk (masked tails), head dim 1..MAX_HEAD_DIM (padded to 16/32/64/128 as a
+constexpr), B * p <= MAX_HEADS, fp16/bf16/fp32/fp64 inputs; accumulation in fp32 (fp64
+for fp64). The host functions do not validate their inputs: pdnet.ops does.
 """
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import (
-    INTERPRET,
-    to_dtype,
-    acc_dtype,
-    block_pow2,
-    check_device,
-    dot_precision,
-    mma,
-    num_sms,
-    register_op,
-    split_scale,
-)
+from ._common import INTERPRET, acc_dtype, block_pow2, dot_precision, mma, num_sms, split_scale, to_dtype
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(0.6931471805599453)
+#: largest head dim d the kernels take (BLOCK_D is at most 128)
 MAX_HEAD_DIM = 128
-MAX_HEADS = 65535  # grid axis 1 limit
+#: largest number of heads B * p (the grid's axis 1 limit)
+MAX_HEADS = 65535
+
+
+@triton.jit
+def _lse_log2(lse):
+    """A stored natural-log LSE row [BM] in log2 units; -inf (no live key) becomes +inf,
+    so that exp2(s - lse) is 0 on every key of the row: no weights, no gradient."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
 
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _attn_fwd_kernel(
+def _part_attention_fwd_kernel(
     Q,  # [B, p, Nq, d]
     K,  # [B, p, Nk, d]
     V,  # [B, p, Nk, d]
     KM,  # [B, p, Nk] additive key mask (unused unless HAS_MASK)
-    O,  # [B, p, Nq, d] contiguous
-    LSE,  # [B, p, Nq] contiguous, log2-sum-exp2 of the scaled scores
+    OUT,  # [B, p, Nq, d] contiguous
+    LSE,  # [B, p, Nq] contiguous, natural-log log-sum-exp of the scaled, masked scores
     sq_b, sq_p, sq_n, sq_d,  # strides of Q
     sk_b, sk_p, sk_n, sk_d,  # strides of K
     sv_b, sv_p, sv_n, sv_d,  # strides of V
@@ -109,24 +109,26 @@ def _attn_fwd_kernel(
     has_keys = l_i != 0.0
     # a row without a live key has weights 0: acc = 0 v, i.e. 0 (NaN where v is not finite)
     out = tl.where(has_keys[:, None], acc / tl.where(has_keys, l_i, 1.0)[:, None], acc * 0.0)
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("inf"))
+    lse = tl.where(has_keys, (m_i + tl.log2(tl.where(has_keys, l_i, 1.0))) * _LN2, float("-inf"))
     row = head.to(tl.int64) * Nq + offs_m  # [BM] row of the [B*p, Nq] LSE
     tl.store(LSE + row, lse, mask=m_ok)
-    o_ptrs = O + row[:, None] * d + offs_d[None, :]
-    tl.store(o_ptrs, to_dtype(out, O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    o_ptrs = OUT + row[:, None] * d + offs_d[None, :]
+    tl.store(o_ptrs, to_dtype(out, OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
-def _attn_bwd_preprocess_kernel(
-    O,  # [B, p, Nq, d] contiguous
+def _part_attention_bwd_preprocess_kernel(
+    OUT,  # [B, p, Nq, d] contiguous
     DO,  # [B, p, Nq, d]
-    DELTA,  # [B, p, Nq] contiguous: rowsum(dO * O)
+    DLSE,  # [B, p, Nq] contiguous gradient of the LSE (unused unless HAS_DLSE)
+    DELTA,  # [B, p, Nq] contiguous: rowsum(dO * O) - dLSE
     sdo_b, sdo_p, sdo_n, sdo_d,  # strides of DO
-    P, Nq, d,
+    P, Nq, d,  # parts, queries, head dim
+    HAS_DLSE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    ACC: tl.constexpr = tl.float64 if O.dtype.element_ty == tl.float64 else tl.float32
+    ACC: tl.constexpr = tl.float64 if OUT.dtype.element_ty == tl.float64 else tl.float32
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
     b = (head // P).to(tl.int64)
@@ -135,14 +137,17 @@ def _attn_bwd_preprocess_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < Nq)[:, None] & (offs_d < d)[None, :]
     row = head.to(tl.int64) * Nq + offs_m
-    o = tl.load(O + row[:, None] * d + offs_d[None, :], mask=mask, other=0.0).to(ACC)
+    o = tl.load(OUT + row[:, None] * d + offs_d[None, :], mask=mask, other=0.0).to(ACC)
     do_ptrs = DO + b * sdo_b + part * sdo_p + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d
     do = tl.load(do_ptrs, mask=mask, other=0.0).to(ACC)
-    tl.store(DELTA + row, tl.sum(o * do, 1), mask=offs_m < Nq)
+    delta = tl.sum(o * do, 1)  # [BM]
+    if HAS_DLSE:  # d lse / d scores = P: the LSE's gradient enters dS = P (dP - delta) as -dLSE
+        delta -= tl.load(DLSE + row, mask=offs_m < Nq, other=0.0).to(ACC)
+    tl.store(DELTA + row, delta, mask=offs_m < Nq)
 
 
 @triton.jit
-def _attn_bwd_dkdv_kernel(
+def _part_attention_bwd_dkdv_kernel(
     Q,  # [B, p, Nq, d]
     K,  # [B, p, Nk, d]
     V,  # [B, p, Nk, d]
@@ -153,12 +158,12 @@ def _attn_bwd_dkdv_kernel(
     DK,  # [B, p, Nk, d] contiguous
     DV,  # [B, p, Nk, d] contiguous
     DKM,  # [B, p, Nk] contiguous (unused unless MASK_GRAD)
-    sq_b, sq_p, sq_n, sq_d,
-    sk_b, sk_p, sk_n, sk_d,
-    sv_b, sv_p, sv_n, sv_d,
-    sm_b, sm_p, sm_n,
-    sdo_b, sdo_p, sdo_n, sdo_d,
-    P, Nq, Nk, d,
+    sq_b, sq_p, sq_n, sq_d,  # strides of Q
+    sk_b, sk_p, sk_n, sk_d,  # strides of K
+    sv_b, sv_p, sv_n, sv_d,  # strides of V
+    sm_b, sm_p, sm_n,  # strides of KM
+    sdo_b, sdo_p, sdo_n, sdo_d,  # strides of DO
+    P, Nq, Nk, d,  # parts, queries, keys, head dim
     qk_hi, qk_lo,  # scale * log2(e)
     sc_hi, sc_lo,  # scale
     HAS_MASK: tl.constexpr,
@@ -198,7 +203,7 @@ def _attn_bwd_dkdv_kernel(
         qo_mask = m_ok[:, None] & d_ok[None, :]
         q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
         do = tl.load(do_base + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d, mask=qo_mask, other=0.0)
-        lse = tl.load(LSE + row0 + offs_m, mask=m_ok, other=float("inf"))  # +inf: row gives p = 0
+        lse = _lse_log2(tl.load(LSE + row0 + offs_m, mask=m_ok, other=float("-inf")))  # padding rows: p = 0
         delta = tl.load(DELTA + row0 + offs_m, mask=m_ok, other=0.0)
         s_t = mma(k, tl.trans(q), ACC, PRECISION) * qk_scale  # [BN, BM]
         if HAS_MASK:
@@ -220,7 +225,7 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _attn_bwd_dq_kernel(
+def _part_attention_bwd_dq_kernel(
     Q,  # [B, p, Nq, d]
     K,  # [B, p, Nk, d]
     V,  # [B, p, Nk, d]
@@ -229,14 +234,14 @@ def _attn_bwd_dq_kernel(
     LSE,  # [B, p, Nq] contiguous
     DELTA,  # [B, p, Nq] contiguous
     DQ,  # [B, p, Nq, d] contiguous
-    sq_b, sq_p, sq_n, sq_d,
-    sk_b, sk_p, sk_n, sk_d,
-    sv_b, sv_p, sv_n, sv_d,
-    sm_b, sm_p, sm_n,
-    sdo_b, sdo_p, sdo_n, sdo_d,
-    P, Nq, Nk, d,
-    qk_hi, qk_lo,
-    sc_hi, sc_lo,
+    sq_b, sq_p, sq_n, sq_d,  # strides of Q
+    sk_b, sk_p, sk_n, sk_d,  # strides of K
+    sv_b, sv_p, sv_n, sv_d,  # strides of V
+    sm_b, sm_p, sm_n,  # strides of KM
+    sdo_b, sdo_p, sdo_n, sdo_d,  # strides of DO
+    P, Nq, Nk, d,  # parts, queries, keys, head dim
+    qk_hi, qk_lo,  # scale * log2(e)
+    sc_hi, sc_lo,  # scale
     HAS_MASK: tl.constexpr,
     BLOCK_M: tl.constexpr,  # query tile (this program's)
     BLOCK_N: tl.constexpr,  # key tile (looped)
@@ -257,9 +262,10 @@ def _attn_bwd_dq_kernel(
     d_ok = offs_d < d
     qo_mask = m_ok[:, None] & d_ok[None, :]
     q = tl.load(Q + b * sq_b + part * sq_p + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
-    do = tl.load(DO + b * sdo_b + part * sdo_p + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d, mask=qo_mask, other=0.0)
+    do_ptrs = DO + b * sdo_b + part * sdo_p + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d
+    do = tl.load(do_ptrs, mask=qo_mask, other=0.0)
     row = head.to(tl.int64) * Nq + offs_m
-    lse = tl.load(LSE + row, mask=m_ok, other=float("inf"))
+    lse = _lse_log2(tl.load(LSE + row, mask=m_ok, other=float("-inf")))
     delta = tl.load(DELTA + row, mask=m_ok, other=0.0)
     k_base = K + b * sk_b + part * sk_p
     v_base = V + b * sv_b + part * sv_p
@@ -314,15 +320,18 @@ def _configs(Nq: int, Nk: int, heads: int, d: int, dtype: torch.dtype, device: t
     }
 
 
-def _mask_args(key_mask: Optional[torch.Tensor], fallback: torch.Tensor):
+def _mask_args(key_mask: torch.Tensor | None, fallback: torch.Tensor):
     """Pointer and strides for the key mask (a dummy pointer when there is none)."""
     if key_mask is None:
         return fallback, (0, 0, 0)
     return key_mask, key_mask.stride()
 
 
-# --------------------------------------------------------------------------- ops
-def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+# --------------------------------------------------------------------------- host functions
+def part_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, p, Nq, d] in q's dtype, lse [B, p, Nq] in the accumulation dtype)."""
     B, P, Nq, d = q.shape
     Nk = k.shape[2]
     out = torch.empty((B, P, Nq, d), dtype=q.dtype, device=q.device)  # [B, p, Nq, d]
@@ -333,7 +342,7 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_ma
     km, km_strides = _mask_args(key_mask, q)
     qk_hi, qk_lo = split_scale(scale * LOG2E)
     grid = (triton.cdiv(Nq, BM), B * P)
-    wrap_triton(_attn_fwd_kernel)[grid](
+    wrap_triton(_part_attention_fwd_kernel)[grid](
         q, k, v, km, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *km_strides,
         P, Nq, Nk, d, qk_hi, qk_lo,
@@ -343,27 +352,31 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_ma
     return out, lse
 
 
-def _fwd_fake(q, k, v, scale, key_mask):
-    B, P, Nq, d = q.shape
-    return q.new_empty((B, P, Nq, d)), q.new_empty((B, P, Nq), dtype=acc_dtype(q.dtype))
-
-
-def _bwd(
-    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-    lse: torch.Tensor, scale: float, key_mask: Optional[torch.Tensor], mask_grad: bool,
+def part_attention_backward(
+    grad_out: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    key_mask: torch.Tensor | None,
+    key_mask_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dkey_mask): dkey_mask [B, p, Nk] in key_mask's dtype when
+    ``key_mask_grad``, else an empty tensor of the accumulation dtype."""
     B, P, Nq, d = q.shape
     Nk = k.shape[2]
     dq = torch.empty((B, P, Nq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, P, Nk, d), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, P, Nk, d), dtype=v.dtype, device=v.device)
-    mask_grad = mask_grad and key_mask is not None
-    dkm = (
-        torch.empty((B, P, Nk), dtype=key_mask.dtype, device=q.device)
-        if mask_grad
-        else q.new_empty((0,))
-    )
-    if B * P * Nq == 0:
+    mask_grad = key_mask_grad and key_mask is not None
+    if mask_grad:
+        dkm = torch.empty((B, P, Nk), dtype=key_mask.dtype, device=q.device)
+    else:
+        dkm = q.new_empty((0,), dtype=acc_dtype(q.dtype))
+    if B * P * Nq == 0:  # no query: nothing flows to the keys
         return dq, dk.zero_(), dv.zero_(), dkm.zero_()
     cfg = _configs(Nq, Nk, B * P, d, q.dtype, q.device)
     BD = block_pow2(d)
@@ -371,99 +384,28 @@ def _bwd(
     km, km_strides = _mask_args(key_mask, q)
     qk_hi, qk_lo = split_scale(scale * LOG2E)
     sc_hi, sc_lo = split_scale(scale)
+    out, lse = out.contiguous(), lse.contiguous()
+    dlse = grad_lse.contiguous() if grad_lse is not None else lse
     delta = torch.empty_like(lse)  # [B, p, Nq]
     pre_bm = 64 if not INTERPRET else 32
-    wrap_triton(_attn_bwd_preprocess_kernel)[(triton.cdiv(Nq, pre_bm), B * P)](
-        out, dout, delta, *dout.stride(), P, Nq, d, BLOCK_M=pre_bm, BLOCK_D=BD,
+    wrap_triton(_part_attention_bwd_preprocess_kernel)[(triton.cdiv(Nq, pre_bm), B * P)](
+        out, grad_out, dlse, delta, *grad_out.stride(), P, Nq, d,
+        HAS_DLSE=grad_lse is not None, BLOCK_M=pre_bm, BLOCK_D=BD,
     )
     BM, BN, warps, stages = cfg["dkdv"]
-    wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(Nk, BN), B * P)](
-        q, k, v, km, dout, lse, delta, dk, dv, dkm if mask_grad else dk,
-        *q.stride(), *k.stride(), *v.stride(), *km_strides, *dout.stride(),
+    wrap_triton(_part_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, BN), B * P)](
+        q, k, v, km, grad_out, lse, delta, dk, dv, dkm if mask_grad else dk,
+        *q.stride(), *k.stride(), *v.stride(), *km_strides, *grad_out.stride(),
         P, Nq, Nk, d, qk_hi, qk_lo, sc_hi, sc_lo,
         HAS_MASK=key_mask is not None, MASK_GRAD=mask_grad,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, PRECISION=precision, num_warps=warps, num_stages=stages,
     )
     BM, BN, warps, stages = cfg["dq"]
-    wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(Nq, BM), B * P)](
-        q, k, v, km, dout, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *km_strides, *dout.stride(),
+    wrap_triton(_part_attention_bwd_dq_kernel)[(triton.cdiv(Nq, BM), B * P)](
+        q, k, v, km, grad_out, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *km_strides, *grad_out.stride(),
         P, Nq, Nk, d, qk_hi, qk_lo, sc_hi, sc_lo,
         HAS_MASK=key_mask is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, PRECISION=precision, num_warps=warps, num_stages=stages,
     )
     return dq, dk, dv, dkm
-
-
-def _bwd_fake(dout, q, k, v, out, lse, scale, key_mask, mask_grad):
-    dkm_shape = tuple(key_mask.shape) if (mask_grad and key_mask is not None) else (0,)
-    dkm_dtype = key_mask.dtype if (mask_grad and key_mask is not None) else q.dtype
-    return (
-        q.new_empty(q.shape),
-        k.new_empty(k.shape),
-        v.new_empty(v.shape),
-        q.new_empty(dkm_shape, dtype=dkm_dtype),
-    )
-
-
-part_attention_fwd = register_op("part_attention", _fwd, _fwd_fake)
-part_attention_bwd = register_op("part_attention_backward", _bwd, _bwd_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, scale, key_mask = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, key_mask)
-    ctx.scale = scale
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, key_mask = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
-        from pdnet.ops._higher_order import attention_with_lse, backward_by_formula
-
-        return backward_by_formula(attention_with_lse, (q, k, v, ctx.scale, key_mask), (dout, None),
-                                   ctx.needs_input_grad)
-    mask_grad = key_mask is not None and ctx.needs_input_grad[4]
-    dq, dk, dv, dkm = part_attention_bwd(dout, q, k, v, out, lse, ctx.scale, key_mask, mask_grad)
-    return dq, dk, dv, None, (dkm if mask_grad else None)
-
-
-part_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------- public
-def part_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float = 1.0,
-    key_mask: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Per-part attention, differentiable in q, k, v and key_mask.
-
-    Args:
-        q (Tensor[B, p, Nq, d]): queries; d <= 128.
-        k (Tensor[B, p, Nk, d]): keys.
-        v (Tensor[B, p, Nk, d]): values.
-        scale (float): multiplies q k^T.
-        key_mask (Tensor[B, p, Nk], optional): additive key mask (-inf drops a key).
-
-    Returns:
-        Tensor[B, p, Nq, d]; rows whose keys are all -inf are 0 (gradient 0).
-    """
-    from pdnet.ops._checks import check_part_attention  # here: pdnet.ops imports this package
-    check_part_attention(q, k, v, scale, key_mask)
-    check_device("part_attention", q)
-    B, P, _, d = q.shape
-    if d > MAX_HEAD_DIM:
-        raise ValueError(
-            f"part_attention (triton): head dim d={d} is above {MAX_HEAD_DIM} (q {tuple(q.shape)}); "
-            "use backend='reference' or 'cpp'"
-        )
-    if B * P > MAX_HEADS:
-        raise ValueError(
-            f"part_attention (triton): B*p = {B * P} exceeds the grid limit {MAX_HEADS} (q {tuple(q.shape)})"
-        )
-    return part_attention_fwd(q, k, v, float(scale), key_mask)[0]

@@ -6,18 +6,24 @@ parts never leaves registers. The backward recomputes the softmax from D:
 
     dD_k = sm_k * (g * dR_k - sum_j sm_j * g * dR_j),
     dgate = sum_k dR_k * sm_k  (times sigma * (1 - sigma) for the saliency logit).
+
+The host functions do not validate their inputs: pdnet.ops does.
 """
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, block_pow2, check_device, register_op, to_dtype
+from ._common import INTERPRET, block_pow2, to_dtype
 
 
 @triton.jit
 def _softmax_gate(D, G, b, offs, s_ok, kk, k_ok, P, HW, GATE_IS_LOGIT: tl.constexpr, ACC: tl.constexpr):
-    """Softmax over parts [P_PAD, BLOCK] of D[b] and the gate value [BLOCK] of G[b]."""
+    """Softmax over parts [P_PAD, BLOCK] of D[b] and the gate value [BLOCK] of G[b].
+
+    D: [B, p, HW], G: [B, 1, HW] (contiguous); offs / s_ok: [BLOCK] pixels and which are
+    in range; kk / k_ok: [P_PAD] parts and which are real.
+    """
     ptrs = b * P * HW + kk[:, None] * HW + offs[None, :]
     x = tl.load(D + ptrs, mask=k_ok[:, None] & s_ok[None, :], other=0.0).to(ACC)
     x = tl.where(k_ok[:, None], x, float("-inf"))  # padded parts take no probability
@@ -34,7 +40,7 @@ def _part_masks_fwd_kernel(
     D,  # [B, p, HW] part logits, contiguous
     G,  # [B, 1, HW] gate (saliency logit or ground truth), contiguous
     R,  # [B, p, HW] output, contiguous
-    P, HW,
+    P, HW,  # parts, pixels h * w
     GATE_IS_LOGIT: tl.constexpr,
     P_PAD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -56,7 +62,7 @@ def _part_masks_bwd_kernel(
     DR,  # [B, p, HW] upstream gradient, contiguous
     DD,  # [B, p, HW] gradient of D, contiguous
     DG,  # [B, 1, HW] gradient of G, contiguous (unused unless GATE_GRAD)
-    P, HW,
+    P, HW,  # parts, pixels h * w
     GATE_IS_LOGIT: tl.constexpr,
     GATE_GRAD: tl.constexpr,
     P_PAD: tl.constexpr,
@@ -89,7 +95,8 @@ def _launch_shape(P: int, HW: int, B: int):
     return p_pad, block, (triton.cdiv(HW, block), B)
 
 
-def _fwd(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> torch.Tensor:
+def part_masks_forward(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> torch.Tensor:
+    """masks [B, p, h, w] in part_logits' dtype."""
     B, P, h, w = part_logits.shape
     d = part_logits.contiguous()  # [B, p, h, w]
     g = gate.contiguous()  # [B, 1, h, w]
@@ -103,17 +110,21 @@ def _fwd(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> 
     return out
 
 
-def _fwd_fake(part_logits, gate, gate_is_logit):
-    return part_logits.new_empty(part_logits.shape)
-
-
-def _bwd(
-    grad: torch.Tensor, part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool, gate_grad: bool
+def part_masks_backward(
+    grad_out: torch.Tensor,
+    part_logits: torch.Tensor,
+    masks: torch.Tensor,
+    gate: torch.Tensor,
+    gate_is_logit: bool,
+    gate_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_part_logits [B, p, h, w], grad_gate [B, 1, h, w] or, unless ``gate_grad``, an
+    empty tensor). The kernel recomputes the softmax from part_logits: it does not read
+    ``masks`` (the forward's output, which the op saves for every backend)."""
     B, P, h, w = part_logits.shape
     d = part_logits.contiguous()
     g = gate.contiguous()
-    dr = grad.contiguous()  # [B, p, h, w]
+    dr = grad_out.contiguous()  # [B, p, h, w]
     dd = torch.empty((B, P, h, w), dtype=part_logits.dtype, device=part_logits.device)
     dg = gate.new_empty((B, 1, h, w) if gate_grad else (0,))
     if dd.numel() == 0:
@@ -124,50 +135,3 @@ def _bwd(
         GATE_IS_LOGIT=gate_is_logit, GATE_GRAD=gate_grad, P_PAD=p_pad, BLOCK=block, num_warps=8,
     )
     return dd, dg
-
-
-def _bwd_fake(grad, part_logits, gate, gate_is_logit, gate_grad):
-    B, _, h, w = part_logits.shape
-    return part_logits.new_empty(part_logits.shape), gate.new_empty((B, 1, h, w) if gate_grad else (0,))
-
-
-part_masks_fwd = register_op("part_masks", _fwd, _fwd_fake)
-part_masks_bwd = register_op("part_masks_backward", _bwd, _bwd_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    part_logits, gate, gate_is_logit = inputs
-    ctx.save_for_backward(part_logits, gate)
-    ctx.gate_is_logit = gate_is_logit
-
-
-def _backward(ctx, grad):
-    part_logits, gate = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph: the differentiable formula, exact at any order
-        from pdnet.ops._higher_order import backward_by_formula, part_masks_formula
-
-        return backward_by_formula(part_masks_formula(ctx.gate_is_logit), (part_logits, gate), (grad,),
-                                   ctx.needs_input_grad) + (None,)
-    gate_grad = ctx.needs_input_grad[1]
-    dd, dg = part_masks_bwd(grad, part_logits, gate, ctx.gate_is_logit, gate_grad)
-    return dd, (dg if gate_grad else None), None
-
-
-part_masks_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def part_masks(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool = True) -> torch.Tensor:
-    """softmax over parts of ``part_logits`` times sigmoid(gate) (or gate itself).
-
-    Args:
-        part_logits (Tensor[B, p, h, w]): part logits D.
-        gate (Tensor[B, 1, h, w]): saliency logit S (``gate_is_logit``) or mask G.
-        gate_is_logit (bool): apply a sigmoid to ``gate``.
-
-    Returns:
-        Tensor[B, p, h, w], differentiable in both inputs.
-    """
-    from pdnet.ops._checks import check_part_masks  # here: pdnet.ops imports this package
-    check_part_masks(part_logits, gate, "saliency_logit" if gate_is_logit else "mask")
-    check_device("part_masks", part_logits)
-    return part_masks_fwd(part_logits, gate, bool(gate_is_logit))

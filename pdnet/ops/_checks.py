@@ -6,7 +6,7 @@ so that a bad call fails here and never deep inside a kernel.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ def check_same(op: str, tensors: Sequence[tuple[str, torch.Tensor]], *, dtype: b
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but {name0} has dtype {t0.dtype}")
 
 
-def check_part_attention(q, k, v, scale, key_mask: Optional[torch.Tensor]) -> None:
+def check_part_attention(q, k, v, scale, key_mask: torch.Tensor | None) -> None:
     op = "part_attention"
     doc = "(B, p, N, d)"
     check_tensor(op, "q", q, 4, doc)

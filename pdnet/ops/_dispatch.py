@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
 
 import torch
 
@@ -34,13 +35,13 @@ ALIASES = {"cuda": "cpp", "torch": "reference"}
 
 #: (backend, op, device type) whose backward is not bitwise reproducible (float atomics):
 #: ``auto`` passes them over while ``torch.use_deterministic_algorithms(True)`` is on
-NONDETERMINISTIC: Tuple[Tuple[str, str, str], ...] = (("cpp", "part_attention", "cuda"),)
+NONDETERMINISTIC: tuple[tuple[str, str, str], ...] = (("cpp", "part_attention", "cuda"),)
 
 #: device types on which ``auto`` times its kernel candidates (elsewhere: AUTO_ORDER)
-TUNED_DEVICES: Tuple[str, ...] = ("cuda",)
+TUNED_DEVICES: tuple[str, ...] = ("cuda",)
 
 #: preference per device type for backend="auto"
-AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cpp", "triton", "reference"),
     "cpu": ("cpp", "reference"),
 }
@@ -49,18 +50,18 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
 @dataclass
 class Backend:
     name: str
-    impls: Dict[str, Callable] = field(default_factory=dict)
-    devices: Tuple[str, ...] = ("cpu",)
+    impls: dict[str, Callable] = field(default_factory=dict)
+    devices: tuple[str, ...] = ("cpu",)
 
     def supports(self, op: str, device_type: str) -> bool:
         return op in self.impls and device_type in self.devices
 
 
-_REGISTRY: Dict[str, Backend] = {}
-_UNAVAILABLE_REASON: Dict[str, str] = {}
+_REGISTRY: dict[str, Backend] = {}
+_UNAVAILABLE_REASON: dict[str, str] = {}
 
 
-def register_backend(name: str, impls: Dict[str, Callable], devices: Tuple[str, ...]) -> None:
+def register_backend(name: str, impls: dict[str, Callable], devices: tuple[str, ...]) -> None:
     """Register (or replace) a backend's op implementations."""
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"unknown backend name {name!r}; known: {', '.join(KNOWN_BACKENDS)}")
@@ -128,11 +129,11 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
 
 # --------------------------------------------------------------------------- auto tuning
 #: (op, signature) -> backend chosen by timing
-_CHOICES: Dict[Tuple[str, Tuple[Any, ...]], str] = {}
-_TIMINGS: Dict[Tuple[str, Tuple[Any, ...]], Dict[str, float]] = {}
+_CHOICES: dict[tuple[str, tuple[Any, ...]], str] = {}
+_TIMINGS: dict[tuple[str, tuple[Any, ...]], dict[str, float]] = {}
 
 
-def auto_choices() -> Dict[str, Dict[str, Any]]:
+def auto_choices() -> dict[str, dict[str, Any]]:
     """What ``backend="auto"`` chose by timing so far: ``{"op signature": {"backend":
     name, "ms": {candidate: median ms}}}`` (empty where nothing was timed)."""
     return {
@@ -146,8 +147,8 @@ def clear_auto_choices() -> None:
     _TIMINGS.clear()
 
 
-def _signature(args) -> Tuple[Any, ...]:
-    sig: List[Any] = [torch.is_grad_enabled()]
+def _signature(args) -> tuple[Any, ...]:
+    sig: list[Any] = [torch.is_grad_enabled()]
     for a in args:
         if isinstance(a, torch.Tensor):
             sig.append((tuple(a.shape), str(a.dtype), str(a.device), a.requires_grad, a.is_contiguous()))
@@ -210,7 +211,7 @@ def time_call(fn: Callable, args, grad: bool, reps: int = 5) -> float:
 class _AutoChoice:
     """``backend="auto"`` with several kernel backends: times them once per signature."""
 
-    def __init__(self, op: str, candidates: List[str]) -> None:
+    def __init__(self, op: str, candidates: list[str]) -> None:
         self.op, self.candidates = op, candidates
 
     def __call__(self, *args):

@@ -1,14 +1,20 @@
 """Pure-PyTorch reference implementations of the hot-path ops.
 
 These are the oracle for every kernel backend, the fallback when no kernel is
-available for a device, and the baseline in the benchmarks. They assume inputs
-were validated by :mod:`pdnet.ops._checks` and favour clarity over speed.
+available for a device, the baseline in the benchmarks, and the formulas whose
+derivatives give the kernel backends' gradients of second and higher order
+(:mod:`pdnet.ops._higher_order`). They follow the contracts documented in
+:mod:`pdnet.ops` (fully masked attention rows included), assume inputs were
+validated by :mod:`pdnet.ops._checks`, and favour clarity over speed.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernel backends: float64 stays, the rest is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def part_attention(
@@ -16,14 +22,33 @@ def part_attention(
     k: torch.Tensor,  # [B, p, Nk, d]
     v: torch.Tensor,  # [B, p, Nk, d]
     scale: float = 1.0,
-    key_mask: Optional[torch.Tensor] = None,  # [B, p, Nk], additive
-) -> torch.Tensor:
-    """softmax_keys(q k^T * scale + key_mask) v, independently for every part."""
+    key_mask: torch.Tensor | None = None,  # [B, p, Nk], additive
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """softmax_keys(q k^T * scale + key_mask) v, independently for every part.
+
+    A query row whose scores are all -inf has attention weights 0 (out = 0 v) and
+    lse = -inf, and passes no gradient (torch's softmax would give NaN there). With
+    ``return_lse``, also the natural-log log-sum-exp of the scores [B, p, Nq] in the
+    accumulation dtype. Differentiable at any order.
+    """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, p, Nq, Nk]
     if key_mask is not None:
         scores = scores + key_mask.unsqueeze(-2).to(scores.dtype)  # [B, p, Nq, Nk]
-    attn = torch.softmax(scores, dim=-1)  # [B, p, Nq, Nk]
-    return torch.matmul(attn, v)  # [B, p, Nq, d]
+    if scores.numel() == 0:  # no query (amax below needs a key): empty results
+        out = torch.matmul(scores, v)  # [B, p, Nq, d]
+        return (out, scores.new_empty(scores.shape[:3], dtype=acc_dtype(q.dtype))) if return_lse else out
+    row_max = scores.detach().amax(-1, keepdim=True)  # [B, p, Nq, 1]; NaN stays NaN
+    dead = row_max == float("-inf")  # [B, p, Nq, 1]: no live key
+    scores = scores.masked_fill(dead, 0.0)  # dead rows: finite, so no NaN enters the graph
+    attn = torch.softmax(scores, dim=-1).masked_fill(dead, 0.0)  # [B, p, Nq, Nk]
+    out = torch.matmul(attn, v)  # [B, p, Nq, d]
+    if not return_lse:
+        return out
+    acc = acc_dtype(q.dtype)
+    m = row_max.masked_fill(dead, 0.0).to(acc)  # [B, p, Nq, 1], a constant: exact at any order
+    lse = m + torch.log(torch.exp(scores.to(acc) - m).sum(-1, keepdim=True))  # [B, p, Nq, 1]
+    return out, lse.masked_fill(dead, float("-inf")).squeeze(-1)  # [B, p, Nq]
 
 
 def part_masks(
@@ -46,15 +71,23 @@ def assemble_parts(
     return ((p_feats + y_feats) * masks.unsqueeze(2)).sum(dim=1)  # [B, C, h, w]
 
 
-def area_variance(x: torch.Tensor) -> torch.Tensor:  # x: [B, p, H, W]
-    """Area-variance loss (paper eq. 3-4).
+#: floor of the areas' L2 norm in the area-variance loss
+AREA_NORM_EPS = 1e-12
 
-    a_k = sum_hw x_k, a = a / max(||a||_2, 1e-12), unbiased variance over parts,
-    mean over the batch. With a single part the variance is defined as 0 (the
-    unbiased estimator would divide by zero).
+
+def area_variance(x: torch.Tensor) -> torch.Tensor:  # x: [B, p, H, W]
+    """Area-variance loss (paper eq. 3-4): :func:`area_variance_of_areas` of the part
+    areas a_k = sum_hw x_k."""
+    return area_variance_of_areas(x.sum(dim=(2, 3)))  # areas [B, p]
+
+
+def area_variance_of_areas(area: torch.Tensor) -> torch.Tensor:  # area: [B, p]
+    """a = a / max(||a||_2, 1e-12), unbiased variance over parts, mean over the batch.
+
+    With a single part the variance is defined as 0 (the unbiased estimator would
+    divide by zero).
     """
-    area = x.sum(dim=(2, 3))  # [B, p]
-    if x.shape[1] < 2:
+    if area.shape[1] < 2:
         return area.sum() * 0.0
-    area = area / area.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, p]
+    area = area / area.norm(dim=1, keepdim=True).clamp_min(AREA_NORM_EPS)  # [B, p]
     return area.var(dim=1, unbiased=True).mean()  # []
