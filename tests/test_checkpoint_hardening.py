@@ -16,7 +16,7 @@ from io_faults import FailingFile, enospc
 @pytest.fixture(autouse=True)
 def no_fsync(monkeypatch):
     """fsync costs seconds on a busy disk and is not what these tests check."""
-    monkeypatch.setattr(ck.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_saving_nan_weights_is_refused_and_writes_nothing(tmp_path):
 
 def patch_fdopen(monkeypatch, at, action):
     real = os.fdopen
-    monkeypatch.setattr(ck.os, "fdopen", lambda fd, mode: FailingFile(real(fd, mode), at, action))
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FailingFile(real(fd, mode), at, action))
 
 
 def test_disk_full_during_write_is_one_line_error_and_keeps_the_previous_file(model, tmp_path, monkeypatch):
@@ -128,7 +128,7 @@ def test_disk_full_during_write_is_one_line_error_and_keeps_the_previous_file(mo
 
 
 def test_disk_full_at_fsync_is_reported_too(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(ck.os, "fsync", lambda fd: enospc())
+    monkeypatch.setattr(os, "fsync", lambda fd: enospc())
     with pytest.raises(CheckpointError, match="new.pt: No space left on device; .*new.pt was not created"):
         save_model_checkpoint(tmp_path / "new.pt", model)
     assert list(tmp_path.iterdir()) == []

@@ -71,18 +71,18 @@ def snapshot(folder):
 
 @pytest.fixture
 def quick_load(assets, monkeypatch):
-    """``pdnet segment`` gets a copy of the tiny model instead of reading tiny.pt (1 s less per run)."""
+    """``pdnet segment`` gets a copy of the tiny model instead of reading and verifying tiny.pt on every run."""
     import copy
 
-    from pdnet.inference import checkpoint
+    from pdnet.inference import loading
 
     root, model = assets
-    real = checkpoint.load
+    real = loading.load
 
     def load(path, *a, **k):
         return copy.deepcopy(model) if Path(path) == root / "tiny.pt" else real(path, *a, **k)
 
-    monkeypatch.setattr(checkpoint, "load", load)
+    monkeypatch.setattr(loading, "load", load)
 
 
 def segment(capsys, *argv):
@@ -379,14 +379,14 @@ SWEEP = [
                          ids=[" ".join(f"{k}={v}" for k, v in o.items()) for o, _ in SWEEP])
 def test_every_flag_bad_value_is_one_line_before_loading(assets, bad_inputs, tmp_path, capsys, monkeypatch,
                                                         overrides, expected):
-    from pdnet.inference import checkpoint
+    from pdnet.inference import loading
 
     root, _ = assets
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(checkpoint, "load", no_load)
+    monkeypatch.setattr(loading, "load", no_load)
     fill = {"bad": str(bad_inputs), "frames": str(root / "frames")}
     args = {"input": str(root / "frames"), "--checkpoint": str(root / "tiny.pt"), "--out": str(tmp_path / "out")}
     args.update({k: v.format(**fill) for k, v in overrides.items()})

@@ -1,7 +1,8 @@
 """Inference: checkpoints, the fast path, streaming / batched segmentation, video I/O.
 
-* :func:`load` builds a PDNet from this project's checkpoints or the release's files;
-  :func:`save_model_checkpoint` writes this project's format (see :mod:`.checkpoint`).
+* :func:`load` builds a PDNet from this project's checkpoints or the release's files
+  (:mod:`.loading`, :mod:`.release_config`); :func:`save_model_checkpoint` writes this
+  project's format (see :mod:`.checkpoint`).
 * :class:`FastPDNet` is the fast path (BatchNorm folded, parts batched), used by
 * :class:`VideoSegmenter`, the per-clip streaming object (``step(frame)``) with a batched
   ``predict(frames, state)``, channels_last, bf16/fp16 and CUDA graphs on GPUs;
@@ -19,15 +20,15 @@ from .._lazy import lazy_attributes as _lazy_attributes
 #: public name -> the submodule that defines it
 _EXPORTS = {
     "CheckpointError": "checkpoint",
-    "checkpoint_kind": "checkpoint",
-    "infer_config": "checkpoint",
-    "load": "checkpoint",
-    "load_engine_state_dict": "checkpoint",
     "read_checkpoint": "checkpoint",
     "save_model_checkpoint": "checkpoint",
     "FastPDNet": "fused",
     "fold_batchnorm": "fused",
     "fold_conv_bn": "fused",
+    "checkpoint_kind": "loading",
+    "load": "loading",
+    "load_engine_state_dict": "loading",
+    "infer_config": "release_config",
     "check_outputs": "segment",
     "segment_video": "segment",
     "VideoSegmenter": "segmenter",
@@ -44,16 +45,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
-    from .checkpoint import (
-        CheckpointError,
-        checkpoint_kind,
-        infer_config,
-        load,
-        load_engine_state_dict,
-        read_checkpoint,
-        save_model_checkpoint,
-    )
+    from .checkpoint import CheckpointError, read_checkpoint, save_model_checkpoint
     from .fused import FastPDNet, fold_batchnorm, fold_conv_bn
+    from .loading import checkpoint_kind, load, load_engine_state_dict
+    from .release_config import infer_config
     from .segment import check_outputs, segment_video
     from .segmenter import VideoSegmenter, as_frame_batch, preprocess, to_uint8
     from .video import FrameSource, OutputError, SourceError, TruncatedVideoWarning, VideoWriter

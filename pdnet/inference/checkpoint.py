@@ -1,7 +1,10 @@
-"""Checkpoint files: this project's format, and loading the release's state_dicts.
+"""This project's checkpoint file: writing it atomically, reading and verifying it.
 
-**This project's checkpoint format** (written by :func:`save_model_checkpoint`, read by
-:func:`load` and :func:`read_checkpoint`) is a ``torch.save`` of a plain dict::
+Building a PDNet from a file, of this format or the authors' release files, is
+:func:`pdnet.load` (:mod:`pdnet.inference.loading`).
+
+**Format** (written by :func:`save_model_checkpoint`, read by :func:`read_checkpoint`
+and :func:`pdnet.load`): a ``torch.save`` of a plain dict::
 
     {
         "format": "pdnet",            # marks the file
@@ -28,34 +31,24 @@ and raw bytes), keyed by its path in the dict (``model/encoder.conv1.weight``,
 names the first tensor that does not match (a damaged file); files without it (release
 files, older engine files) load unchecked. Any checkpoint whose floating-point tensors
 hold NaN or inf is refused when read (naming the tensor), and never written.
-
-**Release files**: the authors' ``torch.save`` of ``{"model": state_dict, ...}`` or a bare
-state_dict with their key names (``bkbone.*``, ``l5_adapt.*``, ``ipda.part_q_conv.*`` ...).
-The configuration is inferred from the tensors (:func:`infer_config`): the backbone from
-the lateral widths and the number of ``layer3`` blocks, the number of parts from the
-``part_q_conv`` entries, the widths from the weight shapes; the input size is the
-release's 480x480 unless given.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
-import re
 import signal
 import threading
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
-from .._device import parse_device
 from .._fs import temporary_beside
-from ..model import PDNet, PDNetConfig, load_release_state_dict
-from ..model.release import release_to_pdnet_key, unwrap_state_dict
+from ..model import PDNet
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,14 +58,6 @@ VERSION = 1
 RESERVED_KEYS = ("format", "version", "config", "model", "checksum")
 #: the checksum algorithm of the ``checksum`` entry
 CHECKSUM_ALGORITHM = "crc32"
-
-#: (C2 channels, number of layer3 blocks) -> torchvision ResNet name
-_BACKBONE_SIGNATURES = {
-    (64, 2): "resnet18",
-    (64, 6): "resnet34",
-    (256, 6): "resnet50",
-    (256, 23): "resnet101",
-}
 
 
 class CheckpointError(RuntimeError):
@@ -363,168 +348,3 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     obj = dict(obj)
     verify_checkpoint(obj, str(path))
     return obj
-
-
-def checkpoint_kind(obj: Mapping) -> str:
-    """``"pdnet"`` (this project's format), ``"release"`` (the authors' key names) or ``"unknown"``."""
-    if "config" in obj and isinstance(obj.get("model"), Mapping):
-        return "pdnet"
-    state = unwrap_state_dict(obj)
-    if any(isinstance(k, str) and k.startswith("bkbone.") for k in state):
-        return "release"
-    return "unknown"
-
-
-def _count(prefix: str, keys) -> int:
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for m in map(pat.match, keys) if m})
-
-
-def infer_config(state: Mapping[str, torch.Tensor], **overrides) -> PDNetConfig:
-    """A PDNetConfig that fits a state_dict in this engine's key names.
-
-    Args:
-        state: ``PDNet.state_dict()``-style mapping (convert release names first with
-            :func:`pdnet.model.release.release_to_pdnet_key`).
-        overrides: PDNetConfig fields that win over what is inferred (``backbone``, ``parts``,
-            ``input_size`` ...); ``None`` values are ignored.
-
-    Returns:
-        PDNetConfig with backbone, parts and the three widths read from the tensors.
-        Fields that cannot be inferred (missing keys) keep their defaults, so that
-        loading then lists the missing keys.
-    """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    keys = list(state)
-    found: Dict[str, Any] = {}
-    lateral2 = state.get("decoder.lateral2.conv.weight")
-    n_layer3 = _count("encoder.layer3.", keys)
-    if "backbone" not in overrides and lateral2 is not None and lateral2.dim() == 4:
-        sig = (int(lateral2.shape[1]), n_layer3)
-        if sig not in _BACKBONE_SIGNATURES:
-            known = ", ".join(f"{v}: C2={c}, {n} layer3 blocks" for (c, n), v in _BACKBONE_SIGNATURES.items())
-            raise CheckpointError(
-                f"cannot tell the backbone from the checkpoint: C2 lateral input width {sig[0]} with {sig[1]} "
-                f"layer3 blocks matches none of ({known}); pass backbone= (--backbone) explicitly"
-            )
-        found["backbone"] = _BACKBONE_SIGNATURES[sig]
-    parts = _count("ipda.query.", keys)
-    if parts:
-        found["parts"] = parts
-    shapes = {
-        "decoder_channels": ("decoder.lateral5.conv.weight", 0),
-        "ipda_channels": ("ipda.adapter.1.conv.weight", 0),
-        "attention_dim": ("ipda.query.0.weight", 0),
-    }
-    for field, (key, dim) in shapes.items():
-        t = state.get(key)
-        if isinstance(t, torch.Tensor) and t.dim() > dim:
-            found[field] = int(t.shape[dim])
-    return PDNetConfig(**{**found, **overrides})
-
-
-def _listing(title: str, problems: List[Tuple[str, List[str]]]) -> str:
-    lines = [title]
-    for name, items in problems:
-        if items:
-            shown = ", ".join(items[:40]) + (f" ... and {len(items) - 40} more" if len(items) > 40 else "")
-            lines.append(f"  {name} ({len(items)}): {shown}")
-    return "\n".join(lines)
-
-
-def load_engine_state_dict(model: PDNet, state: Mapping[str, torch.Tensor]) -> PDNet:
-    """Load a state_dict in this engine's key names, listing every problem at once.
-
-    Raises:
-        RuntimeError: missing keys, unexpected keys and shape mismatches (all listed);
-            the model is left untouched.
-    """
-    state = unwrap_state_dict(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
-        f"vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and (not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape))
-    ]
-    if missing or unexpected or mismatched:
-        cfg = model.config
-        raise RuntimeError(
-            _listing(
-                f"the checkpoint does not fit this PDNet ({cfg.backbone}, p={cfg.parts}):",
-                [("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)],
-            )
-        )
-    model.load_state_dict(dict(state), strict=True)
-    return model
-
-
-def load(
-    checkpoint: Union[PathLike, Mapping],
-    device: Union[str, torch.device, None] = "cpu",
-    dtype: torch.dtype = torch.float32,
-    backbone: Optional[str] = None,
-    parts: Optional[int] = None,
-    input_size: Union[int, Tuple[int, int], None] = None,
-) -> PDNet:
-    """Build a PDNet from a checkpoint, in eval mode.
-
-    Args:
-        checkpoint: a file path (this project's checkpoint, or a release state_dict file),
-            or an already loaded dict of either kind.
-        device: where to put the model (``"auto"`` / None: CUDA when available).
-        dtype: parameter dtype (float32 by default; the fast inference path keeps its own
-            low-precision copy, see :class:`pdnet.inference.VideoSegmenter`).
-        backbone: override the backbone (release files: otherwise inferred from the keys).
-        parts: override the number of parts (release files: otherwise the count of
-            ``ipda.part_q_conv.*``).
-        input_size: override the model input size (release files default to 480x480;
-            this project's checkpoints store theirs).
-
-    Returns:
-        PDNet in eval mode on ``device`` with parameters in ``dtype``.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        CheckpointError: the file is unreadable, damaged (checksum), holds NaN / inf
-            weights, is of an unknown kind, or does not fit the model (the message lists
-            every missing / unexpected / mis-shaped key).
-    """
-    name = str(checkpoint) if not isinstance(checkpoint, Mapping) else "<checkpoint dict>"
-    if isinstance(checkpoint, Mapping):
-        obj = dict(checkpoint)
-        verify_checkpoint(obj, name)
-    else:
-        obj = read_checkpoint(checkpoint)
-    kind = checkpoint_kind(obj)
-    overrides = {"backbone": backbone, "parts": parts, "input_size": input_size}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        if kind == "pdnet":
-            cfg_dict = obj["config"]
-            if not isinstance(cfg_dict, Mapping):
-                raise CheckpointError(f"checkpoint {name}: 'config' is a {type(cfg_dict).__name__}, not a dict")
-            config = PDNetConfig.from_dict({**dict(cfg_dict), **overrides})
-            model = load_engine_state_dict(PDNet(config), obj["model"])
-        elif kind == "release":
-            state = unwrap_state_dict(obj)
-            engine_names = {}
-            for k, v in state.items():
-                new = release_to_pdnet_key(k)
-                if new is not None:
-                    engine_names[new] = v
-            config = infer_config(engine_names, **overrides)
-            model = load_release_state_dict(PDNet(config), state)
-        else:
-            sample = ", ".join(list(map(str, obj))[:8])
-            raise CheckpointError(
-                f"checkpoint {name} is neither a pdnet checkpoint (keys 'model' and 'config') nor a release "
-                f"state_dict (keys 'bkbone.*'); its first keys are: {sample}"
-            )
-    except CheckpointError:
-        raise
-    except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {name}: {exc}") from None
-    return model.to(device=parse_device(device), dtype=dtype).eval()

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import CheckpointError, load
+    from .checkpoint import CheckpointError
+    from .loading import load
     from .segment import segment_video
     from .._device import parse_device
     from .segmenter import VideoSegmenter, parse_dtype

@@ -227,7 +227,7 @@ def segment_video(
     import torch
 
     from ..model import PDNet
-    from .checkpoint import load
+    from .loading import load
     from .segmenter import VideoSegmenter, to_uint8
 
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

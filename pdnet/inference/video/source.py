@@ -1,18 +1,13 @@
-"""Video and frame-folder I/O for inference (PyAV for video files).
+"""Reading the input: the frames of a video file (PyAV) or of a folder of images.
 
 * :class:`FrameSource`: frames of a video file (mp4, mov, mkv, anything FFmpeg reads)
   or of a folder of images (jpg/jpeg/png/bmp/webp, sorted by name), as RGB uint8 numpy
   arrays [H, W, 3], each with the name of its mask file.
-* :class:`VideoWriter`: RGB frames -> an H.264 (libx264, else MPEG-4) video.
-* :func:`write_mask`: one 8-bit grey PNG.
-* :func:`background`: the ``--composite`` background, an image file or a colour.
+* :func:`prefetch`: iterate a source in a background thread, so decoding overlaps computing.
 
 Problems with the input (missing path, unreadable video, empty folder, frames of
 different sizes, a video that ends early) raise :class:`SourceError`, whose message names
-the file. Problems writing the results (disk full, a read-only folder) raise
-:class:`OutputError`, which names the file. Every output file is written to a temporary
-file in its own folder and moved into place with ``os.replace`` once complete, so a
-failed or interrupted write never leaves a partial (or 0-byte) file under the final name.
+the file.
 
 **Truncated videos.** A video whose decoding ends early is an error naming the file and
 its last good frame (``allow_truncated=True`` keeps the decoded frames, with a
@@ -36,35 +31,18 @@ from __future__ import annotations
 import math
 import os
 import queue
-import re
 import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-
-from .._fs import temporary_beside
-
-if TYPE_CHECKING:  # torch is imported by background() itself: reading and checking inputs does not need it
-    import torch
 
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FOLDER_FPS = 25.0
-
-_COLOURS = {
-    "green": (0, 177, 64),  # chroma-key green
-    "blue": (0, 71, 187),
-    "black": (0, 0, 0),
-    "white": (255, 255, 255),
-    "grey": (128, 128, 128),
-    "gray": (128, 128, 128),
-    "red": (255, 0, 0),
-}
-
 
 #: FFmpeg demuxers whose files record their duration in a header (in others, such as
 #: MPEG-TS, the duration is estimated from the data present, truncated or not)
@@ -73,10 +51,6 @@ _DURATION_IN_HEADER = frozenset({"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "av
 
 class SourceError(ValueError):
     """An input video / frame folder / background that cannot be used; the message names it."""
-
-
-class OutputError(RuntimeError):
-    """An output that cannot (or may not) be written; the message names the file."""
 
 
 class TruncatedVideoWarning(UserWarning):
@@ -338,264 +312,3 @@ def prefetch(items: Iterable, depth: int = 8) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 t.join(timeout=0.05)
-
-
-class BackgroundWorker:
-    """Runs callables in order on one background thread (PNG and video encoding).
-
-    ``submit`` blocks when ``depth`` jobs are pending; the first error is re-raised by
-    the next ``submit`` or by ``close``.
-    """
-
-    def __init__(self, depth: int = 16) -> None:
-        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-        self._error: Optional[BaseException] = None
-        self._cancelled = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pdnet-encode")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            if self._error is None and not self._cancelled:
-                try:
-                    job()
-                except BaseException as exc:  # noqa: BLE001
-                    self._error = exc
-
-    def submit(self, job: Callable[[], None]) -> None:
-        if self._error is not None:
-            raise self._error
-        self._q.put(job)
-
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def cancel(self) -> None:
-        """Skip the pending jobs, wait for the running one, stop; errors are dropped."""
-        self._cancelled = True
-        self._q.put(None)
-        self._thread.join()
-
-
-def _temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """A new empty file in ``path``'s folder, hidden, named after ``path``, for an atomic write."""
-    fd, tmp = temporary_beside(path, suffix)
-    os.close(fd)
-    return tmp
-
-
-def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> List[Path]:
-    """Remove the temporaries that :func:`_temporary_beside` made in ``folder`` for files
-    whose name ``owned(name)`` accepts, and that a killed run (``kill -9``, power loss)
-    left behind: ``.<name>.<8 random characters><suffix>``. Other files are not touched.
-
-    Returns:
-        the files removed.
-    """
-    folder = Path(folder)
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _STALE_TEMPORARY.match(entry.name)
-        if m and owned(m.group(1)) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                pass
-    return removed
-
-
-#: :func:`pdnet._fs.temporary_beside` names (``tempfile.mkstemp``): 8 characters from [a-z0-9_]
-_STALE_TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)$")
-
-
-def _remove_quietly(path: Optional[Path]) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError:  # pragma: no cover - nothing more can be done
-            pass
-
-
-def _write_error(path: Path, what: str, exc: BaseException) -> OutputError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return OutputError(f"{path}: cannot write the {what} ({reason})")
-
-
-def write_mask(path: PathLike, mask: np.ndarray, overwrite: bool = True) -> None:
-    """Write a uint8 mask [H, W] (0..255) as an 8-bit grey PNG, atomically.
-
-    The PNG goes to a temporary file in the same folder, moved into place once complete
-    (``os.replace``); on failure (disk full ...) the temporary is removed and
-    :class:`OutputError` names ``path``: no partial or 0-byte file is left, and a file
-    already at ``path`` is intact.
-
-    Args:
-        overwrite: replace a file already at ``path`` (False: OutputError instead).
-    """
-    from PIL import Image
-
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ValueError(f"write_mask: expected a uint8 array [H, W], got {mask.dtype} {mask.shape}")
-    path = Path(path)
-    if not overwrite and os.path.lexists(path):
-        raise OutputError(f"{path}: already exists; not overwriting it")
-    tmp = None
-    try:
-        tmp = _temporary_beside(path)
-        with open(tmp, "wb") as f:
-            Image.fromarray(mask, mode="L").save(f, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise _write_error(path, "mask", exc) from None
-    finally:
-        _remove_quietly(tmp)
-
-
-class VideoWriter:
-    """RGB uint8 frames [H, W, 3] -> a video file (H.264 via libx264 when FFmpeg has it, else MPEG-4).
-
-    yuv420p needs even sizes: an odd last row / column is duplicated. The video is
-    written to a temporary file in the same folder and moved to ``path`` by
-    :meth:`close` (``abort`` removes it instead): an unfinished video never appears under
-    ``path``. Write failures raise :class:`OutputError` naming ``path``.
-    """
-
-    def __init__(self, path: PathLike, fps: float, size: Tuple[int, int], crf: int = 18) -> None:
-        av = _av()
-        self.path = Path(path)
-        self.size = tuple(size)
-        H, W = self.size
-        self.even = (H + H % 2, W + W % 2)
-        rate = Fraction(check_fps(fps)).limit_denominator(1001)
-        self._tmp: Optional[Path] = None
-        try:
-            self._tmp = _temporary_beside(self.path, suffix=self.path.suffix or ".mp4")
-            self.container = av.open(str(self._tmp), mode="w")  # the format from the suffix, as ``path``'s
-        except (OSError, av.FFmpegError, ValueError) as exc:
-            _remove_quietly(self._tmp)
-            raise _write_error(self.path, "video", exc) from None
-        try:
-            self.stream = self.container.add_stream("libx264", rate=rate, options={"crf": str(crf)})
-        except (av.FFmpegError, ValueError):
-            self.stream = self.container.add_stream("mpeg4", rate=rate)
-            self.stream.bit_rate = 8_000_000
-        self.stream.height, self.stream.width = self.even
-        self.stream.pix_fmt = "yuv420p"
-        self._av = av
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape != (*self.size, 3) or frame.dtype != np.uint8:
-            raise ValueError(
-                f"VideoWriter: expected uint8 [{self.size[0]}, {self.size[1]}, 3], got {frame.dtype} {frame.shape}"
-            )
-        if self.even != self.size:
-            pad = ((0, self.even[0] - self.size[0]), (0, self.even[1] - self.size[1]), (0, 0))
-            frame = np.pad(frame, pad, mode="edge")
-        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        try:
-            for packet in self.stream.encode(vf):
-                self.container.mux(packet)
-        except (OSError, self._av.FFmpegError) as exc:
-            raise _write_error(self.path, "video", exc) from None
-
-    def close(self) -> None:
-        """Flush the encoder and move the finished video to ``path``."""
-        if self._tmp is None:
-            return
-        try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-            self.container.close()
-            os.replace(self._tmp, self.path)
-            self._tmp = None
-        except (OSError, self._av.FFmpegError) as exc:
-            self.abort()
-            raise _write_error(self.path, "video", exc) from None
-
-    def abort(self) -> None:
-        """Discard the video: close the file and remove the temporary (``path`` is not touched)."""
-        if self._tmp is None:
-            return
-        try:
-            self.container.close()
-        except Exception:  # noqa: BLE001 - the file is removed anyway
-            pass
-        _remove_quietly(self._tmp)
-        self._tmp = None
-
-
-def parse_colour(text: str) -> Optional[Tuple[int, int, int]]:
-    """``"green"``, ``"#00b140"``, ``"0,177,64"`` -> (R, G, B); None when ``text`` is not a colour."""
-    s = text.strip().lower()
-    if s in _COLOURS:
-        return _COLOURS[s]
-    if s.startswith("#") and len(s) == 7:
-        try:
-            return tuple(int(s[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
-        except ValueError:
-            return None
-    parts = s.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() and 0 <= int(p) <= 255 for p in parts):
-        return tuple(int(p) for p in parts)  # type: ignore[return-value]
-    return None
-
-
-def background_array(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> np.ndarray:
-    """The composite background at the frame size as a numpy uint8 array [H, W, 3] (see :func:`background`)."""
-    H, W = size
-    if isinstance(spec, tuple):
-        colour = spec
-    else:
-        if not str(spec).strip():
-            raise SourceError("the composite background is empty (an image file or a colour)")
-        path = Path(spec)
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.exists():
-            raise SourceError(f"{path}: no such background image file")
-        if path.is_file():
-            from PIL import Image, UnidentifiedImageError
-
-            try:
-                with Image.open(path) as im:
-                    return np.array(im.convert("RGB").resize((W, H), Image.BILINEAR), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise SourceError(f"{path}: cannot read the background image ({exc})") from None
-        colour = parse_colour(str(spec))
-        if colour is None:
-            raise SourceError(
-                f"composite background {str(spec)!r} is neither an existing image file nor a colour "
-                f"({', '.join(sorted(_COLOURS))}, #rrggbb or R,G,B)"
-            )
-    if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
-        raise SourceError(f"composite colour must be three values in 0..255, got {colour}")
-    return np.broadcast_to(np.array(colour, dtype=np.uint8), (H, W, 3)).copy()
-
-
-def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> "torch.Tensor":
-    """The composite background at the frame size: Tensor[3, H, W] uint8.
-
-    Args:
-        spec: an image file (resized to the frame, bilinear), a colour name
-            (``green``, ``blue``, ``black``, ``white``, ``grey``, ``red``), ``#rrggbb``,
-            ``R,G,B`` or an (R, G, B) tuple.
-        size: (H, W) of the frames.
-
-    Raises:
-        SourceError: naming a missing or unreadable image, or a value that is no colour.
-    """
-    import torch
-
-    return torch.from_numpy(background_array(spec, size)).permute(2, 0, 1).contiguous()
