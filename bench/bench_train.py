@@ -13,11 +13,13 @@ are a subset of their work) through :class:`pdnet.train.Trainer.train_step`; pai
 steps * batch / time (synchronised). Peak memory: ``torch.cuda.max_memory_allocated``
 during the timed steps on GPUs; on CPUs each path runs in its own process and the
 process's peak resident set (``ru_maxrss``: model, optimiser and activations) is
-reported, so the two figures compare like with like. Results: a JSON file under
-bench/results/.
+reported, so the two figures compare like with like. ``--keep-freed-memory`` runs both
+paths with ``train.keep_freed_memory=true`` (glibc keeps freed memory instead of
+page-faulting large tensors afresh each step; off by default, as in the trainer); rows
+and file name record it. Results: a JSON file under bench/results/.
 
     python bench/bench_train.py --device cuda --size 480 --batch 4 --backbone resnet50
-    python bench/bench_train.py --device cpu --size 128 --batch 2 --backbone resnet18
+    python bench/bench_train.py --device cpu --size 128 --batch 2 --backbone resnet18 [--keep-freed-memory]
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ def run_path(name: str, data: Path, out: Path, args, sets) -> dict:
         f"model.backbone={args.backbone}", "model.imagenet=null", f"data.size={args.size}", "data.workers=0",
         f"train.batch_size={args.batch}", "train.semantic_features=null", "log.progress=false",
         "log.tensorboard=false", "log.val_every=null",
+        f"train.keep_freed_memory={'true' if args.keep_freed_memory else 'false'}",
     ] + sets)
     cfg["data"]["video"] = [{"kind": "davis", "root": str(data)}]
     trainer = Trainer(cfg, out / name, device=args.device)
@@ -88,7 +91,7 @@ def run_path(name: str, data: Path, out: Path, args, sets) -> dict:
         "p20_step_s": times[int(0.2 * (len(times) - 1))],
         "p80_step_s": times[int(0.8 * (len(times) - 1))],
         "pairs_per_s": args.batch / med,
-        "keeps_freed_memory": trainer.keeps_freed_memory,  # train.keep_freed_memory (auto: on CPUs)
+        "keeps_freed_memory": trainer.keeps_freed_memory,  # train.keep_freed_memory took effect
     }
     if dev.type == "cuda":
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev) - base
@@ -103,6 +106,8 @@ def run_path_in_subprocess(name: str, work: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--one-path", name, "--work", str(work), "--device", args.device,
            "--backbone", args.backbone, "--size", str(args.size), "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.keep_freed_memory:
+        cmd.append("--keep-freed-memory")
     out = subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -116,6 +121,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="train.keep_freed_memory=true for both paths (glibc keeps freed memory; default: off)")
     ap.add_argument("--one-path", choices=["fused", "reference"], help=argparse.SUPPRESS)  # internal
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -138,7 +145,10 @@ def main() -> int:
     make_data(work / "data", args.size)
     rows = []
     for name in ("fused", "reference"):
-        row = run_path(name, work / "data", work, args, paths[name]) if gpu else run_path_in_subprocess(name, work, args)
+        if gpu:
+            row = run_path(name, work / "data", work, args, paths[name])
+        else:
+            row = run_path_in_subprocess(name, work, args)
         rows.append(row)
         print(json.dumps(row))
     ref, fused = {r["path"]: r for r in rows}["reference"], {r["path"]: r for r in rows}["fused"]
@@ -159,13 +169,15 @@ def main() -> int:
         "size": args.size,
         "batch": args.batch,
         "steps": args.steps,
+        "keep_freed_memory": args.keep_freed_memory,
         "rows": rows,
         "summary": summary,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if gpu else "cpu"
-    path = out / f"train_{tag}_{args.backbone}_{args.size}_b{args.batch}.json"
+    kept = "_kept" if args.keep_freed_memory else ""
+    path = out / f"train_{tag}_{args.backbone}_{args.size}_b{args.batch}{kept}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(summary), "->", path)
     return 0

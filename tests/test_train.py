@@ -56,6 +56,7 @@ def weights(trainer):
     return sd
 
 
+@pytest.mark.slow
 def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(synth_data, tmp_path):
     straight = Trainer(tiny_cfg(synth_data), tmp_path / "a")
     straight.fit(6)
@@ -139,6 +140,7 @@ def test_sampler_shards_and_resumes():
         (["train.amp=fp8"], "train.amp"),
         (["data.output=half"], "data.output"),
         (["train.keep_freed_memory=sometimes"], "train.keep_freed_memory"),
+        (["train.keep_freed_memory=auto"], "train.keep_freed_memory must be true or false, got 'auto'"),
     ],
 )
 def test_config_errors(sets, msg):
@@ -151,6 +153,9 @@ def test_shipped_configs_load():
     assert rel["model"]["backbone"] == "resnet50" and rel["data"]["size"] == 480
     demo = load_config("demo-cpu")
     assert demo["model"]["backbone"] == "resnet18" and demo["train"]["amp"] == "off"
+    # freed memory is kept on request only: the CPU recipe asks, the GPU one and the defaults do not
+    assert demo["train"]["keep_freed_memory"] is True
+    assert rel["train"]["keep_freed_memory"] is False and load_config(None)["train"]["keep_freed_memory"] is False
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -158,7 +163,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert main(["train", "--config", "nope.yaml", "--out", str(tmp_path / "x")]) == 2
     assert "config file not found: nope.yaml" in capsys.readouterr().err
-    assert main(["train", "--config", "demo-cpu", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")]) == 2
+    missing = str(tmp_path / "missing")
+    assert main(["train", "--config", "demo-cpu", "--out", str(tmp_path / "x"), "--data", missing]) == 2
     assert "folder not found" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "norun")]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
@@ -184,6 +190,8 @@ print(faults() - f0)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.machine
 @pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libc.so.6").exists() and not Path("/usr/lib64/libc.so.6").exists(),
                     reason="glibc only")
 def test_keep_freed_memory_stops_refaulting_large_blocks():
@@ -210,8 +218,48 @@ def test_keep_freed_memory_rejects_values_mallopt_cannot_take():
         keep_freed_memory(trim_threshold=1 << 40)
 
 
-def test_trainer_keeps_freed_memory_on_cpu_unless_told_not_to(synth_data, tmp_path):
-    off = Trainer(tiny_cfg(synth_data, **{"train.keep_freed_memory": "false"}), tmp_path / "off", device="cpu")
-    assert off.keeps_freed_memory is False
-    auto = Trainer(tiny_cfg(synth_data), tmp_path / "auto", device="cpu")
-    assert auto.keeps_freed_memory is True
+def test_trainer_keeps_freed_memory_only_when_asked(synth_data, tmp_path, monkeypatch):
+    """Opt-in (train.keep_freed_memory=true), on any device; the default leaves malloc alone.
+    The setting is process-wide, so the call is recorded here rather than made."""
+    import pdnet._malloc
+
+    calls = []
+    monkeypatch.setattr(pdnet._malloc, "keep_freed_memory", lambda **kw: calls.append(kw) or True)
+    default = Trainer(tiny_cfg(synth_data), tmp_path / "default", device="cpu")
+    assert default.keeps_freed_memory is False and calls == []
+    asked = Trainer(tiny_cfg(synth_data, **{"train.keep_freed_memory": "true"}), tmp_path / "asked", device="cpu")
+    assert asked.keeps_freed_memory is True
+    assert calls == [{"trim_threshold": (1 << 31) - 1, "use_mmap": False}]
+
+
+def test_validation_segments_the_held_out_clips_as_the_model_does(synth_data, tmp_path, monkeypatch):
+    """Validation goes through the inference path (VideoSegmenter on the decoded frames);
+    at the model's input size its masks are those of the model run on the evaluation
+    samples against the clip's first frame, at each frame's size, and the J&F is theirs."""
+    import pdnet.evaluation
+    from pdnet.data import build_dataset
+
+    t = Trainer(tiny_cfg(synth_data, **{"log.val_every": 0}), tmp_path / "v", device="cpu")
+    real, seen = pdnet.evaluation.evaluate_arrays, {}
+    monkeypatch.setattr(pdnet.evaluation, "evaluate_arrays",
+                        lambda preds, **kw: seen.update(preds) or real(preds, **kw))
+    got = t.validate()
+    assert t.model.training  # left as it was
+    ds = build_dataset("davis", synth_data, split="val", size=64, augment=False, output="float")
+    assert list(seen) == ds.sequences and ds.sequences
+    t.model.eval()
+    with torch.no_grad():
+        for c, clip in enumerate(ds.clips):
+            masks, truth = seen[clip.name]
+            samples = [ds[ds.clip_start(c) + pos] for pos in range(len(clip))]
+            state = t.model.encode_reference(samples[0]["reference"][None])
+            logits = torch.cat([t.model(s["target"][None], state, size=tuple(s["size"].tolist()))[:, 0]
+                                for s in samples])
+            assert masks.shape == truth.shape == logits.shape == (len(clip), 64, 64)
+            clear = logits.abs() > 1e-4  # rounding of the two preprocessings aside
+            assert clear.float().mean() > 0.99
+            assert torch.equal(masks[clear], (logits > 0)[clear]), clip.name
+            assert torch.equal(truth, torch.stack([s["target_mask"][0] >= 0.5 for s in samples]))
+    summary = real(seen, protocol="davis").to_dict()["overall"]
+    assert got == {"J&F": summary["J&F"], "J": summary["J"]["mean"], "F": summary["F"]["mean"]}
+    assert 0 < got["J&F"] < 1  # an untrained model: some foreground, far from the truth

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import synth_data  # noqa: F401 - a fixture: pytest passes it by name
 
 from pdnet.inference.checkpoint import read_checkpoint
-from test_train import synth_data  # noqa: F401 (fixture)
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,7 +35,7 @@ def torchrun(data, out, steps, resume=False):
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
-def test_two_ranks_stay_in_step_and_resume(synth_data, tmp_path):
+def test_two_ranks_stay_in_step_and_resume(synth_data, tmp_path):  # noqa: F811 - the fixture imported above
     out = tmp_path / "run"
     torchrun(synth_data, out, 2)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")

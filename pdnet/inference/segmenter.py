@@ -8,7 +8,7 @@ align_corners=True) and passed through a sigmoid. ``round(p * 255)`` is the save
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from ..model import PDNet, ReferenceState
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .fused import FastPDNet
 
-FrameLike = Union[torch.Tensor, np.ndarray]
+FrameLike = torch.Tensor | np.ndarray
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -28,7 +28,7 @@ _DTYPES = {
 }
 
 
-def parse_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` / ``"auto"``: bfloat16 on CUDA devices that support it, float16 on older ones, float32 elsewhere.
 
     An explicit bfloat16 on a CUDA device without bfloat16 support is a ValueError.
@@ -80,7 +80,7 @@ def as_frame_batch(frames: FrameLike) -> torch.Tensor:
     return t
 
 
-def preprocess(frames: torch.Tensor, size: Tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def preprocess(frames: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Frames [B, 3, H, W] (uint8 or float in [0, 1]) -> model input [B, 3, size] ImageNet-normalised.
 
     The resize is bilinear with half-pixel centres and no antialiasing, as the release's
@@ -94,10 +94,10 @@ def preprocess(frames: torch.Tensor, size: Tuple[int, int], dtype: torch.dtype =
     return ((x - mean) / std).to(dtype)  # pdnet.preprocess.normalize, with constants made once per device
 
 
-_CONSTANTS: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _imagenet_constants(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """ImageNet mean / std as Tensor[1, 3, 1, 1] float32 on ``device``, created once.
 
     (Creating them from Python lists inside a CUDA graph capture would be a host-to-device
@@ -126,7 +126,7 @@ class CudaGraphRunner:
     def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 3) -> None:
         self.fn = fn
         self.warmup = max(1, int(warmup))  # at least one eager call before capture (lazy initialisation)
-        self._graphs: Dict[tuple, tuple] = {}
+        self._graphs: dict[tuple, tuple] = {}
 
     def _capture(self, args: Sequence[torch.Tensor]):
         static = [a.clone() for a in args]
@@ -146,7 +146,7 @@ class CudaGraphRunner:
         if key not in self._graphs:
             self._graphs[key] = self._capture(args)
         graph, static, out = self._graphs[key]
-        for s, a in zip(static, args):
+        for s, a in zip(static, args, strict=True):
             s.copy_(a)
         graph.replay()
         return out
@@ -186,12 +186,12 @@ class VideoSegmenter:
     def __init__(
         self,
         model: PDNet,
-        device: Union[str, torch.device, None] = "auto",
-        dtype: Union[str, torch.dtype, None] = "auto",
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
         fast: bool = True,
-        channels_last: Optional[bool] = None,
-        cuda_graphs: Optional[bool] = None,
-        input_size: Union[int, Tuple[int, int], None] = None,
+        channels_last: bool | None = None,
+        cuda_graphs: bool | None = None,
+        input_size: int | tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(model, PDNet):
             raise TypeError(f"VideoSegmenter: model must be a pdnet.PDNet, got {type(model).__name__}")
@@ -205,7 +205,7 @@ class VideoSegmenter:
         input_size = tuple(int(s) for s in input_size)
         if len(input_size) != 2 or any(s <= 0 or s % 32 for s in input_size):
             raise ValueError(f"input_size must be (H, W) with positive multiples of 32, got {input_size}")
-        self.input_size: Tuple[int, int] = input_size  # type: ignore[assignment]
+        self.input_size: tuple[int, int] = input_size  # type: ignore[assignment]
         self.channels_last = self.fast if channels_last is None else bool(channels_last) and self.fast
         use_graphs = self.fast and self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if use_graphs and self.device.type != "cuda":
@@ -222,7 +222,7 @@ class VideoSegmenter:
         else:
             self.net = model.to(self.device).eval()
         self.model_dtype = next(self.net.parameters()).dtype
-        self.state: Optional[ReferenceState] = None
+        self.state: ReferenceState | None = None
         self._graphed = CudaGraphRunner(self._infer) if self.cuda_graphs else None
 
     # ------------------------------------------------------------------ internals
@@ -278,7 +278,7 @@ class VideoSegmenter:
         return self.state
 
     @torch.inference_mode()
-    def predict(self, frames: FrameLike, state: Optional[ReferenceState] = None) -> torch.Tensor:
+    def predict(self, frames: FrameLike, state: ReferenceState | None = None) -> torch.Tensor:
         """Foreground probabilities of a batch of frames of one clip.
 
         Args:

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             cfg["data"]["video"].append(entry)
 
     from ..data.errors import DataError
-    from .loop import Trainer, TrainError, TrainInterrupted
+    from .errors import TrainError, TrainInterrupted
+    from .trainer import Trainer
 
     try:
         trainer = Trainer(cfg, out, resume=bool(args.resume), device=args.device)

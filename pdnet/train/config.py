@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any
 
 import yaml
 
-DEFAULTS: Dict[str, Dict[str, Any]] = {
+DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {
         "backbone": "resnet50",
         "parts": 5,
@@ -55,10 +56,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "image_head_lr": 0.0,  # non-backbone lr multiplier on image steps
         "amp": "auto",  # auto | bf16 | fp16 | off
         "channels_last": True,
-        # keep freed memory in this process (glibc malloc, pdnet._malloc): auto = on CPU
-        # devices, where page-faulting every step's large tensors afresh costs up to half
-        # the step (bench/results/README.md); true | false
-        "keep_freed_memory": "auto",
+        # true: this process keeps the memory it frees (glibc malloc, pdnet._malloc) instead of
+        # page-faulting every step's large tensors afresh, at the cost of a resident set that
+        # stays at its peak; worth it on CPU devices. Opt-in: false leaves malloc as it is
+        "keep_freed_memory": False,
         "compile": False,
         "seed": 0,
         "semantic_features": "cache",  # ResNet-18 weights for the semantic loss (path | cache | null)
@@ -100,7 +101,7 @@ class _Bad(Exception):
     """A rule's refusal: what the value must be."""
 
 
-def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open=False, hi_open=False, null=False):
+def _number(lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False, null=False):
     parts = []
     if lo is not None:
         parts.append(f"{'>' if lo_open else '>='} {lo:g}")
@@ -131,7 +132,7 @@ def _number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open=Fals
     return check
 
 
-def _int(lo: int, hi: Optional[int] = None, null=False):
+def _int(lo: int, hi: int | None = None, null=False):
     want = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
     want += " or null" if null else ""
 
@@ -158,15 +159,10 @@ def _choice(*options):
     return check
 
 
-def _flag(auto=False):
-    want = "true or false" + (" or auto" if auto else "")
-
-    def check(v):
-        if v is True or v is False or (auto and v == "auto"):
-            return v
-        raise _Bad(want)
-
-    return check
+def _flag(v):
+    if v is True or v is False:
+        return v
+    raise _Bad("true or false")
 
 
 def _text(v):
@@ -189,8 +185,12 @@ def _weights(v, must_exist: bool = True):
 
 
 def _size(v):
-    sizes = [v, v] if isinstance(v, int) and not isinstance(v, bool) else list(v) if isinstance(v, (list, tuple)) else None
-    if not sizes or len(sizes) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 or s % 32 for s in sizes):
+    if isinstance(v, int) and not isinstance(v, bool):
+        sizes = [v, v]
+    else:
+        sizes = list(v) if isinstance(v, (list, tuple)) else None
+    if not sizes or len(sizes) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 or s % 32
+                                           for s in sizes):
         raise _Bad("an int or [H, W], multiples of 32")
     return v
 
@@ -210,7 +210,7 @@ def _datasets(v):
 
 
 #: section -> key -> check(value) -> normalised value (raises _Bad(what it must be))
-RULES: Dict[str, Dict[str, Callable[[Any], Any]]] = {
+RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
     "model": {
         "backbone": _choice(*BACKBONES),
         "parts": _int(1, MAX_PARTS),
@@ -227,7 +227,7 @@ RULES: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "workers": _int(0),
         "output": _choice("uint8", "float", "raw"),
         "val_split": _text,
-        "skip_bad": _flag(),
+        "skip_bad": _flag,
         "seed": _int(0, SEED_MAX),
     },
     "train": {
@@ -243,9 +243,9 @@ RULES: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "video_head_lr": _number(0),
         "image_head_lr": _number(0),
         "amp": _choice("auto", "bf16", "fp16", "off"),
-        "channels_last": _flag(),
-        "keep_freed_memory": _flag(auto=True),
-        "compile": _flag(),
+        "channels_last": _flag,
+        "keep_freed_memory": _flag,
+        "compile": _flag,
         "seed": _int(0, SEED_MAX),
         "semantic_features": _weights,
         "semantic_impl": _choice("factored", "dense"),
@@ -257,13 +257,13 @@ RULES: Dict[str, Dict[str, Callable[[Any], Any]]] = {
         "checkpoint_every": _int(1),
         "val_every": _int(0, null=True),
         "val_clips": _int(0),
-        "tensorboard": _flag(),
-        "progress": _flag(),
+        "tensorboard": _flag,
+        "progress": _flag,
     },
 }
 
 
-def _suggest(section: str, key: str, base: Dict[str, Any]) -> str:
+def _suggest(section: str, key: str, base: dict[str, Any]) -> str:
     dotted = [f"{s}.{k}" for s in base for k in base[s]]
     same_key = [d for d in dotted if d.split(".", 1)[1] == key]
     close = same_key or difflib.get_close_matches(f"{section}.{key}", dotted, n=1, cutoff=0.6)
@@ -272,7 +272,7 @@ def _suggest(section: str, key: str, base: Dict[str, Any]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _merge(base: Dict[str, Any], update: Dict[str, Any], where: str, origins: Dict[Tuple[str, str], str]) -> None:
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, origins: dict[tuple[str, str], str]) -> None:
     for section, values in update.items():
         if section not in base:
             close = difflib.get_close_matches(str(section), list(base), n=1)
@@ -290,7 +290,7 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], where: str, origins: Di
             origins[(section, key)] = where
 
 
-def parse_override(item: str) -> Dict[str, Dict[str, Any]]:
+def parse_override(item: str) -> dict[str, dict[str, Any]]:
     """``"train.lr=1e-3"`` -> ``{"train": {"lr": 0.001}}``."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
@@ -330,7 +330,7 @@ def find_config(name: str) -> Path:
     raise ConfigError(f"config file not found: {name} (nor a shipped config {shipped})")
 
 
-def read_yaml_mapping(file: Path, what: str = "") -> Dict[str, Any]:
+def read_yaml_mapping(file: Path, what: str = "") -> dict[str, Any]:
     """A YAML file's top-level mapping; one-line ConfigError naming the file otherwise."""
     try:
         data = yaml.safe_load(file.read_text())
@@ -349,12 +349,12 @@ def read_yaml_mapping(file: Path, what: str = "") -> Dict[str, Any]:
 
 
 def load_config(
-    path: Optional[str] = None,
+    path: str | None = None,
     overrides: Iterable[str] = (),
-    base: Optional[Dict[str, Any]] = None,
+    base: dict[str, Any] | None = None,
     base_name: str = "saved config",
     resume: bool = False,
-) -> Dict[str, Dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:
     """DEFAULTS, then ``base`` (a saved config dict, named ``base_name`` in errors), then
     the YAML file at ``path``, then ``overrides`` ("section.key=value"); validated
     (``resume``: the config of a run being resumed, whose ``model.imagenet`` file is not
@@ -364,7 +364,7 @@ def load_config(
         ConfigError: one line naming the key, the value and where it was set.
     """
     cfg = copy.deepcopy(DEFAULTS)
-    origins: Dict[Tuple[str, str], str] = {}
+    origins: dict[tuple[str, str], str] = {}
     if base is not None:
         if not isinstance(base, dict):
             raise ConfigError(f"{base_name}: expected a mapping of sections, got {type(base).__name__}")
@@ -379,7 +379,7 @@ def load_config(
 
 
 def validate(
-    cfg: Dict[str, Dict[str, Any]], origins: Optional[Dict[Tuple[str, str], str]] = None, resume: bool = False
+    cfg: dict[str, dict[str, Any]], origins: dict[tuple[str, str], str] | None = None, resume: bool = False
 ) -> None:
     """Check (and normalise, e.g. ``"1e-3"`` -> 0.001) every value against :data:`RULES`
     (``resume``: ``model.imagenet`` need not exist).
