@@ -50,6 +50,11 @@ Bad data: files are checked in the main process at construction (``validate=``);
 decoding failure later, in a worker, raises :class:`DataError` naming the file (the
 DataLoader re-raises it in the main process), or with ``skip_bad=True`` warns and
 loads the next sample instead.
+
+Memory: reading samples leaves the process's allocator as it is;
+``make_loader(keep_freed_memory=True)`` makes the workers' glibc ``malloc`` keep the
+memory they free (:func:`tune_worker_malloc`), so that each sample's frame buffers reuse
+resident pages instead of page-faulting fresh ones.
 """
 from __future__ import annotations
 
