@@ -1,52 +1,73 @@
-"""Benchmark of the hot-path ops: Triton kernels vs the reference and vs SDPA.
+"""Benchmark of the public ops: every backend beside the reference, on the CPU or a CUDA device.
 
-Ops and baselines:
+Cases, inputs and reference are the op tests' (``tests/ops/cases.py``; ``--kinds``: model
+shapes at 480 x 480 input, large, awkward). Backends: ``reference``, ``cpp``, ``triton``
+(on the CPU only when named, in Triton's interpreter) and, for part_attention on CUDA,
+torch's scaled_dot_product_attention as ``sdpa_heads`` (one call, the parts as heads) and
+``sdpa_per_part`` (one call per part, as a direct port of a per-part loop).
 
-* ``part_attention``: ``triton`` (pdnet.kernels), ``reference`` (pdnet.ops.reference),
-  ``sdpa_per_part`` (torch's scaled_dot_product_attention called once per part, as a
-  straightforward port would), ``sdpa_heads`` (one SDPA call with the parts as heads),
-  ``cpp`` when the C++ extension is built.
-* ``part_masks``, ``assemble_parts``, ``area_variance``: ``triton``, ``reference``, ``cpp``.
-* ``ipda``: attention + part masks + assembly as the model runs them (with the 1x1
-  output projection as an einsum, identical in every path): ``triton`` vs
-  ``sdpa_per_part`` (SDPA per part + reference masks and assembly) vs ``reference``.
+Modes: ``fwd``, the forward under ``torch.no_grad()``; ``grad``, forward +
+``torch.autograd.grad`` of a fixed cotangent for every input that needs a gradient (the
+op as a model runs it); ``full``, forward + ``.backward()`` into the leaves' ``.grad``
+(leaf accumulation counted too); ``bwd``, the backward of a retained graph alone.
 
-Modes: ``fwd`` (forward only, no autograd graph), ``bwd`` (backward of a retained graph),
-``full`` (forward + backward). Each measurement is ``triton.testing.do_bench`` (median,
-p20, p80 in ms, after ``--warmup`` ms of warm-up over ``--rep`` ms of repetitions), plus
-the peak memory allocated during one call above what was allocated before it; TFLOP/s
-(attention: forward 4*B*p*Nq*Nk*d, backward 2.5x that) and GB/s (the minimal bytes each
-op must move, the same count for every backend) with their share of the device's peak
-(table below, or ``--peak-tflops`` / ``--peak-gbps``).
+Timing. CPU: wall time per call, the backends alternating call by call so that all see
+the same load. CUDA: ``triton.testing.do_bench``; with ``--cuda-graph`` the call is
+captured in a CUDA graph after warm-up and its replays are timed, so that small shapes
+measure the kernels, not Python and launches (a backend that cannot be captured is timed
+without a graph, with a message saying why).
 
-Usage (needs a CUDA device)::
+Rows (appended to ``bench/results/ops_<device>.jsonl``, ``ops_cpu.jsonl`` on the CPU, with
+commit, device, versions, threads, allocator and load average): median, p20, p80 ms; peak
+memory allocated during one call above what was allocated before it (CUDA: the caching
+allocator's peak; CPU: the profiler's allocation events); TFLOP/s (attention: forward
+4*B*p*Nq*Nk*d, backward 2.5x that) and GB/s (the bytes the op must move at least, the
+same for every backend) with their share of the device's peak where known; the ratio
+reference / backend, measured in the same run.
 
-    python bench/bench_ops.py                         # every op, bf16, model + large shapes
-    python bench/bench_ops.py --ops part_attention --dtype bf16 fp16 --modes fwd full
-    python bench/bench_ops.py --ops part_attention --attn-config fwd=128,64,4,3
+Usage::
 
-Every row is appended as one JSON line to ``bench/results/ops_<device>.jsonl`` with the
-device name, torch / triton versions and the git commit.
+    python bench/bench_ops.py --allocator steady --reps 25          # CPU, 2 threads, model shapes
+    python bench/bench_ops.py --ops part_attention --modes fwd grad --backends reference cpp
+    python bench/bench_ops.py --device cuda                        # bf16, model + large shapes
+    python bench/bench_ops.py --device cuda --cuda-graph --kinds model --dtype bf16 fp16
+    python bench/bench_ops.py --device cuda --ops part_attention --attn-config fwd=128,64,4,3
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import re
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ops import cases as C  # tests/ops/cases.py
+
+from pdnet import ops
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+MODES = ("fwd", "grad", "full", "bwd")
+KINDS = ("model", "large", "awkward")
+DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16", "float64")}
+DTYPES |= {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+#: multiple of the forward's FLOPs per mode
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "grad": 3.5, "full": 3.5}
 
-OPS = ("part_attention", "part_masks", "assemble_parts", "area_variance", "ipda")
-MODES = ("fwd", "bwd", "full")
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # torch dtype names
-
-#: dense peaks: (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s without TF32, HBM GB/s), by name substring
+#: dense peaks: (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s without TF32, memory GB/s), by device name substring
 DEVICE_PEAKS = {
     "H200": (989.0, 67.0, 4800.0),
     "H100 PCIe": (756.0, 51.0, 2000.0),
@@ -58,282 +79,370 @@ DEVICE_PEAKS = {
     "RTX 4090": (165.0, 82.6, 1008.0),
 }
 
-# shapes: part_attention (B, p, Nq, Nk, d); part_masks / area_variance (B, p, H, W);
-# assemble_parts (B, p, C, h, w); ipda (B, p, h, w, d, C)
-SHAPES = {
-    "part_attention": [
-        (1, 5, 900, 900, 32), (8, 5, 900, 900, 32), (32, 5, 900, 900, 32),  # model, 480x480
-        (8, 5, 3600, 3600, 64),  # the forward target shape
-        (1, 5, 14400, 14400, 64),
-    ],
-    "part_masks": [(32, 5, 30, 30), (32, 5, 480, 480)],
-    "assemble_parts": [(32, 5, 64, 30, 30), (32, 5, 64, 120, 120)],
-    "area_variance": [(32, 5, 480, 480)],
-    "ipda": [(1, 5, 30, 30, 32, 64), (8, 5, 30, 30, 32, 64), (32, 5, 30, 30, 32, 64)],
-}
+
+# --------------------------------------------------------------------------- baselines
+def sdpa_heads(q, k, v, scale=1.0, key_mask=None):
+    """part_attention as one scaled_dot_product_attention call, the parts as heads."""
+    mask = None if key_mask is None else key_mask[:, :, None, :].to(q.dtype)  # [B, p, 1, Nk]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
-        description="Benchmark pdnet's hot-path ops (Triton kernels vs reference and SDPA); needs CUDA.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Usage (needs a CUDA device)::", 1)[1],
-    )
-    ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["bf16"])
-    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    ap.add_argument("--backends", nargs="+", default=None,
-                    help="subset of triton, reference, sdpa_per_part, sdpa_heads, cpp (default: all that apply)")
-    ap.add_argument("--masked", action="store_true", help="part_attention with a random additive key mask")
-    ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
-    ap.add_argument("--rep", type=int, default=100, help="do_bench repetitions, ms")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's dense peak TFLOP/s")
-    ap.add_argument("--peak-gbps", type=float, default=None, help="override the device's memory bandwidth, GB/s")
-    ap.add_argument("--attn-config", action="append", default=[], metavar="KIND=BM,BN,WARPS,STAGES",
-                    help="override a part_attention launch config (KIND: fwd, dkdv, dq), for tuning")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSONL results")
-    ap.add_argument("--no-save", action="store_true", help="print rows without appending them")
-    return ap.parse_args(argv)
+def sdpa_per_part(q, k, v, scale=1.0, key_mask=None):
+    """part_attention as one scaled_dot_product_attention call per part."""
+    parts = range(q.shape[1])
+    masks = [None] * len(parts) if key_mask is None else [key_mask[:, j : j + 1] for j in parts]
+    outs = [sdpa_heads(q[:, j : j + 1], k[:, j : j + 1], v[:, j : j + 1], scale, masks[j]) for j in parts]
+    return torch.cat(outs, dim=1)
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+BASELINES = {"sdpa_heads": sdpa_heads, "sdpa_per_part": sdpa_per_part}
 
 
-def device_peaks(name: str, dtype_name: str, args):
-    """(peak TFLOP/s for this dtype, peak GB/s) or None where unknown."""
-    tflops = gbps = None
-    for key, (tc, fp32, bw) in DEVICE_PEAKS.items():
+def op_function(op: str, backend: str):
+    """``fn(*args, **kwargs)`` computing ``op`` with ``backend`` (or a baseline)."""
+    if backend in BASELINES:
+        return BASELINES[backend]
+    return lambda *args, **kwargs: C.call(op, args, kwargs, backend)
+
+
+# --------------------------------------------------------------------------- cost
+def min_bytes(case: C.Case, element_size: int) -> tuple[float, float]:
+    """Bytes the forward and the backward must read and write at least, every backend alike."""
+    d, es = case.dims, element_size
+    if case.op == "part_attention":
+        B, p, Nq, Nk, hd = (d[n] for n in ("B", "p", "Nq", "Nk", "d"))
+        io = es * (2 * B * p * Nq * hd + 2 * B * p * Nk * hd) + 4 * B * p * Nq  # q, k, v, out; fp32 log-sum-exp
+        if case.options.get("key_mask") is not None:
+            io += es * B * p * Nk
+        return io, 2 * io
+    n = d["B"] * d["h"] * d["w"]
+    p = d["p"]
+    if case.op == "part_masks":
+        return es * n * (2 * p + 1), es * n * (3 * p + 2)  # read D, S; write M / read dM, D, S; write dD, dS
+    if case.op == "part_masks_gt":
+        return es * n * (2 * p + 1), es * n * (3 * p + 1 + bool(case.options.get("mask_grad")))
+    if case.op == "assemble_parts":
+        c = d["C"]
+        # read P, Y, R; write out / read dout, P, Y, R; write dP (= dY, one tensor), dR
+        return es * n * (2 * p * c + p + c), es * n * (3 * p * c + 2 * p + c)
+    return es * n * p, 0.0  # area_variance: its backward is one coefficient per (batch, part), broadcast
+
+
+def device_peaks(name: str, dtype: torch.dtype) -> tuple[float | None, float | None]:
+    """(peak TFLOP/s for ``dtype``, peak GB/s) of the device, None where unknown."""
+    for key, (tensor_core, fp32, bandwidth) in DEVICE_PEAKS.items():
         if key in name:
-            tflops, gbps = (fp32 if dtype_name == "fp32" else tc), bw
-            break
-    return args.peak_tflops or tflops, args.peak_gbps or gbps
-
-
-# --------------------------------------------------------------------------- implementations
-def attention_impls(ops, reference, F, scale):
-    import torch
-    def sdpa_per_part(q, k, v, key_mask):
-        outs = []
-        for j in range(q.shape[1]):
-            m = None if key_mask is None else key_mask[:, j, None, None, :].to(q.dtype)  # [B, 1, 1, Nk]
-            outs.append(F.scaled_dot_product_attention(q[:, j:j + 1], k[:, j:j + 1], v[:, j:j + 1],
-                                                       attn_mask=m, scale=scale))
-        return torch.cat(outs, dim=1)  # [B, p, Nq, d]
-
-    def sdpa_heads(q, k, v, key_mask):
-        m = None if key_mask is None else key_mask[:, :, None, :].to(q.dtype)  # [B, p, 1, Nk]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
-
-    return {
-        "triton": lambda q, k, v, m: ops.part_attention(q, k, v, scale, m, backend="triton"),
-        "cpp": lambda q, k, v, m: ops.part_attention(q, k, v, scale, m, backend="cpp"),
-        "reference": lambda q, k, v, m: reference.part_attention(q, k, v, scale, m),
-        "sdpa_per_part": sdpa_per_part,
-        "sdpa_heads": sdpa_heads,
-    }
-
-
-def make_case(op, shape, dtype, device, masked, ops, reference, F):
-    """(inputs, {backend: fn}, flops of the forward, bytes of fwd / bwd) for one shape."""
-    import torch
-    g = torch.Generator(device=device).manual_seed(0)
-
-    def rnd(*s, scale=1.0):
-        return (torch.randn(*s, generator=g, device=device, dtype=torch.float32) * scale).to(dtype)
-
-    es = torch.tensor([], dtype=dtype).element_size()
-    if op == "part_attention":
-        B, p, Nq, Nk, d = shape
-        scale = d ** -0.5
-        q, k, v = rnd(B, p, Nq, d), rnd(B, p, Nk, d), rnd(B, p, Nk, d)
-        m = None
-        if masked:
-            m = torch.where(torch.rand(B, p, Nk, generator=g, device=device) < 0.2, float("-inf"), 0.0).to(dtype)
-        flops = 4.0 * B * p * Nq * Nk * d
-        io = es * (2 * B * p * Nq * d + 2 * B * p * Nk * d) + 4 * B * p * Nq
-        return [q, k, v, m], attention_impls(ops, reference, F, scale), flops, (io, 2 * io)
-    if op == "part_masks":
-        B, p, H, W = shape
-        D, S = rnd(B, p, H, W), rnd(B, 1, H, W)
-        impls = {
-            "triton": lambda a, b: ops.part_masks(a, b, backend="triton"),
-            "cpp": lambda a, b: ops.part_masks(a, b, backend="cpp"),
-            "reference": lambda a, b: reference.part_masks(a, b, True),
-        }
-        n = B * H * W
-        return [D, S], impls, 0.0, (es * n * (2 * p + 1), es * n * (3 * p + 2))
-    if op == "assemble_parts":
-        B, p, C, h, w = shape
-        P, Y, R = rnd(B, p, C, h, w), rnd(B, p, C, h, w), rnd(B, p, h, w)
-        impls = {
-            "triton": lambda a, b, c: ops.assemble_parts(a, b, c, backend="triton"),
-            "cpp": lambda a, b, c: ops.assemble_parts(a, b, c, backend="cpp"),
-            "reference": reference.assemble_parts,
-        }
-        n = B * h * w
-        fwd = es * n * (2 * p * C + p + C)
-        bwd = es * n * (2 * p * C + p + C + p * C + p)  # read P, Y, R, dM; write dP (= dY), dR
-        return [P, Y, R], impls, 0.0, (fwd, bwd)
-    if op == "area_variance":
-        B, p, H, W = shape
-        x = torch.rand(B, p, H, W, generator=g, device=device).to(dtype)
-        impls = {
-            "triton": lambda a: ops.area_variance(a, backend="triton"),
-            "cpp": lambda a: ops.area_variance(a, backend="cpp"),
-            "reference": reference.area_variance,
-        }
-        return [x], impls, 0.0, (es * x.numel(), 0)
-    if op == "ipda":
-        B, p, h, w, d, C = shape
-        N = h * w
-        q, k, v = rnd(B, p, N, d), rnd(B, p, N, d), rnd(B, p, N, d)
-        D, S, P = rnd(B, p, h, w), rnd(B, 1, h, w), rnd(B, p, C, h, w)
-        Wp = rnd(p, C, d, scale=d ** -0.5)  # output projection d -> C per part
-        attn = attention_impls(ops, reference, F, 1.0)
-
-        def step(attend, masks_fn, assemble_fn):
-            def f(q, k, v, D, S, P, Wp):
-                y = attend(q, k, v, None)  # [B, p, N, d]
-                y = torch.einsum("pcd,bpnd->bpcn", Wp, y).reshape(B, p, C, h, w)  # [B, p, C, h, w]
-                return assemble_fn(P, y, masks_fn(D, S))  # [B, C, h, w]
-            return f
-
-        impls = {
-            "triton": step(attn["triton"], lambda a, b: ops.part_masks(a, b, backend="triton"),
-                           lambda a, b, c: ops.assemble_parts(a, b, c, backend="triton")),
-            "sdpa_per_part": step(attn["sdpa_per_part"], lambda a, b: reference.part_masks(a, b, True),
-                                  reference.assemble_parts),
-            "reference": step(attn["reference"], lambda a, b: reference.part_masks(a, b, True),
-                              reference.assemble_parts),
-        }
-        flops = 4.0 * B * p * N * N * d + 2.0 * B * p * N * d * C
-        return [q, k, v, D, S, P, Wp], impls, flops, (0, 0)
-    raise ValueError(op)
+            return (tensor_core if dtype in C.LOW_PRECISION else fp32), bandwidth
+    return None, None
 
 
 # --------------------------------------------------------------------------- measurement
-def measure(fn, inputs, mode, args, do_bench):
-    """(median, p20, p80) ms and peak MiB of one mode."""
-    import torch
-    leaves = [x.detach().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x for x in inputs]
-    grads = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
-    if mode == "fwd":
-        plain = [x.detach() if isinstance(x, torch.Tensor) else x for x in inputs]
+def prepare(fn, args: tuple, kwargs: dict, mode: str):
+    """A no-argument callable running ``mode`` of ``fn(*args, **kwargs)``; calls it once (warm-up)."""
+    wrt = C.grad_inputs(args, kwargs)
+    if mode == "fwd" or not wrt:
+        run = torch.no_grad()(lambda: fn(*args, **kwargs))
+        run()
+        return run
+    out = fn(*args, **kwargs)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(out)
+    if mode == "bwd":
+        return lambda: torch.autograd.grad(out, wrt, cot, retain_graph=True)
+    if mode == "grad":
+        return lambda: torch.autograd.grad(fn(*args, **kwargs), wrt, cot)
 
-        def run():
-            with torch.no_grad():
-                return fn(*plain)
-    else:
-        out = fn(*leaves)
-        g_out = torch.randn_like(out)
-        if mode == "bwd":
-            def run():
-                torch.autograd.grad(out, grads, g_out, retain_graph=True)
-        else:
-            def run():
-                torch.autograd.grad(fn(*leaves), grads, g_out)
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    run()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    med, p20, p80 = do_bench(run, warmup=args.warmup, rep=args.rep, quantiles=[0.5, 0.2, 0.8])
-    return med, p20, p80, peak
+    def run_full():
+        fn(*args, **kwargs).backward(cot)
+        for t in wrt:
+            t.grad = None
+
+    return run_full
 
 
-def apply_attn_configs(specs, module):
-    """--attn-config KIND=BM,BN,WARPS,STAGES: wrap the launch-config function."""
+def time_cpu(runs: dict, reps: int, warmup: int) -> dict:
+    """{backend: (median, p20, p80) ms}, the backends alternating call by call."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {b: [] for b in runs}
+    for _ in range(reps):
+        for b, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[b].append((time.perf_counter() - t0) * 1e3)
+    q = {b: statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else ts * 4 for b, ts in times.items()}
+    return {b: (statistics.median(ts), q[b][0], q[b][3]) for b, ts in times.items()}
+
+
+def cuda_graph_replay(run):
+    """``run`` captured in a CUDA graph after a warm-up on a side stream; returns the replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def time_cuda(run, args, label: str) -> tuple[tuple[float, float, float], bool]:
+    """((median, p20, p80) ms from do_bench, whether a CUDA graph's replays were timed)."""
+    from triton.testing import do_bench
+
+    graphed = False
+    if args.cuda_graph:
+        try:
+            run, graphed = cuda_graph_replay(run), True
+        except RuntimeError as exc:
+            torch.cuda.synchronize()
+            print(f"# {label}: cannot be captured in a CUDA graph ({exc}); timed without a graph", flush=True)
+    return tuple(do_bench(run, warmup=args.warmup_ms, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])), graphed
+
+
+def peak_memory_mib(run, device: torch.device) -> float:
+    """Peak memory allocated during one ``run()`` above what was allocated before it, MiB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keeps the profiler's start / stop lines out of the output
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    level = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        level += e.nbytes()  # negative for a free
+        peak = max(peak, level)
+    return peak / 2**20
+
+
+# --------------------------------------------------------------------------- run metadata
+def git_commit() -> str:
+    """Short commit of the checkout, ``-dirty`` when tracked files differ from it."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def load_average() -> float | None:
+    """1-minute load average (other work on the machine slows every column), or None."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def run_metadata(device: torch.device, args) -> dict:
+    from pdnet.ops import _cpp_backend
+
+    triton = importlib.util.find_spec("triton")
+    return {
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "host": platform.node(),
+        "cpu_isa": _cpp_backend.cpu_isa() if device.type == "cpu" else None,
+        "torch": torch.__version__,
+        "triton": importlib.metadata.version("triton") if triton else None,
+        "threads": torch.get_num_threads(),
+        "allocator": args.allocator,
+        "attn_config_override": args.attn_config or None,
+    }
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage::", 1)[1],
+    )
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--ops", nargs="+", choices=C.OPS, default=list(C.OPS))
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
+                    help="case kinds of tests/ops/cases.py (default: model on the CPU, model and large on CUDA)")
+    ap.add_argument("--only", nargs="+", default=None, help="substrings of case ids (op-name) to run")
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
+                    help="default: float32 on the CPU, bfloat16 on CUDA")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=["fwd", "grad", "full"])
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help="subset of reference, cpp, triton, sdpa_heads, sdpa_per_part (default: reference and "
+                    "the kernel backends built for the device; on CUDA the SDPA baselines too)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--allocator", default="glibc", choices=["glibc", "steady"],
+                    help="glibc: malloc as every process gets it (large blocks mmapped and page-faulted afresh "
+                    "on each allocation); steady: freed memory kept for reuse without mmap "
+                    "(pdnet._malloc.keep_freed_memory), which takes the page faults out of every column")
+    ap.add_argument("--reps", type=int, default=15, help="CPU: timed calls of each backend")
+    ap.add_argument("--warmup", type=int, default=3, help="CPU: untimed calls of each backend first")
+    ap.add_argument("--warmup-ms", type=int, default=25, help="CUDA: do_bench warm-up, ms")
+    ap.add_argument("--rep-ms", type=int, default=100, help="CUDA: do_bench repetitions, ms")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="CUDA: time replays of a CUDA graph of the call instead of the call itself")
+    ap.add_argument("--attn-config", action="append", default=[], metavar="KIND=BM,BN,WARPS,STAGES",
+                    help="override a Triton part_attention launch config (KIND: fwd, dkdv, dq), for tuning")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSONL results")
+    ap.add_argument("--no-save", action="store_true", help="print rows without appending them")
+    args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.kinds = args.kinds or (["model", "large"] if cuda else ["model"])
+    args.dtype = args.dtype or (["bfloat16"] if cuda else ["float32"])
+    if args.reps < 1 or args.warmup < 0 or args.threads < 1:
+        ap.error("--reps and --threads must be at least 1, --warmup at least 0")
+    return args
+
+
+class BenchError(Exception):
+    """A setting this run cannot honour; main prints it and returns 2."""
+
+
+def setup(args) -> tuple[torch.device, list[str]]:
+    """Applies the run's settings; returns the device and the backends to run."""
+    if args.cuda_graph and args.device != "cuda":
+        raise BenchError("--cuda-graph needs --device cuda (a CUDA graph records GPU work)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda, but torch.cuda.is_available() is False on this machine")
+    if args.device == "cuda" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise BenchError("TRITON_INTERPRET is set; unset it to time compiled kernels on CUDA")
+    if args.allocator == "steady":
+        from pdnet._malloc import keep_freed_memory
+
+        if not keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False):
+            raise BenchError("--allocator steady needs glibc's malloc")
+    apply_attn_configs(args.attn_config)
+    torch.set_num_threads(args.threads)
+    available = [*ops.available_backends(args.device), *BASELINES]
+    default = ("reference", "cpp") if args.device == "cpu" else ("reference", "cpp", "triton", *BASELINES)
+    backends = args.backends or [b for b in default if b in available]
+    for b in backends:
+        if b not in available:
+            hint = "; Triton runs on the CPU only with TRITON_INTERPRET=1 set" if b == "triton" else ""
+            raise BenchError(f"backend {b!r} is not available on {args.device}, only {', '.join(available)}{hint}")
+    return torch.device(args.device), backends
+
+
+def apply_attn_configs(specs: list[str]) -> None:
+    """--attn-config KIND=BM,BN,WARPS,STAGES: replaces the Triton attention's launch configs of KIND."""
     if not specs:
         return
     override = {}
     for spec in specs:
         m = re.fullmatch(r"(fwd|dkdv|dq)=(\d+),(\d+),(\d+),(\d+)", spec.strip())
         if not m:
-            raise SystemExit(f"bench_ops.py: bad --attn-config {spec!r}; expected KIND=BM,BN,WARPS,STAGES")
+            raise BenchError(f"bad --attn-config {spec!r}; expected KIND=BM,BN,WARPS,STAGES")
         override[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
+    from pdnet.kernels import part_attention as module
+
     base = module._configs
     module._configs = lambda *a, **k: {**base(*a, **k), **override}
 
 
+# --------------------------------------------------------------------------- main
+def measure_case(case, mode, dtype, device, backends, args) -> dict:
+    """{backend: ((median, p20, p80) ms, peak MiB, CUDA graph used)} of one case and mode.
+
+    A backend that cannot run the case (dtype, device, memory) is reported and left out.
+    """
+    inputs, kwargs = C.make_inputs(case, device, dtype, requires_grad=mode != "fwd")
+    runs = {}
+    for b in backends:
+        try:
+            runs[b] = prepare(op_function(case.op, b), inputs, kwargs, mode)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            print(f"# {case.id} {mode} {b}: skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+    if device.type == "cpu":
+        stats = time_cpu(runs, args.reps, args.warmup)
+        return {b: (stats[b], peak_memory_mib(run, device), False) for b, run in runs.items()}
+    results = {}
+    for b, run in runs.items():
+        try:
+            peak = peak_memory_mib(run, device)
+            stats, graphed = time_cuda(run, args, f"{case.id} {mode} {b}")
+        except torch.OutOfMemoryError:
+            print(f"# {case.id} {mode} {b}: skipped: out of memory", flush=True)
+            continue
+        finally:
+            torch.cuda.empty_cache()
+        results[b] = (stats, peak, graphed)
+    return results
+
+
+def report(case, mode, dtype, results, meta, args) -> list[dict]:
+    """One row per backend of one case and mode, each printed as a line of the table."""
+    ref = results.get("reference")
+    fwd_bytes, bwd_bytes = min_bytes(case, torch.finfo(dtype).bits // 8)
+    nbytes = {"fwd": fwd_bytes, "bwd": bwd_bytes}.get(mode, fwd_bytes + bwd_bytes)
+    flops = FLOP_FACTOR[mode] * C.flops(case)
+    peak_tflops, peak_gbps = device_peaks(meta["device"], dtype)
+    rows = []
+    for b, ((med, p20, p80), peak, graphed) in results.items():
+        tflops = flops / (med * 1e-3) / 1e12 if flops and med else None
+        gbps = nbytes / (med * 1e-3) / 1e9 if nbytes and med else None
+        ratio = ref[0][0] / med if ref and med else None
+        rows.append(dict(
+            meta, case=case.id, op=case.op, kind=case.kind, dims=case.dims, options=case.options,
+            dtype=str(dtype).removeprefix("torch."), mode=mode, backend=b, cuda_graph=graphed,
+            reps=args.reps if args.device == "cpu" else None, loadavg=load_average(),
+            ms_median=med, ms_p20=p20, ms_p80=p80, peak_mem_mib=peak, ratio_to_reference=ratio,
+            tflops=tflops, gbps=gbps,
+            tflops_frac_peak=tflops / peak_tflops if tflops and peak_tflops else None,
+            gbps_frac_peak=gbps / peak_gbps if gbps and peak_gbps else None,
+        ))
+        rate = (f"{tflops:8.3g}" if tflops else f"{'-':>8s}") + (f" | {gbps:.3g}" if gbps else " | -")
+        print(f"{case.id:40s} {rows[-1]['dtype']:8s} {mode:4s} {b:13s} {med:10.3f} {f'[{p20:.3f}, {p80:.3f}]':>20s} "
+              f"{peak:9.1f} {f'{ratio:.2f}x' if ratio else '-':>8s} {rate}", flush=True)
+    return rows
+
+
+def save(rows: list[dict], device: torch.device, meta: dict, out: str) -> None:
+    """Appends ``rows`` to ``<out>/ops_<device>.jsonl``."""
+    tag = "cpu" if device.type == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", meta["device"]).strip("_")
+    path = Path(out) / f"ops_{tag}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"# appended {len(rows)} rows to {path}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("bench_ops.py needs a CUDA device: torch.cuda.is_available() is False on this machine, "
-              "so the Triton kernels' GPU figures cannot be measured here.", file=sys.stderr)
+    try:
+        device, backends = setup(args)
+    except BenchError as exc:
+        print(f"bench_ops.py: {exc}", file=sys.stderr)
         return 2
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("bench_ops.py: TRITON_INTERPRET is set; unset it to time compiled kernels.", file=sys.stderr)
-        return 2
-    import torch.nn.functional as F
-    import triton
-    from triton.testing import do_bench
-
-    from pdnet import ops
-    from pdnet.kernels import part_attention as attn_module
-    from pdnet.ops import reference
-
-    apply_attn_configs(args.attn_config, attn_module)
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    available = set(ops.available_backends("cuda")) | {"sdpa_per_part", "sdpa_heads"}
-    meta = {
-        "device": name, "torch": torch.__version__, "triton": triton.__version__, "git_commit": git_commit(),
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "attn_config_override": args.attn_config or None,
-    }
-    out_path = Path(args.out) / f"ops_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.jsonl"
+    meta = run_metadata(device, args)
+    print(f"# {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; {meta['threads']} threads; "
+          f"allocator {args.allocator}; load average {load_average()}; backends {', '.join(backends)}")
+    print(f"{'case':40s} {'dtype':8s} {'mode':4s} {'backend':13s} {'median ms':>10s} {'[p20, p80]':>20s} "
+          f"{'peak MiB':>9s} {'ref/this':>8s}  TFLOP/s | GB/s")
     rows = []
     for dtype_name in args.dtype:
-        dtype = getattr(torch, DTYPES[dtype_name])
-        peak_tflops, peak_gbps = device_peaks(name, dtype_name, args)
         for op in args.ops:
-            for shape in SHAPES[op]:
-                inputs, impls, flops, (bytes_fwd, bytes_bwd) = make_case(
-                    op, shape, dtype, device, args.masked, ops, reference, F)
-                for backend, fn in impls.items():
-                    if backend not in available or (args.backends and backend not in args.backends):
-                        continue
-                    for mode in args.modes:
-                        if op == "area_variance" and mode == "bwd":
-                            continue  # its backward is a broadcast view
-                        try:
-                            med, p20, p80, peak = measure(fn, inputs, mode, args, do_bench)
-                        except torch.OutOfMemoryError:
-                            print(f"{op} {shape} {backend} {mode}: out of memory", flush=True)
-                            torch.cuda.empty_cache()
-                            continue
-                        f = {"fwd": flops, "bwd": 2.5 * flops, "full": 3.5 * flops}[mode]
-                        nbytes = {"fwd": bytes_fwd, "bwd": bytes_bwd, "full": bytes_fwd + bytes_bwd}[mode]
-                        tflops = f / (med * 1e-3) / 1e12 if f else None
-                        gbps = nbytes / (med * 1e-3) / 1e9 if nbytes else None
-                        row = dict(meta, op=op, shape=list(shape), dtype=dtype_name, backend=backend, mode=mode,
-                                   masked=args.masked if op == "part_attention" else None,
-                                   ms_median=med, ms_p20=p20, ms_p80=p80, peak_mem_mib=peak,
-                                   tflops=tflops, tflops_frac_peak=(tflops / peak_tflops if tflops and peak_tflops else None),
-                                   gbps=gbps, gbps_frac_peak=(gbps / peak_gbps if gbps and peak_gbps else None))
-                        rows.append(row)
-                        extra = f"{tflops:7.1f} TFLOP/s" if tflops else (f"{gbps:7.0f} GB/s" if gbps else "")
-                        if row["tflops_frac_peak"] or row["gbps_frac_peak"]:
-                            extra += f" ({100 * (row['tflops_frac_peak'] or row['gbps_frac_peak']):.0f}% of peak)"
-                        print(f"{op:15s} {str(shape):28s} {dtype_name} {backend:14s} {mode:4s} "
-                              f"{med:9.3f} ms [{p20:.3f}, {p80:.3f}] {peak:9.1f} MiB {extra}", flush=True)
-                del inputs
-                torch.cuda.empty_cache()
+            for case in C.cases(op, *args.kinds):
+                if args.only and not any(s in case.id for s in args.only):
+                    continue
+                usable = [b for b in backends if b not in BASELINES or op == "part_attention"]
+                for mode in args.modes:
+                    results = measure_case(case, mode, DTYPES[dtype_name], device, usable, args)
+                    rows += report(case, mode, DTYPES[dtype_name], results, meta, args)
+    print(f"# load average after: {load_average()}")
     if rows and not args.no_save:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with out_path.open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} rows to {out_path}")
+        save(rows, device, meta, args.out)
     return 0
 
 
