@@ -7,7 +7,10 @@ from pdnet import losses as L
 
 def outputs(B=2, p=3, H=32, W=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+
     out = {"pred": r(B, 1, H, W)}
     for tag in "tr":
         out[f"side_{tag}"] = [r(B, 1, H, W) for _ in range(4)]

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from pdnet import kernels, ops  # noqa: E402
+from pdnet import kernels, ops  # noqa: E402 - only once triton is known to be importable
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or kernels.INTERPRET),

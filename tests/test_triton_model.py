@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
-import pdnet  # noqa: E402
+import pdnet  # noqa: E402 - these imports need triton, checked above
 from pdnet import kernels  # noqa: E402
 from pdnet.losses import part_total  # noqa: E402
 

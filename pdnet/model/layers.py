@@ -110,7 +110,7 @@ class ResNetEncoder(nn.Module):
             return False
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways
+        except Exception as exc:  # a damaged file fails in many ways
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RuntimeError(f"cannot read ImageNet weights {path} ({type(exc).__name__}: {first})") from None
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

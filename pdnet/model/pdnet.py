@@ -258,7 +258,10 @@ class PDNet(nn.Module):
             return self.trunk(target), self.trunk(reference)
         both = self.trunk(torch.cat([target, reference]))
         B = target.shape[0]
-        split = lambda t: (t[:B], t[B:])  # noqa: E731
+
+        def split(t):
+            return t[:B], t[B:]
+
         ft, fr = [FrameFeatures(*z) for z in zip(
             split(both.decoded),
             zip(*[split(s) for s in both.sides], strict=True),
