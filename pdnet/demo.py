@@ -106,19 +106,22 @@ def run_quick(args: argparse.Namespace) -> int:
         for message in dict.fromkeys(str(w.message) for w in caught):
             print(f"note: {message}")
         result = _fit(trainer, max_steps=args.steps)
-        lines = [json.loads(line) for line in Path(result["metrics"]).read_text().splitlines()] if args.steps else []
-        for line in (line for line in lines if "total" in line):  # the step lines (the others: validation)
-            if line["step"] == 1:
+        metrics = Path(result["metrics"])
+        lines = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+        steps = [line for line in lines if "total" in line]  # the other lines are validations
+        video = [{k[len("video."):]: v for k, v in line.items() if k.startswith("video.")} for line in steps]
+        for line, terms in zip(steps, video, strict=True):
+            if terms and terms is next(t for t in video if t):
                 print("loss terms of the first video step:")
-                terms = {k[len("video."):]: v for k, v in line.items() if k.startswith("video.")}
                 width = max(len(k) for k in terms)
                 for k, v in terms.items():
                     print(f"  {k:<{width}}  {v:.5f}")
             ms = 1000.0 * args.batch / max(line["pairs_per_s"], 1e-9)
             print(f"step {line['step']}/{args.steps}: total {line['total']:.4f}  ({ms:.0f} ms with data loading)")
         val = trainer.validate()
-    print(f"J&F of the held-out clip (a cached reference state per clip) after {result['step']} steps: "
-          f"{val['J&F']:.3f} (J {val['J']:.3f}, F {val['F']:.3f})")
+    if val is not None:
+        print(f"J&F of the held-out clip (a cached reference state per clip) after {result['step']} steps: "
+              f"{val['J&F']:.3f} (J {val['J']:.3f}, F {val['F']:.3f})")
     print(f"total time {time.perf_counter() - t0:.1f} s")
     return 0
 
