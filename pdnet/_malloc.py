@@ -9,8 +9,8 @@ make freed blocks stay in the process instead (after the first few allocations o
 size, while the heap grows: an aligned block does not fit the exact hole its
 predecessor left until holes merge). They change nothing but speed and the resident set
 (which then stays at its peak) and are process-wide, so nothing applies them on import:
-only an explicit call does (pdnet's DataLoader workers, the trainer when
-``train.keep_freed_memory`` asks for it, the benchmarks on request).
+only an explicit request does (``make_loader(keep_freed_memory=True)`` in its workers,
+``train.keep_freed_memory: true`` in the trainer, the benchmarks' options).
 """
 from __future__ import annotations
 
