@@ -230,6 +230,10 @@ def test_trainer_keeps_freed_memory_only_when_asked(synth_data, tmp_path, monkey
     asked = Trainer(tiny_cfg(synth_data, **{"train.keep_freed_memory": "true"}), tmp_path / "asked", device="cpu")
     assert asked.keeps_freed_memory is True
     assert calls == [{"trim_threshold": (1 << 31) - 1, "use_mmap": False}]
+    # and so do the DataLoader workers
+    for trainer, keep in ((default, False), (asked, True)):
+        for stream in (trainer.video, trainer.image):
+            assert stream.loader.worker_init_fn.keywords == {"keep_freed_memory": keep}
 
 
 def test_validation_segments_the_held_out_clips_as_the_model_does(synth_data, tmp_path, monkeypatch):

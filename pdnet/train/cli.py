@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from ..cli import UserError
 
@@ -35,29 +36,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _max_steps(raw):
+def _positive(raw: str | None, flag: str, integer: bool):
+    """The value of ``flag``: an integer >= 1 (``integer``) or a finite number > 0; None when not given."""
     if raw is None:
         return None
     try:
-        value = int(raw)
+        value = int(raw) if integer else float(raw)
     except ValueError:
         value = None
-    if value is None or value < 1:
-        raise UserError(f"--max-steps must be an integer >= 1, got {raw!r}")
-    return value
-
-
-def _max_minutes(raw):
-    import math
-
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise UserError(f"--max-minutes must be a finite number > 0, got {raw!r}")
+    if value is None or (not integer and not math.isfinite(value)) or value <= 0:
+        want = "an integer >= 1" if integer else "a finite number > 0"
+        raise UserError(f"{flag} must be {want}, got {raw!r}")
     return value
 
 
@@ -88,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --out RUN for a new run or --resume RUN to continue one")
     if args.out and args.resume and Path(args.out) != Path(args.resume):
         raise UserError(f"--out {args.out} and --resume {args.resume} name different runs")
-    max_steps, max_minutes = _max_steps(args.max_steps), _max_minutes(args.max_minutes)
+    max_steps = _positive(args.max_steps, "--max-steps", integer=True)
+    max_minutes = _positive(args.max_minutes, "--max-minutes", integer=False)
     out = _run_folder("--resume" if args.resume else "--out", args.resume or args.out)
     for d in args.data:
         if not Path(d).is_dir():

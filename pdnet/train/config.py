@@ -56,9 +56,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "image_head_lr": 0.0,  # non-backbone lr multiplier on image steps
         "amp": "auto",  # auto | bf16 | fp16 | off
         "channels_last": True,
-        # true: this process keeps the memory it frees (glibc malloc, pdnet._malloc) instead of
-        # page-faulting every step's large tensors afresh, at the cost of a resident set that
-        # stays at its peak; worth it on CPU devices. Opt-in: false leaves malloc as it is
+        # true: this process and its DataLoader workers keep the memory they free (glibc malloc,
+        # pdnet._malloc) instead of page-faulting every step's large tensors afresh, at the cost
+        # of a resident set that stays at its peak; worth it on CPU devices. Opt-in: false
+        # leaves malloc as it is
         "keep_freed_memory": False,
         "compile": False,
         "seed": 0,

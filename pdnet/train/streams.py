@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch
@@ -121,8 +122,10 @@ def build_datasets(dc: dict[str, Any], group: str, split: str, augment: bool) ->
 
 
 def build_stream(datasets: list, seed: int, batch_size: int, workers: int, rank: int, world: int,
-                 pin_memory: bool) -> Stream:
-    """A stream over ``datasets`` (concatenated), ``batch_size`` samples per process and step.
+                 pin_memory: bool, keep_freed_memory: bool = False) -> Stream:
+    """A stream over ``datasets`` (concatenated), ``batch_size`` samples per process and step;
+    ``keep_freed_memory``: the loader's worker processes keep the memory they free
+    (:func:`pdnet.data.datasets.tune_worker_malloc`).
 
     Raises:
         TrainError: fewer samples than one batch per process.
@@ -138,7 +141,7 @@ def build_stream(datasets: list, seed: int, batch_size: int, workers: int, rank:
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=partial(_init_worker, keep_freed_memory=keep_freed_memory),
         drop_last=True,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
@@ -148,10 +151,12 @@ def build_stream(datasets: list, seed: int, batch_size: int, workers: int, rank:
     return Stream(loader, sampler, batch_size)
 
 
-def _seed_worker(worker_id: int) -> None:
-    from ..data.datasets import seed_worker
+def _init_worker(worker_id: int, keep_freed_memory: bool) -> None:
+    from ..data.datasets import seed_worker, tune_worker_malloc
 
     # Ctrl-C reaches the whole process group: the main process stops the run at a step
     # boundary, so the workers ignore it and keep serving until they are shut down
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed_worker(worker_id)
+    if keep_freed_memory:
+        tune_worker_malloc()

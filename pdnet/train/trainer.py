@@ -204,7 +204,8 @@ class Trainer:
             raise TrainError("no video data: give --data DIR or data.video in the config")
         video = build_datasets(dc, "video", "train", True)
         image = build_datasets(dc, "image", "train", True) if dc["image"] else video
-        loading = (tc["batch_size"], dc["workers"], self.rank, self.world, self.device.type == "cuda")
+        loading = (tc["batch_size"], dc["workers"], self.rank, self.world, self.device.type == "cuda",
+                   tc["keep_freed_memory"])
         self.video = build_stream(video, dc["seed"], *loading)
         self.image = build_stream(image, dc["seed"] + 1, *loading)
         self.schedule = Schedule(tc, self.video.batches_per_epoch())
