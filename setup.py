@@ -65,8 +65,8 @@ def _extension_modules():
     def rel(pattern):
         return sorted(str(f.relative_to(ROOT)) for f in ROOT.glob(pattern))
 
-    sources = rel("csrc/*.cpp") + rel("csrc/ops/*.cpp") + rel("csrc/ops/cpu/*.cpp") + rel("csrc/eval/*.cpp")
-    cuda_sources = rel("csrc/ops/cuda/*.cu")
+    sources = rel("csrc/**/*.cpp")  # every C++ file below csrc/ (CPU code, op schemas, evaluation)
+    cuda_sources = rel("csrc/**/*.cu")
     # -Wno-*: noise from torch's at::vec headers and GCC's AVX-512 intrinsics
     cxx_flags = ["-O3", "-g0", "-Wno-unknown-pragmas", "-Wno-psabi", "-Wno-maybe-uninitialized"]
     # at::parallel_for runs threads only where the including file is compiled with OpenMP;

@@ -14,7 +14,7 @@
 
 #include <torch/library.h>
 
-#include "ops/cpu/isa.h"
+#include "cpu/isa.h"
 
 TORCH_LIBRARY(pdnet, m) {
   m.set_python_module("pdnet.ops._cpp_backend");
@@ -22,9 +22,9 @@ TORCH_LIBRARY(pdnet, m) {
 
 namespace {
 
-// cpu_isa() -> "AVX2" or "DEFAULT": the build of the vectorised CPU cores in use.
+// cpu_isa() -> "DEFAULT", "AVX2" or "AVX512": the build of the vectorised CPU code in use.
 PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
-  return PyUnicode_FromString(pdnet::cpu::kernel_table().name);
+  return PyUnicode_FromString(pdnet::cpu::isa_name(pdnet::cpu::cpu_isa()));
 }
 
 PyMethodDef pdnet_c_methods[] = {

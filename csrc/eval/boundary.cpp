@@ -6,22 +6,19 @@
 //
 // The frames are split into blocks of consecutive frames handed out to torch's intra-op
 // threads (pdnet::cpu::parallel_items); each block re-packs the frame before it for the
-// flicker. The kernel itself is in boundary_impl.h (this file: baseline ISA build;
-// boundary_avx2.cpp: AVX2 + POPCNT build, chosen at run time when the CPU has them and
-// torch's ATEN_CPU_CAPABILITY is not "default").
+// flicker. The kernel itself is in boundary_impl.h (this file: baseline build;
+// boundary_avx2.cpp: AVX2 build, run when cpu_isa() of ../cpu/isa.h is AVX2 or AVX512).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <utility>
 #include <vector>
 
-#include "../ops/cpu/parallel.h"
+#include "../cpu/parallel.h"
 #include "boundary.h"
 
 namespace pdnet::eval {
@@ -51,15 +48,6 @@ std::vector<int64_t> disk_widths(int64_t r) {
     w[dy] = k;
   }
   return w;
-}
-
-bool use_avx2() {
-  static const bool yes = [] {
-    std::string cap = at::get_cpu_capability();
-    std::transform(cap.begin(), cap.end(), cap.begin(), [](unsigned char c) { return std::tolower(c); });
-    return avx2::available() && cap.find("default") == std::string::npos;
-  }();
-  return yes;
 }
 
 at::Tensor eval_frame_counts_cpu(const at::Tensor& pred, const at::Tensor& gt, int64_t radius) {
@@ -125,7 +113,11 @@ at::Tensor eval_frame_counts_cpu(const at::Tensor& pred, const at::Tensor& gt, i
   a.e_mask = e_mask.data();
   a.counts = counts.mutable_data_ptr<int64_t>();
 
-  const auto run = use_avx2() ? &avx2::frame_block : &dflt::frame_block;
+#if PDNET_X86_ISA_BUILDS
+  const auto run = cpu::cpu_isa() == cpu::Isa::kDefault ? &dflt::frame_block : &avx2::frame_block;
+#else
+  const auto run = &dflt::frame_block;
+#endif
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   // one block per thread would be best on an idle machine; two per thread let a thread
   // that the OS delays be helped out, at the cost of one extra frame packed per block

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "../cpu/isa.h"
+
 namespace pdnet::eval {
 
 // Rows 0..6 of the op's output [7, T] (int64).
@@ -46,13 +48,14 @@ int64_t scratch_words(const Args& a);
 // Frames [t0, t1): every count of those frames, and the flicker of pairs (t, t + 1) for
 // t0 - 1 <= t < t1 - 1 (t >= 0), i.e. each frame's pair with the frame before it.
 // scratch: scratch_words(a) words, zero-initialised (by the caller, once per thread).
+// One function per build of the kernel (the builds: ../cpu/isa.h).
 namespace dflt {
 void frame_block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch);
 }
+#if PDNET_X86_ISA_BUILDS
 namespace avx2 {
-// nullptr-safe: available() is false where this build has no AVX2 code (not x86-64 GCC)
-bool available();
 void frame_block(const Args& a, int64_t t0, int64_t t1, uint64_t* scratch);
-}  // namespace avx2
+}
+#endif
 
 }  // namespace pdnet::eval

@@ -1,7 +1,7 @@
 // The fused DAVIS counts kernel (see boundary.h), compiled twice: by boundary.cpp for the
-// baseline instruction set (namespace pdnet::eval::dflt) and by boundary_avx2.cpp with
-// AVX2 + POPCNT (pdnet::eval::avx2, PDNET_EVAL_AVX2 defined). Include it inside
-// `namespace pdnet::eval { namespace <isa> { ... } }` after <cstdint> and <cstring>.
+// baseline instruction set (namespace pdnet::eval::dflt) and by boundary_avx2.cpp for the AVX2
+// build of ../cpu/isa.h (pdnet::eval::avx2, CPU_CAPABILITY_AVX2 defined). Include it inside
+// `namespace pdnet::eval { namespace <isa> { ... } }` after <cstdint>, <cstring> and <utility>.
 //
 // Per frame (one thread):
 //  1. pack both masks into bit rows (64 pixels a word), counting |P & G|, |P|, |G|, and
@@ -20,7 +20,7 @@
 // before the last step: each level is the exact Minkowski sum; bits outside the image
 // are never matched (the other boundary has none there).
 
-#ifdef PDNET_EVAL_AVX2
+#ifdef CPU_CAPABILITY_AVX2
 // 64 bytes -> 64 bits (bit k = byte k != 0)
 static inline uint64_t pack64(const uint8_t* src) {
   const __m256i zero = _mm256_setzero_si256();

@@ -14,8 +14,8 @@
 #include "../area_variance_math.h"
 #include "../common.h"
 #include "../ops.h"
-#include "isa.h"
-#include "parallel.h"
+#include "kernel_table.h"
+#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
       const auto& K = pdnet::cpu::kernels<scalar_t>();
       const scalar_t* xp = xc.const_data_ptr<scalar_t>();
       pdnet::cpu::parallel_items(
-          BP * nch, [] { return 0; }, [&](int64_t item, int) {
+          BP * nch, [&](int64_t item) {
           const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
           partial[item] = K.sum(xp + row * hw + s, std::min(kPixelChunk, hw - s));
       });

@@ -9,8 +9,8 @@
 
 #include "../common.h"
 #include "../ops.h"
-#include "isa.h"
-#include "parallel.h"
+#include "kernel_table.h"
+#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -35,7 +35,7 @@ at::Tensor assemble_parts_cpu(const at::Tensor& p_feats, const at::Tensor& y_fea
     const scalar_t* R = mc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     pdnet::cpu::parallel_items(
-        B * C * nch, [] { return 0; }, [&](int64_t item, int) {
+        B * C * nch, [&](int64_t item) {
         const int64_t s = (item % nch) * kPixelChunk, bc = item / nch;
         const int64_t b = bc / C, c = bc % C;
         K.assemble_forward(P + b * p * C * hw, Y + b * p * C * hw, R + b * p * hw, o + b * C * hw, p,
@@ -79,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
       scalar_t* gfp = feats_grad ? gf.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gmp = masks_grad ? gm.mutable_data_ptr<scalar_t>() : nullptr;
       pdnet::cpu::parallel_items(
-          B * p * nch, [] { return 0; }, [&](int64_t item, int) {
+          B * p * nch, [&](int64_t item) {
           const int64_t s = (item % nch) * kPixelChunk, bk = item / nch;
           const int64_t b = bk / p, kk = bk % p;
           K.assemble_backward(g + b * C * hw, P != nullptr ? P + b * p * C * hw : nullptr,

@@ -12,8 +12,8 @@
 
 #include "../common.h"
 #include "../ops.h"
-#include "isa.h"
-#include "parallel.h"
+#include "kernel_table.h"
+#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {

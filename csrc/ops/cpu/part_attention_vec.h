@@ -16,7 +16,7 @@
 // dk += scale dS^T q, dq += scale dS k and dmask += column sums of dS.
 #pragma once
 
-#include "isa.h"
+#include "kernel_table.h"
 #include "vec_common.h"
 
 namespace pdnet::cpu {

@@ -8,8 +8,8 @@
 
 #include "../common.h"
 #include "../ops.h"
-#include "isa.h"
-#include "parallel.h"
+#include "kernel_table.h"
+#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -31,7 +31,7 @@ at::Tensor part_masks_cpu(const at::Tensor& part_logits, const at::Tensor& gate,
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     pdnet::cpu::parallel_items(
-        B * nch, [] { return 0; }, [&](int64_t item, int) {
+        B * nch, [&](int64_t item) {
         const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
         K.part_masks_forward(l + b * p * hw, g + b * hw, o + b * p * hw, p, hw, s,
                              std::min(hw, s + kPixelChunk), gate_is_logit);
@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& gra
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gg = gate_grad ? grad_gate.mutable_data_ptr<scalar_t>() : nullptr;
     pdnet::cpu::parallel_items(
-        B * nch, [] { return 0; }, [&](int64_t item, int) {
+        B * nch, [&](int64_t item) {
         const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
         core(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
              gg != nullptr ? gg + b * hw : nullptr, p, hw, s, std::min(hw, s + kPixelChunk),

@@ -1,18 +1,16 @@
-// Vectorised CPU compute cores, compiled once per instruction set.
+// The vectorised CPU compute cores of the ops, one table of them per instruction-set build.
 //
-// The cores (cpu/*_vec.h) are written with at::vec::Vectorized and work on raw
-// pointers of contiguous tensors. isa_impl.h turns them into a KernelTable; it is
-// compiled by isa_default.cpp (baseline flags, CPU_CAPABILITY=DEFAULT), by
-// isa_avx2.cpp (x86-64 with GCC: AVX2 + FMA through `#pragma GCC target`,
-// CPU_CAPABILITY=AVX2, Vectorized<float> 8 lanes wide) and by isa_avx512.cpp
-// (AVX-512 F/BW/VL/DQ, 16 lanes). kernel_table() follows torch's own choice
-// (at::get_cpu_capability(), which honours ATEN_CPU_CAPABILITY=default|avx2|avx512)
-// among the tables the processor supports: AVX512, else AVX2, else DEFAULT.
+// The cores (cpu/*_vec.h) are written with at::vec::Vectorized and work on raw pointers of
+// contiguous tensors. kernel_table_impl.h gathers them into a KernelTable; it is compiled once
+// per build of ../../cpu/isa.h, by kernel_table_default.cpp, kernel_table_avx2.cpp and
+// kernel_table_avx512.cpp. kernel_table() is the table of the build that cpu_isa() chose.
 // The op kernels (cpu/<op>_kernel.cpp) allocate outputs, split the work with
-// at::parallel_for and call these cores.
+// parallel_items (../../cpu/parallel.h) and call these cores.
 #pragma once
 
 #include <cstdint>
+
+#include "../../cpu/isa.h"
 
 namespace pdnet::cpu {
 
@@ -82,17 +80,30 @@ struct Kernels {
 };
 
 struct KernelTable {
-  const char* name;  // "DEFAULT", "AVX2" or "AVX512"
   Kernels<float> f32;
   Kernels<double> f64;
 };
 
-const KernelTable* table_DEFAULT();
-const KernelTable* table_AVX2();    // nullptr when not compiled for this platform
-const KernelTable* table_AVX512();  // nullptr when not compiled for this platform
+// The table of each build (kernel_table_<isa>.cpp).
+const KernelTable& table_DEFAULT();
+#if PDNET_X86_ISA_BUILDS
+const KernelTable& table_AVX2();
+const KernelTable& table_AVX512();
+#endif
 
-// The table for this process (chosen once, see the file comment).
-const KernelTable& kernel_table();
+// The table of the build this process runs.
+inline const KernelTable& kernel_table() {
+  switch (cpu_isa()) {
+#if PDNET_X86_ISA_BUILDS
+    case Isa::kAvx512:
+      return table_AVX512();
+    case Isa::kAvx2:
+      return table_AVX2();
+#endif
+    default:
+      return table_DEFAULT();
+  }
+}
 
 template <typename T>
 const Kernels<T>& kernels();

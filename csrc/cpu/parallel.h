@@ -1,4 +1,4 @@
-// Work distribution of the CPU kernels.
+// Work distribution of the CPU kernels (ops and evaluation).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -26,6 +26,12 @@ void parallel_items(int64_t n, MakeState make_state, Body body) {
         body(item, state);
     }
   });
+}
+
+// The same for a body(item) that needs no per-thread state.
+template <typename Body>
+void parallel_items(int64_t n, Body body) {
+  parallel_items(n, [] { return 0; }, [&](int64_t item, int) { body(item); });
 }
 
 }  // namespace pdnet::cpu

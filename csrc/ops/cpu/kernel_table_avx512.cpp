@@ -1,0 +1,9 @@
+// The AVX512 build of the vectorised CPU cores: table_AVX512() (see kernel_table.h).
+#include "../../cpu/isa.h"
+#if PDNET_X86_ISA_BUILDS
+#define PDNET_ISA_BUILD_AVX512
+#include "../../cpu/isa_build.h"
+#include "kernel_table_impl.h"
+PDNET_ISA_BUILD_END
+#endif
+
