@@ -49,14 +49,15 @@ class Case:
 
     ``dims``: part_attention B, p, Nq, Nk, d; part_masks / part_masks_gt / area_variance
     B, p, h, w; assemble_parts B, p, C, h, w. ``options``: part_attention ``key_mask``
-    (None, "random", "zeros", "rows_fully_masked", "leading_keys_masked") and ``scale``;
-    part_masks_gt ``mask_grad`` (whether the ground-truth mask needs a gradient);
-    area_variance ``zeros`` (an all-zero input).
+    (None, "random", "zeros", "one_dropped", "rows_fully_masked", "leading_keys_masked")
+    and ``scale``; part_masks_gt ``mask_grad`` (whether the ground-truth mask needs a
+    gradient); area_variance ``zeros`` (an all-zero input); every op ``nonfinite`` (a
+    key of :data:`NONFINITE`). ``kind`` "nonfinite" marks the NaN / inf cases.
     """
 
     op: str
     name: str
-    kind: str  # "awkward" | "model" | "large"
+    kind: str  # "awkward" | "model" | "large" | "nonfinite"
     dims: dict
     options: dict = field(default_factory=dict)
 
@@ -69,8 +70,9 @@ class Case:
         return any(n == 0 for n in self.dims.values())
 
 
-def _attention(name, kind, B, p, Nq, Nk, d, key_mask=None, scale=1.0):
-    return Case("part_attention", name, kind, dict(B=B, p=p, Nq=Nq, Nk=Nk, d=d), dict(key_mask=key_mask, scale=scale))
+def _attention(name, kind, B, p, Nq, Nk, d, key_mask=None, scale=1.0, **options):
+    dims = dict(B=B, p=p, Nq=Nq, Nk=Nk, d=d)
+    return Case("part_attention", name, kind, dims, dict(key_mask=key_mask, scale=scale, **options))
 
 
 def _masks(op, name, kind, B, p, h, w, **options):
@@ -85,9 +87,9 @@ CASES: dict[str, list[Case]] = {
     "part_attention": [
         _attention("one_part", "awkward", 1, 1, 7, 9, 8),
         _attention("tiny", "awkward", 1, 1, 1, 1, 1),
-        _attention("odd_nq_ne_nk", "awkward", 2, 3, 37, 53, 20, "random", 0.37),
+        _attention("odd_nq_ne_nk", "awkward", 1, 3, 37, 53, 20, "random", 0.37),
         _attention("many_queries_few_keys", "awkward", 1, 2, 130, 7, 16, "zeros", 0.5),
-        _attention("few_queries_many_keys", "awkward", 2, 1, 5, 300, 64, "random", 0.25),
+        _attention("few_queries_many_keys", "awkward", 1, 1, 5, 300, 64, "random", 0.25),
         _attention("head_dim_24", "awkward", 1, 5, 17, 64, 24, "random"),
         _attention("rows_fully_masked", "awkward", 2, 3, 11, 13, 8, "rows_fully_masked"),
         _attention("leading_keys_masked", "awkward", 1, 2, 5, 2500, 4, "leading_keys_masked"),
@@ -108,6 +110,7 @@ CASES: dict[str, list[Case]] = {
             _masks(op, "eleven_parts", "awkward", 2, 11, 6, 21),
             _masks(op, "empty_pixels", "awkward", 2, 3, 0, 4),
             _masks(op, "empty_batch", "awkward", 0, 3, 4, 4),
+            _masks(op, "no_parts", "awkward", 2, 0, 4, 4),
             _masks(op, "model", "model", 2, 5, 480, 480),
             _masks(op, "B32_30x30", "large", 32, 5, 30, 30),
             _masks(op, "B32_480x480", "large", 32, 5, 480, 480),
@@ -140,6 +143,77 @@ CASES: dict[str, list[Case]] = {
 }
 CASES["part_masks_gt"].append(_masks("part_masks_gt", "mask_needs_grad", "awkward", 2, 5, 9, 7, mask_grad=True))
 
+# --------------------------------------------------------------------------- NaN and inf
+_NAN, _INF = math.nan, math.inf
+_ALL = slice(None)
+
+#: op -> case name -> [(input, index, value)]: one non-finite ingredient per case, written
+#: into the inputs of the op's "nonfinite" cases (input: a position or a keyword)
+NONFINITE = {
+    "part_attention": {
+        "q_nan": [(0, (0, 0, 1, 2), _NAN)],
+        "k_nan_row": [(1, (0, 1, 3, _ALL), _NAN)],
+        "v_nan": [(2, (0, 0, 2, 1), _NAN)],
+        "mask_nan": [("key_mask", (0, 0, 4), _NAN)],
+        "scale_nan": [("scale", None, _NAN)],
+        "scale_inf": [("scale", None, _INF)],
+        "scale_neg_inf": [("scale", None, -_INF)],
+        "q_inf": [(0, (0, 0, 1, 0), _INF)],  # k has both signs in column 0: a +inf and a -inf score
+        "k_inf": [(1, (0, 1, 2, 3), _INF)],
+        "v_inf": [(2, (0, 0, 3, 2), -_INF)],
+        "mask_pos_inf": [("key_mask", (0, 1, 2), _INF)],
+        "masked_head": [("key_mask", (0, 0, _ALL), -_INF)],
+        "masked_head_and_q_nan": [("key_mask", (0, 0, _ALL), -_INF), (0, (0, 1, 2, 0), _NAN)],
+        "masked_head_and_v_nan": [("key_mask", (0, 0, _ALL), -_INF), (2, (0, 0, 4, 1), _NAN)],  # 0 * NaN
+    },
+    "part_masks": {
+        "logit_nan": [(0, (0, 1, 2, 3), _NAN)],
+        "logit_pos_inf": [(0, (1, 0, 0, 1), _INF)],
+        "logit_neg_inf": [(0, (1, 2, 1, 1), -_INF)],
+        "logits_all_neg_inf": [(0, (0, _ALL, 1, 2), -_INF)],
+        "gate_nan": [(1, (1, 0, 2, 2), _NAN)],
+        "gate_pos_inf": [(1, (0, 0, 0, 3), _INF)],
+        "gate_neg_inf": [(1, (1, 0, 1, 0), -_INF)],
+        "gate_zero_and_logit_inf": [(1, (0, 0, 2, 0), 0.0), (0, (0, 2, 2, 0), _INF)],
+    },
+    "assemble_parts": {
+        "p_nan": [(0, (0, 1, 0, 2, 3), _NAN)],
+        "y_inf": [(1, (0, 2, 1, 0, 0), _INF)],
+        "p_and_y_opposite_inf": [(0, (0, 0, 1, 1, 1), _INF), (1, (0, 0, 1, 1, 1), -_INF)],
+        "mask_nan": [(2, (0, 0, 2, 2), _NAN)],
+        "mask_inf": [(2, (0, 1, 1, 3), -_INF)],
+        "mask_zero_feat_inf": [(2, (0, 2, 0, 0), 0.0), (0, (0, 2, 1, 0, 0), _INF)],
+    },
+    "area_variance": {
+        "nan": [(0, (1, 0, 2, 1), _NAN)],
+        "inf": [(0, (0, 2, 0, 0), _INF)],
+        "two_parts_inf": [(0, (0, 1, 0, 0), _INF), (0, (0, 2, 1, 1), _INF)],
+        "zero_batch_item_and_nan": [(0, (0, _ALL), 0.0), (0, (1, 1, 0, 0), _NAN)],
+        "one_part_nan": [(0, (1, 0, 2, 1), _NAN)],
+        "one_part_inf": [(0, (0, 0, 0, 0), _INF)],
+    },
+}
+NONFINITE["part_masks_gt"] = NONFINITE["part_masks"]
+
+CASES["part_attention"] += [
+    _attention(n, "nonfinite", 1, 2, 5, 7, 4, "one_dropped", 0.7, nonfinite=n) for n in NONFINITE["part_attention"]
+]
+for _op in ("part_masks", "part_masks_gt"):
+    CASES[_op] += [_masks(_op, n, "nonfinite", 2, 3, 3, 4, nonfinite=n, mask_grad=True) for n in NONFINITE[_op]]
+# the usual ground truth needs no gradient (a backward that may reuse the forward's output)
+CASES["part_masks_gt"] += [
+    _masks("part_masks_gt", f"{n}_no_mask_grad", "nonfinite", 2, 3, 3, 4, nonfinite=n, mask_grad=False)
+    for n in NONFINITE["part_masks_gt"] if n.startswith("gate")
+]
+CASES["assemble_parts"] += [
+    Case("assemble_parts", n, "nonfinite", dict(B=1, p=3, C=2, h=3, w=4), dict(nonfinite=n))
+    for n in NONFINITE["assemble_parts"]
+]
+CASES["area_variance"] += [
+    _masks("area_variance", n, "nonfinite", 2, 1 if n.startswith("one_part") else 3, 3, 4, nonfinite=n)
+    for n in NONFINITE["area_variance"]
+]
+
 
 def cases(op: str, *kinds: str) -> list[Case]:
     """The cases of ``op`` of the given kinds (all kinds when none is given)."""
@@ -151,8 +225,11 @@ def _key_mask(kind, B, p, Nk, gen):
     """Additive key mask [B, p, Nk] in float64 (0 keeps a key, -inf drops it)."""
     if kind is None:
         return None
-    if kind == "zeros":
-        return torch.zeros(B, p, Nk, dtype=torch.float64)
+    if kind in ("zeros", "one_dropped"):
+        m = torch.zeros(B, p, Nk, dtype=torch.float64)
+        if kind == "one_dropped":
+            m[0, -1, -2] = -math.inf
+        return m
     m = torch.randn(B, p, Nk, generator=gen, dtype=torch.float64)
     if kind == "random":  # about a third of the keys dropped, never a whole row
         m[torch.rand(B, p, Nk, generator=gen) < 0.3] = -math.inf
@@ -219,6 +296,14 @@ def make_inputs(
         grad = {0}
     else:
         raise ValueError(f"unknown op {case.op!r}; ops are {OPS}")
+
+    if case.op == "part_attention" and "nonfinite" in opt:
+        args[1][0, 0, :2, 0] = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    for key, index, value in NONFINITE[case.op][opt["nonfinite"]] if "nonfinite" in opt else ():
+        if key == "scale":
+            kwargs["scale"] = value
+        else:
+            (args if isinstance(key, int) else kwargs)[key][index] = value
 
     def finish(t, key):
         if t is None:
@@ -317,6 +402,14 @@ def assert_matches(out, ref64, lowp=None, *, grad: bool = False, name: str = "ou
 
 
 # --------------------------------------------------------------------------- cost
+def size(case: Case) -> int:
+    """Elements of the op's largest intermediate (attention: the scores B p Nq Nk)."""
+    d = case.dims
+    if case.op == "part_attention":
+        return d["B"] * d["p"] * d["Nq"] * d["Nk"]
+    return math.prod(d.values())
+
+
 def flops(case: Case) -> float:
     """Floating-point operations of the forward (attention: 4 B p Nq Nk d; else 0, memory-bound)."""
     d = case.dims
