@@ -259,6 +259,7 @@ def poison(monkeypatch, calls, image=False):
     monkeypatch.setattr(pdnet.losses, name, loss)
 
 
+@pytest.mark.slow  # end to end: several steps and checkpoints
 def test_nonfinite_loss_stops_the_run_keeping_the_last_finite_checkpoint(synth_data, tmp_path, capsys, monkeypatch):  # noqa: F811
     # steps: 1 image, 2 video, 3 video, 4 image ...: the 2nd video loss is step 3
     poison(monkeypatch, {2})
@@ -282,6 +283,7 @@ def test_nonfinite_loss_is_stopped_even_between_log_lines(synth_data, tmp_path, 
     assert read_checkpoint(tmp_path / "r" / "last.pt")["step"] == 1
 
 
+@pytest.mark.slow  # end to end: several steps and checkpoints
 def test_nonfinite_skip_makes_no_update_and_counts(synth_data, tmp_path, monkeypatch):  # noqa: F811
     poison(monkeypatch, {1, 2})  # steps 2 and 3
     messages = []
@@ -350,6 +352,7 @@ def signal_at(monkeypatch, calls, signum):
     monkeypatch.setattr(pdnet.losses, "video_step_loss", loss)
 
 
+@pytest.mark.slow  # end to end: several steps and checkpoints
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_checkpoints_at_the_step_boundary_then_exits(synth_data, tmp_path, capsys, monkeypatch, signum, code):  # noqa: F811
     signal_at(monkeypatch, {1}, signum)  # during step 2
@@ -396,6 +399,7 @@ def fail_checkpoint_writes(monkeypatch, action, after: int):
     monkeypatch.setattr(ck.os, "fdopen", fdopen)
 
 
+@pytest.mark.slow  # end to end: several steps and checkpoints
 def test_ctrl_c_during_a_checkpoint_write_ends_interrupted_with_last_pt_complete(
         synth_data, tmp_path, capsys, monkeypatch):  # noqa: F811
     fail_checkpoint_writes(monkeypatch, lambda: signal.raise_signal(signal.SIGINT), after=2)  # the step-2 checkpoint
@@ -407,6 +411,7 @@ def test_ctrl_c_during_a_checkpoint_write_ends_interrupted_with_last_pt_complete
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow  # end to end: several steps and checkpoints
 def test_disk_full_during_a_checkpoint_write_is_one_line_error(synth_data, tmp_path, capsys, monkeypatch):  # noqa: F811
     fail_checkpoint_writes(monkeypatch, enospc, after=2)
     run = tmp_path / "run"
