@@ -3,7 +3,8 @@
 The clips are segmented the way inference segments them (:class:`pdnet.inference.VideoSegmenter`
 on the reference path, in float32: each frame resized to the model input, segmented
 against the clip's first frame and upsampled to its own size) and scored by
-:func:`pdnet.evaluation.evaluate_arrays` (DAVIS protocol, predictions binarised at 0.5).
+:func:`pdnet.evaluation.evaluate_arrays` (DAVIS protocol; foreground where the probability
+is above 0.5, i.e. the logit above 0).
 """
 from __future__ import annotations
 
