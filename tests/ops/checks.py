@@ -25,7 +25,7 @@ NAMESPACE = {"cpp": "pdnet", "triton": "pdnet_triton"}
 
 
 #: under Triton's interpreter, cases with more elements than this (cases.size) are slow
-INTERPRETER_SIZE_LIMIT = 20_000
+INTERPRETER_SIZE_LIMIT = 6_000
 
 
 def _marks(backend: str, device: str, case: C.Case | None = None, dtype: torch.dtype | None = None) -> list:
@@ -94,11 +94,11 @@ def compare(op: str, backend: str, args: tuple, kwargs: dict, *, fn=None, seed: 
     wrap = fn or (lambda f: f)
     tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
     dtype, device = tensors[0].dtype, tensors[0].device
-    got = C.forward_backward(wrap(lambda *a, **k: C.call(op, a, k, backend)), args, kwargs, seed)
-    ref = C.forward_backward(wrap(C.reference(op)), *C.cast(args, kwargs, *ref_at), seed)
+    got = C.forward_backward(wrap(lambda *a, **k: C.call(op, a, k, backend)), args, kwargs, seed, dtype)
+    ref = C.forward_backward(wrap(C.reference(op)), *C.cast(args, kwargs, *ref_at), seed, dtype)
     lowp = [None] * len(ref)
     if dtype in C.LOW_PRECISION:
-        lowp = C.forward_backward(wrap(C.reference(op)), *C.cast(args, kwargs, dtype), seed)
+        lowp = C.forward_backward(wrap(C.reference(op)), *C.cast(args, kwargs, dtype), seed, dtype)
     # the output in the inputs' dtype (unless wrapped: what it returns), each gradient in its input's
     dtypes = [got[0].dtype if fn else dtype] + [t.dtype for t in C.grad_inputs(args, kwargs)]
     names = [f"{name}/{backend} output"] + [f"{name}/{backend} gradient {i}" for i in range(len(ref) - 1)]
