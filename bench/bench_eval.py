@@ -57,14 +57,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # this checkout's pdnet, installed or not: the imports below follow it (E402)
 
 from pdnet.evaluation import metrics  # noqa: E402
 from pdnet.evaluation import reference as ref  # noqa: E402
 from pdnet.evaluation.evaluate import score_sequence  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def person_mask(height: int) -> np.ndarray:
     from importlib import resources
 
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         times[("base", None)][1].append(cpu)
         for dev, label, backend in runs:
             p, g = inputs[dev]
-            wall, cpu, res = timed(lambda: score_sequence("clip", p, g, dev, backend=backend), dev != "cpu")
+            wall, cpu, res = timed(functools.partial(score_sequence, "clip", p, g, dev, backend=backend), dev != "cpu")
             times[(dev, label)][0].append(wall)
             times[(dev, label)][1].append(cpu)
             results[(dev, label)] = res

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -50,11 +51,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # this checkout's pdnet, installed or not: the imports below follow it (E402)
 
 import pdnet  # noqa: E402
-from pdnet.inference import VideoSegmenter, VideoWriter, preprocess, segment_video  # noqa: E402
 from pdnet._device import parse_device  # noqa: E402
+from pdnet.inference import VideoSegmenter, VideoWriter, preprocess, segment_video  # noqa: E402
 from pdnet.inference.segmenter import parse_dtype  # noqa: E402
 
 
@@ -198,12 +199,12 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 for path in args.paths:
                     if path == "reference":
-                        fns[path] = lambda: reference_step(ref_model, frames, first, size)  # noqa: E731
+                        fns[path] = functools.partial(reference_step, ref_model, frames, first, size)
                         extras[path] = {"precision": "float32", "channels_last": False, "cuda_graphs": False,
                                         "reference_cached": False}
                     else:
                         state = seg.encode_reference(first)
-                        fns[path] = lambda: seg.predict(frames, state)  # noqa: E731
+                        fns[path] = functools.partial(seg.predict, frames, state)
                         extras[path] = {"precision": str(seg.dtype).replace("torch.", ""),
                                         "channels_last": seg.channels_last, "cuda_graphs": seg.cuda_graphs,
                                         "reference_cached": True}

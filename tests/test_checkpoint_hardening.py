@@ -5,12 +5,11 @@ import time
 
 import pytest
 import torch
+from io_faults import FailingFile, enospc
 
 import pdnet
 from pdnet.inference import CheckpointError, load, read_checkpoint, save_model_checkpoint
 from pdnet.inference import checkpoint as ck
-
-from io_faults import FailingFile, enospc
 
 
 @pytest.fixture(autouse=True)

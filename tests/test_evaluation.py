@@ -222,7 +222,8 @@ def test_bench_script_runs_and_checks_identity(capsys):
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
     try:
-        assert bench.main(["--frames", "5", "--size", "96x64", "--baseline", "scipy", "--repeats", "1", "--no-save"]) == 0
+        argv = ["--frames", "5", "--size", "96x64", "--baseline", "scipy", "--repeats", "1", "--no-save"]
+        assert bench.main(argv) == 0
     finally:
         torch.set_num_threads(threads)
     assert "results identical" in capsys.readouterr().out

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_evaluation import blobs, special_frames
 
 from pdnet.evaluation import boundary_radius, metrics
 from pdnet.evaluation import reference as ref
-from test_evaluation import blobs, special_frames
 
 CPP_REASON = metrics.compiled_counts_reason()
 needs_cpp = pytest.mark.skipif(CPP_REASON is not None, reason=f"fused kernel unavailable: {CPP_REASON}")
@@ -106,7 +106,8 @@ def test_cpp_equals_torch_counts_on_480p_and_with_threads():
     finally:
         torch.set_num_threads(threads)
     j_ref, f_ref = reference_counts(pred, gt, 0.008)
-    assert np.array_equal(metrics.f_from_counts(want["pred_b"], want["gt_b"], want["pred_match"], want["gt_match"]), f_ref)
+    f = metrics.f_from_counts(want["pred_b"], want["gt_b"], want["pred_match"], want["gt_match"])
+    assert np.array_equal(f, f_ref)
 
 
 @needs_cpp
@@ -117,7 +118,7 @@ def test_cpp_input_handling():
     want = metrics.frame_counts(p, g, 2, backend="torch")
     # non-contiguous views (every other frame, a transposed image) and a bool tensor
     # holding bytes other than 0 and 1
-    for a, b, sel in ((p[::2], g[::2], slice(0, None, 2)), (p.transpose(1, 2), g.transpose(1, 2), None)):
+    for a, b in ((p[::2], g[::2]), (p.transpose(1, 2), g.transpose(1, 2))):
         got = metrics.frame_counts(a, b, 2, backend="cpp")
         ref_c = metrics.frame_counts(a.contiguous(), b.contiguous(), 2, backend="torch")
         for k in ("inter", "union", "pred_b", "gt_b", "pred_match", "gt_match"):
@@ -155,6 +156,7 @@ def test_backend_errors():
         metrics.frame_counts(p.to("meta"), p.to("meta"), 1, backend="cpp")
 
 
+@pytest.mark.slow  # a fresh interpreter (ATEN_CPU_CAPABILITY is read once, when torch starts)
 @needs_cpp
 def test_cpp_baseline_isa_build():
     """The kernel's build for the baseline instruction set (chosen with ATEN_CPU_CAPABILITY=default)."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from release_fixture import FIXTURE, read_keys, recipe_state_dict
 from torch import nn
 
 import pdnet
@@ -22,7 +23,6 @@ from pdnet.inference import (
     save_model_checkpoint,
     to_uint8,
 )
-from release_fixture import FIXTURE, read_keys, recipe_state_dict
 
 OUT_RTOL = 1e-4  # tests/data/official/PARITY.md: model outputs to ~1e-4 relative error in fp32
 

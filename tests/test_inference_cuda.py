@@ -4,20 +4,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_inference import release_like
 
 import pdnet
 from pdnet.inference import VideoSegmenter
 
 pytestmark = pytest.mark.cuda
-
-
-def release_like(config, seed_base=1000):
-    from release_fixture import recipe_state_dict
-
-    model = pdnet.PDNet(config)
-    keys = [(k, tuple(v.shape), str(v.dtype)) for k, v in pdnet.to_release_state_dict(model).items()]
-    pdnet.load_release_state_dict(model, recipe_state_dict(keys, seed_base))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

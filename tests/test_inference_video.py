@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("av")
+import pdnet
+from pdnet.cli import main
+from pdnet.inference import FrameSource, SourceError, VideoWriter, save_model_checkpoint
+from pdnet.inference.video import background, parse_colour
 
-import pdnet  # noqa: E402
-from pdnet.cli import main  # noqa: E402
-from pdnet.inference import FrameSource, SourceError, VideoWriter, save_model_checkpoint  # noqa: E402
-from pdnet.inference.video import background, parse_colour  # noqa: E402
+pytest.importorskip("av")
 
 H, W, N = 96, 128, 8  # frame size deliberately not a multiple of 32 in width/height ratio to the input
 

@@ -1,5 +1,5 @@
 """``pdnet segment`` hardening: no data loss, truncated videos, one-line errors for every flag,
-disk full and Ctrl-C without partial files (issue 15)."""
+disk full and Ctrl-C without partial files."""
 import errno
 import os
 from pathlib import Path
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("av")
+import pdnet
+from pdnet._device import parse_device
+from pdnet.cli import main
+from pdnet.inference import FrameSource, SourceError, save_model_checkpoint
+from pdnet.inference.segment import check_outputs
+from pdnet.inference.segmenter import parse_dtype
+from pdnet.inference.video import OutputError, TruncatedVideoWarning, write_mask
 
-import pdnet  # noqa: E402
-from pdnet.cli import main  # noqa: E402
-from pdnet.inference import FrameSource, SourceError, save_model_checkpoint  # noqa: E402
-from pdnet.inference.segment import check_outputs  # noqa: E402
-from pdnet._device import parse_device  # noqa: E402
-from pdnet.inference.segmenter import parse_dtype  # noqa: E402
-from pdnet.inference.video import OutputError, TruncatedVideoWarning, write_mask  # noqa: E402
+pytest.importorskip("av")
 
 N_FRAMES = 4
 VIDEO_FRAMES = 20

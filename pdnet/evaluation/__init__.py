@@ -28,8 +28,7 @@ __getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)
 
 class _Package(_types.ModuleType):
     """Keeps ``pdnet.evaluation.evaluate`` the function: importing the submodule of the
-    same name sets the package attribute to the module (the eager ``from .evaluate
-    import evaluate`` used to rebind it)."""
+    same name sets the package attribute to the module, which would hide the function."""
 
     def __setattr__(self, name, value):
         if name == "evaluate" and isinstance(value, _types.ModuleType):

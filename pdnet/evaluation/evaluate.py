@@ -14,9 +14,10 @@ integer inputs are on the 0..255 scale, except a frame whose values are all 0 or
 which is read as a 0/1 mask: decided per frame, as for files, so one stray value in a
 0/1 sequence changes nothing but its own frame. Sequences may be nested folders
 (``category/clip``, the MVPS layout): every folder holding frames, named by its relative
-path; the predictions mirror the ground truth's folders. Per sequence: J and F statistics (Mean, Recall, Decay) and flicker (see
-:mod:`pdnet.evaluation.metrics`); overall: the mean of each over the sequences, and
-J&F = (J mean + F mean) / 2, as the DAVIS toolkit reports them.
+path; the predictions mirror the ground truth's folders. Per sequence: J and F statistics
+(Mean, Recall, Decay) and flicker (see :mod:`pdnet.evaluation.metrics`); overall: the
+mean of each over the sequences, and J&F = (J mean + F mean) / 2, as the DAVIS toolkit
+reports them.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ import csv
 import io as _io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -70,7 +71,9 @@ class SequenceResult:
         return (self.J.mean + self.F.mean) / 2
 
     def to_dict(self) -> dict:
-        return {"J&F": self.JF, "J": self.J.to_dict(), "F": self.F.to_dict(), "flicker": self.flicker, "frames": self.frames}
+        return {
+            "J&F": self.JF, "J": self.J.to_dict(), "F": self.F.to_dict(), "flicker": self.flicker, "frames": self.frames
+        }
 
 
 @dataclass
@@ -78,7 +81,7 @@ class EvalResult:
     """Per-sequence rows and the overall scores (means over sequences)."""
 
     protocol: str
-    sequences: Dict[str, SequenceResult]
+    sequences: dict[str, SequenceResult]
 
     def _mean(self, get) -> float:
         return float(np.mean([get(s) for s in self.sequences.values()]))
@@ -122,7 +125,9 @@ class EvalResult:
         """One row per sequence and a last row ``overall``."""
         buf = _io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["sequence", "frames", "J&F", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay", "flicker"])
+        w.writerow(
+            ["sequence", "frames", "J&F", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay", "flicker"]
+        )
         for name, row in self._rows():
             w.writerow([name, row["frames"], row["J&F"], *row["J"].values(), *row["F"].values(), row["flicker"]])
         return buf.getvalue()
@@ -134,7 +139,9 @@ class EvalResult:
 
     def table(self) -> str:
         """A fixed-width text table: one line per sequence, then the overall line."""
-        heads = ["sequence", "frames", "J&F", "J mean", "J recall", "J decay", "F mean", "F recall", "F decay", "flicker"]
+        heads = [
+            "sequence", "frames", "J&F", "J mean", "J recall", "J decay", "F mean", "F recall", "F decay", "flicker"
+        ]
         rows = []
         for name, r in self._rows():
             vals = [r["J&F"], *r["J"].values(), *r["F"].values(), r["flicker"]]
@@ -221,7 +228,7 @@ def score_sequence(name: str, pred, gt, device=None, bound_th: float = 0.008, ba
 
 
 def evaluate_arrays(
-    data: Mapping[str, Tuple[object, object]],
+    data: Mapping[str, tuple[object, object]],
     protocol: str = "davis",
     device=None,
     bound_th: float = 0.008,
@@ -252,15 +259,15 @@ def evaluate_arrays(
     return EvalResult(protocol, out)
 
 
-def _read_all(paths: Sequence[Optional[Path]], pool: ThreadPoolExecutor) -> list:
+def _read_all(paths: Sequence[Path | None], pool: ThreadPoolExecutor) -> list:
     """Decode PNGs in parallel (None stays None)."""
     return list(pool.map(lambda p: None if p is None else read_mask(p), paths))
 
 
-def _stack(frames: list, paths: Sequence[Optional[Path]], shape: Tuple[int, int], what: str) -> np.ndarray:
+def _stack(frames: list, paths: Sequence[Path | None], shape: tuple[int, int], what: str) -> np.ndarray:
     """(H, W) uint8 frames (None = missing, read as empty) -> [T, H, W] uint8, checking every size."""
     out = np.zeros((len(frames), *shape), dtype=np.uint8)
-    for i, (a, path) in enumerate(zip(frames, paths)):
+    for i, (a, path) in enumerate(zip(frames, paths, strict=True)):
         if a is None:
             continue
         if a.shape != shape:
@@ -275,12 +282,12 @@ def evaluate(
     pred_root,
     gt_root,
     protocol: str = "davis",
-    sequences: Optional[Iterable[str]] = None,
+    sequences: Iterable[str] | None = None,
     missing_as_empty: bool = False,
     device=None,
     bound_th: float = 0.008,
     progress: bool = False,
-    workers: Optional[int] = None,
+    workers: int | None = None,
 ) -> EvalResult:
     """Evaluate ``pred_root/<sequence>/<frame>.png`` against ``gt_root/<sequence>/<frame>.png``.
 
@@ -321,24 +328,32 @@ def evaluate(
         names = gt_seqs
         for n in gt_seqs:
             if n not in pred_seqs:
-                raise EvaluationError(f"sequence {n}: in the ground truth but no folder {pred_root / n} in the predictions")
+                raise EvaluationError(
+                    f"sequence {n}: in the ground truth but no folder {pred_root / n} in the predictions"
+                )
         for n in pred_seqs:
             if n not in gt_seqs:
-                raise EvaluationError(f"sequence {n}: in the predictions but no folder {gt_root / n} in the ground truth")
+                raise EvaluationError(
+                    f"sequence {n}: in the predictions but no folder {gt_root / n} in the ground truth"
+                )
 
     from tqdm import tqdm
 
-    out: Dict[str, SequenceResult] = {}
+    out: dict[str, SequenceResult] = {}
     workers = workers or min(8, os.cpu_count() or 1)
     with strict_pillow(), ThreadPoolExecutor(workers) as pool:
         bar = tqdm(names, desc="evaluate", unit="seq", disable=None if progress else True)
         for name in bar:
             bar.set_postfix_str(name, refresh=False)
-            out[name] = _evaluate_folder(pred_root / name, gt_root / name, name, protocol, missing_as_empty, pool, device, bound_th)
+            out[name] = _evaluate_folder(
+                pred_root / name, gt_root / name, name, protocol, missing_as_empty, pool, device, bound_th
+            )
     return EvalResult(protocol, out)
 
 
-def _evaluate_folder(pred_dir: Path, gt_dir: Path, name: str, protocol: str, missing_as_empty: bool, pool, device, bound_th):
+def _evaluate_folder(
+    pred_dir: Path, gt_dir: Path, name: str, protocol: str, missing_as_empty: bool, pool, device, bound_th
+):
     frames = frame_names(gt_dir)
     keep = _frames_to_score(len(frames), protocol, name)
     frames = frames[keep]

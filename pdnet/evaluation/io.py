@@ -23,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def natural_key(name: str):
     return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in _DIGITS.split(name) if tok != ""]
 
 
-def sequence_dirs(root: Path, what: str) -> List[str]:
+def sequence_dirs(root: Path, what: str) -> list[str]:
     """The sequences under ``root``, naturally sorted: every folder that holds ``.png``
     frames, at any depth, named by its path relative to ``root`` ("bear",
     "cat0/clip3"), plus every folder without sub-folders (a sequence, empty when it
@@ -77,9 +77,10 @@ def _walk_error(exc: OSError) -> None:
     raise EvaluationError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
 
 
-def frame_names(folder: Path) -> List[str]:
+def frame_names(folder: Path) -> list[str]:
     """PNG file names in ``folder``, naturally sorted; an error when there is none."""
-    names = sorted((p.name for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=natural_key)
+    pngs = (p.name for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    names = sorted(pngs, key=natural_key)
     if not names:
         raise EvaluationError(f"{folder} is empty: no .png frames")
     return names

@@ -49,11 +49,9 @@ integer counts (:func:`frame_counts`):
   frames of a chunk together; used on CUDA, and on the CPU without the extension.
 
 All divisions are done in float64 in the same order as the toolkit, so the results are
-bit-identical to it. Against the per-frame toolkit path (NumPy ``seg2bmap`` + OpenCV's
-``cv2.dilate``, ``bench/bench_eval.py``, 854x480, medians on a 2-vCPU AMD EPYC VM,
-one thread each): ``cpp`` is about 23x faster (0.10 vs 2.3 ms per frame; 40x with two
-threads), ``torch`` about 6.6x (each eager op makes one pass over memory and a dilation
-takes about 80 of them).
+bit-identical to it. ``bench/bench_eval.py`` times both against the per-frame toolkit path
+(NumPy ``seg2bmap`` + OpenCV's ``cv2.dilate``); ``torch`` is the slower of the two because
+each eager op makes a pass over memory and a dilation takes dozens of them.
 """
 from __future__ import annotations
 
@@ -61,14 +59,13 @@ import functools
 import importlib
 import math
 import warnings
-from typing import Tuple, Union
 
 import numpy as np
 import torch
 
 from . import _bits
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 #: pixels (per mask) processed together: about 8 frames of 480p on the CPU (the chunk's
 #: packed maps stay small), 256 on CUDA (bounded memory for long, large sequences)
@@ -104,7 +101,7 @@ def _to_mask(x, name: str, fn: str) -> torch.Tensor:
     return t if t.dim() == 3 else t.unsqueeze(0)
 
 
-def _check_pair(pred, gt, fn: str) -> Tuple[torch.Tensor, torch.Tensor, bool, bool]:
+def _check_pair(pred, gt, fn: str) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
     """Validated bool Tensor[T, H, W] pair, whether the input was torch, and whether it was one frame."""
     is_torch = isinstance(pred, torch.Tensor) or isinstance(gt, torch.Tensor)
     p = _to_mask(pred, "pred", fn)
@@ -123,7 +120,7 @@ _COUNT_NAMES = ("inter", "union", "pred_b", "gt_b", "pred_match", "gt_match")
 BACKENDS = ("auto", "cpp", "torch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_counts_reason() -> str | None:
     """None when the fused CPU kernel ``torch.ops.pdnet.eval_frame_counts`` is usable, else why not."""
     try:
@@ -131,7 +128,7 @@ def compiled_counts_reason() -> str | None:
     except Exception as exc:  # not built, or built against another torch
         return f"the compiled extension pdnet._C could not be loaded ({type(exc).__name__}: {exc})"
     try:
-        torch.ops.pdnet.eval_frame_counts
+        _ = torch.ops.pdnet.eval_frame_counts  # the lookup raises when the op is not registered
     except (AttributeError, RuntimeError):
         return "the compiled extension pdnet._C has no eval_frame_counts (rebuild it: pip install -e .)"
     return None
@@ -175,7 +172,7 @@ def frame_counts(
         raise ValueError(f"frame_counts: backend 'cpp' runs on the CPU only, the masks are on {pred.device}")
     if pred.device.type == "cpu" and torch.get_num_threads() > 1:
         # the ops are small and memory-bound: splitting each over threads costs more than
-        # it saves (3x slower with 2 threads on a busy 2-core machine), so run on one
+        # it saves, so run on one
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -304,7 +301,7 @@ def decay_bins(n: int) -> list[int]:
     return [(4 + k * (n - 1) + 2) // 4 - 1 for k in range(5)]
 
 
-def statistics(values) -> Tuple[float, float, float]:
+def statistics(values) -> tuple[float, float, float]:
     """(mean, recall, decay) of a sequence's per-frame values (J or F).
 
     Args:

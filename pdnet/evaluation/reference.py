@@ -136,8 +136,8 @@ def db_statistics(values, uint8_bins: bool = True):
 
 def evaluate_sequence(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008):
     """Per-frame J and F of (T, H, W) binary masks, one frame at a time: two float64 (T,) arrays."""
-    j = np.array([db_eval_iou(g, p) for p, g in zip(pred, gt)], dtype=np.float64)
-    f = np.array([f_measure(p, g, bound_th) for p, g in zip(pred, gt)], dtype=np.float64)
+    j = np.array([db_eval_iou(g, p) for p, g in zip(pred, gt, strict=True)], dtype=np.float64)
+    f = np.array([f_measure(p, g, bound_th) for p, g in zip(pred, gt, strict=True)], dtype=np.float64)
     return j, f
 
 

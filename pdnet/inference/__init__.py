@@ -42,7 +42,29 @@ _EXPORTS = {
     "VideoWriter": "video",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CheckpointError",
+    "FastPDNet",
+    "FrameSource",
+    "OutputError",
+    "SourceError",
+    "TruncatedVideoWarning",
+    "VideoSegmenter",
+    "VideoWriter",
+    "as_frame_batch",
+    "check_outputs",
+    "checkpoint_kind",
+    "fold_batchnorm",
+    "fold_conv_bn",
+    "infer_config",
+    "load",
+    "load_engine_state_dict",
+    "preprocess",
+    "read_checkpoint",
+    "save_model_checkpoint",
+    "segment_video",
+    "to_uint8",
+]
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .checkpoint import CheckpointError, read_checkpoint, save_model_checkpoint

@@ -12,7 +12,6 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Tuple
 
 from ..cli import UserError
 
@@ -21,7 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MAX_INPUT_SIZE = 8192  # per side; far beyond what the model is trained for (480)
 
 
-def parse_input_size(text: str) -> Tuple[int, int]:
+def parse_input_size(text: str) -> tuple[int, int]:
     """``N`` or ``HxW`` (also ``H,W``), positive multiples of 32 up to 8192 -> (H, W)."""
     try:
         parts = [int(s) for s in text.lower().replace("x", ",").split(",")]
@@ -102,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .._device import parse_device
     from .checkpoint import CheckpointError
     from .loading import load
     from .segment import segment_video
-    from .._device import parse_device
     from .segmenter import VideoSegmenter, parse_dtype
 
     try:

@@ -20,7 +20,7 @@ converts it to channels_last and to bf16 / fp16 on GPUs, and captures it in CUDA
 from __future__ import annotations
 
 import copy
-from typing import List, Optional, Tuple
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def _blocks_with_pairs(module: nn.Module) -> List[Tuple[str, str]]:
+def _blocks_with_pairs(module: nn.Module) -> list[tuple[str, str]]:
     """(conv attribute, bn attribute) pairs whose forward is ``bn(conv(x))``, for known module types."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -86,7 +86,7 @@ def _blocks_with_pairs(module: nn.Module) -> List[Tuple[str, str]]:
         names = list(module._modules)
         return [
             (a, b)
-            for a, b in zip(names, names[1:])
+            for a, b in pairwise(names)
             if isinstance(module._modules[a], nn.Conv2d) and isinstance(module._modules[b], nn.BatchNorm2d)
         ]
     return []
@@ -123,7 +123,7 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
-def _grouped(convs: List[nn.Conv2d], shared_input: bool) -> nn.Conv2d:
+def _grouped(convs: list[nn.Conv2d], shared_input: bool) -> nn.Conv2d:
     """p convolutions -> one grouped convolution over the p inputs stacked along channels.
 
     ``shared_input``: every conv reads the same tensor (C channels): the result is a plain
@@ -219,7 +219,7 @@ class FastPDNet(nn.Module):
         return ReferenceState(keys, values, tuple(reference.shape[-2:]))
 
     def forward(
-        self, target: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, size: Optional[Tuple[int, int]] = None
+        self, target: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         """Logits Tensor[B, 1, size] (default: the input size) of ``target`` [B, 3, H, W].
 

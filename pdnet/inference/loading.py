@@ -8,7 +8,6 @@ from its tensors (:mod:`.release_config`) and its key names are converted by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import List, Optional, Tuple, Union
 
 import torch
 
@@ -29,7 +28,7 @@ def checkpoint_kind(obj: Mapping) -> str:
     return "unknown"
 
 
-def _listing(title: str, problems: List[Tuple[str, List[str]]]) -> str:
+def _listing(title: str, problems: list[tuple[str, list[str]]]) -> str:
     lines = [title]
     for name, items in problems:
         if items:
@@ -68,12 +67,12 @@ def load_engine_state_dict(model: PDNet, state: Mapping[str, torch.Tensor]) -> P
 
 
 def load(
-    checkpoint: Union[PathLike, Mapping],
-    device: Union[str, torch.device, None] = "cpu",
+    checkpoint: PathLike | Mapping,
+    device: str | torch.device | None = "cpu",
     dtype: torch.dtype = torch.float32,
-    backbone: Optional[str] = None,
-    parts: Optional[int] = None,
-    input_size: Union[int, Tuple[int, int], None] = None,
+    backbone: str | None = None,
+    parts: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
 ) -> PDNet:
     """Build a PDNet from a checkpoint, in eval mode.
 

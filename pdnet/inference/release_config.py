@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -48,7 +48,7 @@ def infer_config(state: Mapping[str, torch.Tensor], **overrides) -> PDNetConfig:
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     keys = list(state)
-    found: Dict[str, Any] = {}
+    found: dict[str, Any] = {}
     lateral2 = state.get("decoder.lateral2.conv.weight")
     n_layer3 = _count("encoder.layer3.", keys)
     if "backbone" not in overrides and lateral2 is not None and lateral2.dim() == 4:

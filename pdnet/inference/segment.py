@@ -23,9 +23,10 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # torch and the model are imported by segment_video itself: c
     from ..model import PDNet
     from .segmenter import VideoSegmenter
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: file names written next to the masks
 OVERLAY_NAME = "overlay.mp4"
@@ -54,7 +55,7 @@ COMPOSITE_NAME = "composite.mp4"
 _VIDEO_MASK = re.compile(r"^\d{5,}\.png$")  # the mask names of a video's frames
 
 
-def _identity(path: Path, follow: bool = True) -> Optional[Tuple[int, int]]:
+def _identity(path: Path, follow: bool = True) -> tuple[int, int] | None:
     """(device, inode) of an existing path (None when absent or unreadable)."""
     try:
         st = os.stat(path) if follow else os.lstat(path)
@@ -71,7 +72,7 @@ def check_outputs(
     composite: bool = False,
     overwrite: bool = False,
     inputs: Iterable[PathLike] = (),
-) -> List[Path]:
+) -> list[Path]:
     """The files a segmentation of ``src`` into ``output`` will write, after checking
     that writing them loses nothing (see the module docstring). Writes nothing.
 
@@ -111,7 +112,7 @@ def check_outputs(
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"{out}: cannot create the output folder: {parent} is not writable")
 
-    protected: Dict[Tuple[int, int], Path] = {}
+    protected: dict[tuple[int, int], Path] = {}
     files = [src.path] if src.is_video else list(src.files)
     for f in [*files, *(Path(p) for p in inputs)]:
         ident = _identity(f)
@@ -141,7 +142,7 @@ def check_outputs(
     return targets
 
 
-def _missing_folders(folder: Path) -> List[Path]:
+def _missing_folders(folder: Path) -> list[Path]:
     """The folders ``folder.mkdir(parents=True)`` will create, deepest first."""
     missing = []
     while not folder.exists() and folder != folder.parent:
@@ -161,24 +162,24 @@ def _blend(frames: torch.Tensor, probs: torch.Tensor, other: torch.Tensor, alpha
 
 
 def segment_video(
-    model: Union["PDNet", "VideoSegmenter", PathLike],
-    source: Union[PathLike, FrameSource],
+    model: PDNet | VideoSegmenter | PathLike,
+    source: PathLike | FrameSource,
     output: PathLike,
     *,
     overlay: bool = False,
-    composite: Union[str, PathLike, Tuple[int, int, int], None] = None,
-    device: Union[str, "torch.device", None] = "auto",
-    dtype: Union[str, "torch.dtype", None] = "auto",
+    composite: str | PathLike | tuple[int, int, int] | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
     batch_size: int = 1,
     fast: bool = True,
-    cuda_graphs: Optional[bool] = None,
-    input_size: Union[int, Tuple[int, int], None] = None,
-    fps: Optional[float] = None,
-    overlay_colour: Tuple[int, int, int] = (0, 255, 0),
+    cuda_graphs: bool | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    fps: float | None = None,
+    overlay_colour: tuple[int, int, int] = (0, 255, 0),
     progress: bool = True,
     overwrite: bool = False,
     allow_truncated: bool = False,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Segment every frame of a clip against its first frame and write the results.
 
     In the spirit of RobustVideoMatting's ``convert_video``: one call, explicit outputs.
@@ -254,8 +255,8 @@ def segment_video(
                              input_size=input_size)
 
     created = _missing_folders(out)
-    written: List[Path] = []  # files this call has put in place (list.append is atomic across threads)
-    writers: Dict[str, VideoWriter] = {}
+    written: list[Path] = []  # files this call has put in place (list.append is atomic across threads)
+    writers: dict[str, VideoWriter] = {}
     worker = pngs = None
     bar = None
     ok = False
@@ -365,7 +366,7 @@ def segment_video(
     }
 
 
-def _roll_back(pngs, worker, writers, written: List[Path], created: List[Path]) -> None:
+def _roll_back(pngs, worker, writers, written: list[Path], created: list[Path]) -> None:
     """After a failure or an interruption: stop the writers, remove every file this run
     wrote and the folders it created (when empty). Errors here are not raised: the
     original one is."""

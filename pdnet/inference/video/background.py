@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Tuple, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +22,7 @@ _COLOURS = {
 }
 
 
-def parse_colour(text: str) -> Optional[Tuple[int, int, int]]:
+def parse_colour(text: str) -> tuple[int, int, int] | None:
     """``"green"``, ``"#00b140"``, ``"0,177,64"`` -> (R, G, B); None when ``text`` is not a colour."""
     s = text.strip().lower()
     if s in _COLOURS:
@@ -38,7 +38,7 @@ def parse_colour(text: str) -> Optional[Tuple[int, int, int]]:
     return None
 
 
-def background_array(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> np.ndarray:
+def background_array(spec: str | PathLike | tuple[int, int, int], size: tuple[int, int]) -> np.ndarray:
     """The composite background at the frame size as a numpy uint8 array [H, W, 3] (see :func:`background`)."""
     H, W = size
     if isinstance(spec, tuple):
@@ -68,7 +68,7 @@ def background_array(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tup
     return np.broadcast_to(np.array(colour, dtype=np.uint8), (H, W, 3)).copy()
 
 
-def background(spec: Union[str, PathLike, Tuple[int, int, int]], size: Tuple[int, int]) -> "torch.Tensor":
+def background(spec: str | PathLike | tuple[int, int, int], size: tuple[int, int]) -> torch.Tensor:
     """The composite background at the frame size: Tensor[3, H, W] uint8.
 
     Args:

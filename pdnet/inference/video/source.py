@@ -33,13 +33,13 @@ import os
 import queue
 import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FOLDER_FPS = 25.0
@@ -68,7 +68,7 @@ def check_fps(fps: float) -> float:
     return value
 
 
-def _matroska_duration(text: str) -> Optional[float]:
+def _matroska_duration(text: str) -> float | None:
     """Matroska's ``DURATION`` tag ``HH:MM:SS.nnnnnnnnn`` -> seconds (None when malformed)."""
     parts = text.strip().split(":")
     try:
@@ -109,7 +109,7 @@ class FrameSource:
     last good frame) unless ``allow_truncated``, which warns (:class:`TruncatedVideoWarning`).
     """
 
-    def __init__(self, path: PathLike, fps: Optional[float] = None, allow_truncated: bool = False) -> None:
+    def __init__(self, path: PathLike, fps: float | None = None, allow_truncated: bool = False) -> None:
         if isinstance(path, str) and not path.strip():
             raise SourceError("the input path is empty")
         if fps is not None:
@@ -119,10 +119,10 @@ class FrameSource:
             raise SourceError(f"{self.path}: no such file or directory")
         self.is_video = not self.path.is_dir()
         self.allow_truncated = bool(allow_truncated)
-        self.names: Optional[List[str]] = None
-        self.count_rule: Optional[str] = None
+        self.names: list[str] | None = None
+        self.count_rule: str | None = None
         self.decoded = 0
-        self.truncated: Optional[str] = None
+        self.truncated: str | None = None
         if self.is_video:
             self._probe_video()
             if fps is not None:
@@ -180,7 +180,7 @@ class FrameSource:
             container.close()
 
     @staticmethod
-    def _announced_frames(container, stream) -> Tuple[Optional[int], Optional[str]]:
+    def _announced_frames(container, stream) -> tuple[int | None, str | None]:
         """(number of frames the file announces, the rule that gave it); see the module docstring."""
         if stream.frames and stream.frames > 0:
             return int(stream.frames), "the stream header's frame count"
@@ -215,7 +215,7 @@ class FrameSource:
             return frame
         raise SourceError(f"{self.path}: the video has no frames")
 
-    def _decode(self, container) -> Iterator[Tuple[str, np.ndarray]]:
+    def _decode(self, container) -> Iterator[tuple[str, np.ndarray]]:
         av = _av()
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -249,7 +249,7 @@ class FrameSource:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise SourceError(f"{path}: cannot read image ({exc})") from None
 
-    def __iter__(self) -> Iterator[Tuple[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         self.truncated = None
         if self.is_video:
             container = self._open()
@@ -264,7 +264,7 @@ class FrameSource:
             finally:
                 container.close()
         else:
-            for path, name in zip(self.files, self.names):
+            for path, name in zip(self.files, self.names, strict=True):
                 frame = self._read_image(path)
                 if frame.shape[:2] != tuple(self.size):
                     raise SourceError(f"{path}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame of "
@@ -280,7 +280,7 @@ class FrameSource:
 
 def prefetch(items: Iterable, depth: int = 8) -> Iterator:
     """Iterate ``items`` in a background thread (decoding overlaps computing); errors are re-raised here."""
-    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     done = object()
     stop = threading.Event()
 
@@ -290,7 +290,7 @@ def prefetch(items: Iterable, depth: int = 8) -> Iterator:
                 if stop.is_set():
                     return
                 q.put((True, item))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:  # handed to the consumer, which re-raises it
             q.put((False, exc))
             return
         q.put((True, done))

@@ -16,9 +16,9 @@ import os
 import queue
 import re
 import threading
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,8 +38,8 @@ class BackgroundWorker:
     """
 
     def __init__(self, depth: int = 16) -> None:
-        self._q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-        self._error: Optional[BaseException] = None
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="pdnet-encode")
         self._thread.start()
@@ -52,7 +52,7 @@ class BackgroundWorker:
             if self._error is None and not self._cancelled:
                 try:
                     job()
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:  # kept for the next submit / close to re-raise
                     self._error = exc
 
     def submit(self, job: Callable[[], None]) -> None:
@@ -80,7 +80,7 @@ def _temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
     return tmp
 
 
-def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> List[Path]:
+def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> list[Path]:
     """Remove the temporaries that :func:`_temporary_beside` made in ``folder`` for files
     whose name ``owned(name)`` accepts, and that a killed run (``kill -9``, power loss)
     left behind: ``.<name>.<8 random characters><suffix>``. Other files are not touched.
@@ -109,7 +109,7 @@ def remove_stale_temporaries(folder: PathLike, owned: Callable[[str], bool]) -> 
 _STALE_TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)$")
 
 
-def _remove_quietly(path: Optional[Path]) -> None:
+def _remove_quietly(path: Path | None) -> None:
     if path is not None:
         try:
             os.unlink(path)
@@ -164,14 +164,14 @@ class VideoWriter:
     ``path``. Write failures raise :class:`OutputError` naming ``path``.
     """
 
-    def __init__(self, path: PathLike, fps: float, size: Tuple[int, int], crf: int = 18) -> None:
+    def __init__(self, path: PathLike, fps: float, size: tuple[int, int], crf: int = 18) -> None:
         av = _av()
         self.path = Path(path)
         self.size = tuple(size)
         H, W = self.size
         self.even = (H + H % 2, W + W % 2)
         rate = Fraction(check_fps(fps)).limit_denominator(1001)
-        self._tmp: Optional[Path] = None
+        self._tmp: Path | None = None
         try:
             self._tmp = _temporary_beside(self.path, suffix=self.path.suffix or ".mp4")
             self.container = av.open(str(self._tmp), mode="w")  # the format from the suffix, as ``path``'s
@@ -222,7 +222,7 @@ class VideoWriter:
             return
         try:
             self.container.close()
-        except Exception:  # noqa: BLE001 - the file is removed anyway
+        except Exception:  # the file is removed anyway
             pass
         _remove_quietly(self._tmp)
         self._tmp = None
