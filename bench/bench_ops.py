@@ -309,21 +309,14 @@ class BenchError(Exception):
     """A setting this run cannot honour; main prints it and returns 2."""
 
 
-def setup(args) -> tuple[torch.device, list[str]]:
-    """Applies the run's settings; returns the device and the backends to run."""
+def setup(args) -> tuple[torch.device, list[str], list[C.Case]]:
+    """Applies the run's settings; returns the device, the backends and the cases to run."""
     if args.cuda_graph and args.device != "cuda":
         raise BenchError("--cuda-graph needs --device cuda (a CUDA graph records GPU work)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda, but torch.cuda.is_available() is False on this machine")
     if args.device == "cuda" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise BenchError("TRITON_INTERPRET is set; unset it to time compiled kernels on CUDA")
-    if args.allocator == "steady":
-        from pdnet._malloc import keep_freed_memory
-
-        if not keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False):
-            raise BenchError("--allocator steady needs glibc's malloc")
-    apply_attn_configs(args.attn_config)
-    torch.set_num_threads(args.threads)
     available = [*ops.available_backends(args.device), *BASELINES]
     default = ("reference", "cpp") if args.device == "cpu" else ("reference", "cpp", "triton", *BASELINES)
     backends = args.backends or [b for b in default if b in available]
@@ -331,7 +324,18 @@ def setup(args) -> tuple[torch.device, list[str]]:
         if b not in available:
             hint = "; Triton runs on the CPU only with TRITON_INTERPRET=1 set" if b == "triton" else ""
             raise BenchError(f"backend {b!r} is not available on {args.device}, only {', '.join(available)}{hint}")
-    return torch.device(args.device), backends
+    only = args.only or [""]
+    cases = [c for op in args.ops for c in C.cases(op, *args.kinds) if any(s in c.id for s in only)]
+    if not cases:
+        raise BenchError(f"no {' / '.join(args.kinds)} case of {' '.join(args.ops)} matches --only {' '.join(only)}")
+    apply_attn_configs(args.attn_config)
+    if args.allocator == "steady":
+        from pdnet._malloc import keep_freed_memory
+
+        if not keep_freed_memory(trim_threshold=(1 << 31) - 1, use_mmap=False):
+            raise BenchError("--allocator steady needs glibc's malloc")
+    torch.set_num_threads(args.threads)
+    return torch.device(args.device), backends, cases
 
 
 def apply_attn_configs(specs: list[str]) -> None:
@@ -421,7 +425,7 @@ def save(rows: list[dict], device: torch.device, meta: dict, out: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        device, backends = setup(args)
+        device, backends, cases = setup(args)
     except BenchError as exc:
         print(f"bench_ops.py: {exc}", file=sys.stderr)
         return 2
@@ -431,15 +435,11 @@ def main(argv=None) -> int:
     print(f"{'case':40s} {'dtype':8s} {'mode':4s} {'backend':13s} {'median ms':>10s} {'[p20, p80]':>20s} "
           f"{'peak MiB':>9s} {'ref/this':>8s}  TFLOP/s | GB/s")
     rows = []
-    for dtype_name in args.dtype:
-        for op in args.ops:
-            for case in C.cases(op, *args.kinds):
-                if args.only and not any(s in case.id for s in args.only):
-                    continue
-                usable = [b for b in backends if b not in BASELINES or op == "part_attention"]
-                for mode in args.modes:
-                    results = measure_case(case, mode, DTYPES[dtype_name], device, usable, args)
-                    rows += report(case, mode, DTYPES[dtype_name], results, meta, args)
+    for dtype in (DTYPES[name] for name in args.dtype):
+        for case in cases:
+            usable = [b for b in backends if b not in BASELINES or case.op == "part_attention"]
+            for mode in args.modes:
+                rows += report(case, mode, dtype, measure_case(case, mode, dtype, device, usable, args), meta, args)
     print(f"# load average after: {load_average()}")
     if rows and not args.no_save:
         save(rows, device, meta, args.out)

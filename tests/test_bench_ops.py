@@ -93,6 +93,8 @@ def test_peak_memory_counts_what_a_call_allocates(bench):
     (["--cuda-graph"], "--cuda-graph needs --device cuda"),
     (["--backends", "no_such_backend"], "backend 'no_such_backend' is not available on cpu, only reference"),
     (["--device", "cuda"], "torch.cuda.is_available() is False"),
+    (["--attn-config", "fwd=16"], "bad --attn-config 'fwd=16'; expected KIND=BM,BN,WARPS,STAGES"),
+    (["--ops", "part_masks", "--only", "no_such_case"], "no model case of part_masks matches --only no_such_case"),
 ])
 def test_settings_it_cannot_honour_are_clear_errors(bench, capsys, tmp_path, argv, message):
     if "cuda" in argv and torch.cuda.is_available():
