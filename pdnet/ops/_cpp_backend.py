@@ -19,17 +19,17 @@ from collections.abc import Callable
 from ._dispatch import mark_unavailable, register_backend
 
 _C = None
-LOAD_ERROR: str | None = None
+_LOAD_ERROR: str | None = None
 
 try:
     _C = importlib.import_module("pdnet._C")  # registers torch.ops.pdnet.*
 except ModuleNotFoundError as exc:
     if exc.name != "pdnet._C":
-        LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
+        _LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
     else:
-        LOAD_ERROR = "the compiled extension pdnet._C is not built"
+        _LOAD_ERROR = "the compiled extension pdnet._C is not built"
 except Exception as exc:  # ImportError, OSError (undefined symbol: built for another torch), ...
-    LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
+    _LOAD_ERROR = f"the compiled extension pdnet._C could not be loaded: {type(exc).__name__}: {exc}"
 
 #: the extension is loaded: torch.ops.pdnet.* exist
 LOADED: bool = _C is not None
@@ -51,11 +51,11 @@ def register(impls: dict[str, Callable]) -> None:
     """Register backend ``"cpp"`` with ``impls`` (op name -> callable), or say why not."""
     if _C is None:
         warnings.warn(
-            f"pdnet: {LOAD_ERROR}; the 'cpp' ops backend is unavailable and pdnet uses its "
+            f"pdnet: {_LOAD_ERROR}; the 'cpp' ops backend is unavailable and pdnet uses its "
             "reference ops. Rebuild with `pip install --no-build-isolation -e .`.",
             RuntimeWarning,
             stacklevel=3,
         )
-        mark_unavailable("cpp", LOAD_ERROR)
+        mark_unavailable("cpp", _LOAD_ERROR)
         return
     register_backend("cpp", impls, devices=built_devices())

@@ -1,7 +1,7 @@
 """The ``triton`` backend: the Triton kernels of :mod:`pdnet.kernels`.
 
 Importing this module imports ``pdnet.kernels`` when Triton is installed
-(:data:`kernels`, None otherwise, with the reason in :data:`LOAD_ERROR`). Each op's
+(:data:`kernels`, None otherwise, with the reason in :data:`_LOAD_ERROR`). Each op's
 module in :mod:`pdnet.ops` registers the kernels' host functions as the custom ops
 ``pdnet_triton::<op>`` / ``pdnet_triton::<op>_backward`` (:func:`triton_op`), with
 fake kernels and the op's autograd formula; :func:`register` then registers the
@@ -24,18 +24,18 @@ from ._dispatch import mark_unavailable, register_backend
 NAMESPACE = "pdnet_triton"
 
 kernels = None
-LOAD_ERROR: str | None = None
+_LOAD_ERROR: str | None = None
 try:
     import triton  # noqa: F401  (kernels needs it; a clear reason when it is missing)
 except ImportError as exc:
-    LOAD_ERROR = f"the triton package cannot be imported ({exc})"
+    _LOAD_ERROR = f"the triton package cannot be imported ({exc})"
 else:
     try:
         from pdnet import kernels
     except ModuleNotFoundError as exc:
         if exc.name != "pdnet.kernels":
             raise
-        LOAD_ERROR = "pdnet.kernels (the kernels/ directory) is not installed"
+        _LOAD_ERROR = "pdnet.kernels (the kernels/ directory) is not installed"
 
 
 def interpret() -> bool:
@@ -86,7 +86,7 @@ def triton_op(name: str, fn: Callable, fake: Callable):
 def register(impls: dict[str, Callable]) -> None:
     """Register backend ``"triton"`` with ``impls`` (op name -> callable), or say why not."""
     if kernels is None:
-        mark_unavailable("triton", LOAD_ERROR)
+        mark_unavailable("triton", _LOAD_ERROR)
         return
     if not devices():
         mark_unavailable(

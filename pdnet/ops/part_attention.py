@@ -49,7 +49,8 @@ def part_attention(
       that dtype. The reference computes in the inputs' dtype.
     * Fully masked query row (every score -inf): attention weights 0, so out = 0 * v
       summed over the keys (0 where v is finite, NaN where v is not), lse = -inf, and
-      no gradient flows through the row (a plain softmax would give NaN there).
+      the gradient of its scores is 0 (0 times the softmax backward's terms, so NaN
+      only where those are NaN or infinite); a plain softmax would give NaN there.
     * NaN and inf otherwise propagate as in a plain softmax: a NaN or +inf score makes
       its row's out and lse NaN (so does a NaN in a row of k, or scale=nan, for every
       query row attending that key); they reach the same places of every gradient.

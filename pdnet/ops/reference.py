@@ -17,6 +17,46 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _Softmax(torch.autograd.Function):
+    """(weights, lse) of score rows [..., Nk]: softmax over the last dim and the
+    natural-log log-sum-exp (in ``acc``; an empty tensor unless ``with_lse``), with
+    weights 0 and lse -inf on rows whose scores are all -inf (no live key).
+
+    The backward is the softmax's, dS = W (dW - sum(dW W) + dlse), on every row: on a
+    row without a live key it is 0 times those terms (NaN where they are not finite),
+    as the kernels' backward computes it. It is made of differentiable ops on the saved
+    weights (an output of this function), so gradients of every order are exact.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(scores, with_lse, acc):
+        row_max = scores.amax(-1, keepdim=True)  # [..., 1]; NaN stays NaN
+        dead = row_max == float("-inf")  # [..., 1]: no live key
+        weights = torch.softmax(scores, dim=-1).masked_fill(dead, 0.0)  # [..., Nk]; NaN rows when dead
+        if not with_lse:
+            return weights, scores.new_empty((0,), dtype=acc)
+        m = row_max.masked_fill(dead, 0.0).to(acc)  # [..., 1]; +inf gives NaN below, as in the kernels
+        lse = m + torch.log(torch.exp(scores.to(acc) - m).sum(-1, keepdim=True))  # [..., 1]
+        return weights, lse.masked_fill(dead, float("-inf")).squeeze(-1)  # [...]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[0])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_weights, grad_lse):
+        (weights,) = ctx.saved_tensors
+        grad = torch.zeros_like(weights) if grad_weights is None else grad_weights
+        # torch's softmax backward, W (dW - sum(dW W)), itself differentiable
+        grad_scores = torch._softmax_backward_data(grad, weights, -1, weights.dtype)
+        if grad_lse is not None and grad_lse.numel():
+            grad_scores = grad_scores + weights * grad_lse.unsqueeze(-1).to(weights.dtype)
+        return grad_scores, None, None
+
+
 def part_attention(
     q: torch.Tensor,  # [B, p, Nq, d]
     k: torch.Tensor,  # [B, p, Nk, d]
@@ -28,27 +68,20 @@ def part_attention(
     """softmax_keys(q k^T * scale + key_mask) v, independently for every part.
 
     A query row whose scores are all -inf has attention weights 0 (out = 0 v) and
-    lse = -inf, and passes no gradient (torch's softmax would give NaN there). With
+    lse = -inf, and its scores' gradient is 0 times the softmax backward's terms (0
+    unless those are not finite); torch's softmax would give NaN there. With
     ``return_lse``, also the natural-log log-sum-exp of the scores [B, p, Nq] in the
     accumulation dtype. Differentiable at any order.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, p, Nq, Nk]
     if key_mask is not None:
         scores = scores + key_mask.unsqueeze(-2).to(scores.dtype)  # [B, p, Nq, Nk]
-    if scores.numel() == 0:  # no query (amax below needs a key): empty results
+    if scores.numel() == 0:  # no query (a row max needs a key): empty results
         out = torch.matmul(scores, v)  # [B, p, Nq, d]
         return (out, scores.new_empty(scores.shape[:3], dtype=acc_dtype(q.dtype))) if return_lse else out
-    row_max = scores.detach().amax(-1, keepdim=True)  # [B, p, Nq, 1]; NaN stays NaN
-    dead = row_max == float("-inf")  # [B, p, Nq, 1]: no live key
-    scores = scores.masked_fill(dead, 0.0)  # dead rows: finite, so no NaN enters the graph
-    attn = torch.softmax(scores, dim=-1).masked_fill(dead, 0.0)  # [B, p, Nq, Nk]
-    out = torch.matmul(attn, v)  # [B, p, Nq, d]
-    if not return_lse:
-        return out
-    acc = acc_dtype(q.dtype)
-    m = row_max.masked_fill(dead, 0.0).to(acc)  # [B, p, Nq, 1], a constant: exact at any order
-    lse = m + torch.log(torch.exp(scores.to(acc) - m).sum(-1, keepdim=True))  # [B, p, Nq, 1]
-    return out, lse.masked_fill(dead, float("-inf")).squeeze(-1)  # [B, p, Nq]
+    weights, lse = _Softmax.apply(scores, return_lse, acc_dtype(q.dtype))  # [B, p, Nq, Nk], [B, p, Nq]
+    out = torch.matmul(weights, v)  # [B, p, Nq, d]
+    return (out, lse) if return_lse else out
 
 
 def part_masks(
