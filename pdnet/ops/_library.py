@@ -1,18 +1,20 @@
 """Registration of the kernel backends' ops with ``torch.library``, op by op.
 
-Each op's module (:mod:`pdnet.ops.part_attention`, ...) calls
-:func:`register_kernel_ops` once with its fake kernels and its autograd formula, which
+Each op's module (:mod:`pdnet.ops.part_attention`, ...) calls :func:`register_op`
+once with its fake kernels and its autograd formula, which
 serve both kernel libraries: the C++ ops ``pdnet::<op>`` / ``pdnet::<op>_backward``
 (defined by ``pdnet._C``, when it loaded) and the Triton ops ``pdnet_triton::<op>`` /
 ``pdnet_triton::<op>_backward`` (the host functions of :mod:`pdnet.kernels`, when
 Triton is installed). Both libraries take the same arguments and return the same
 things, so one fake kernel and one formula (parametrised by the backend's backward op)
-describe both. The op module then hands its backend callables to :func:`implement`;
-:mod:`pdnet.ops` registers the backends with :data:`IMPLS` once every op is defined.
+describe both. :func:`register_op` also records the op's backend callables in
+:data:`IMPLS`, with which :mod:`pdnet.ops` registers the backends once every op is
+defined.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -22,16 +24,18 @@ from . import _cpp_backend, _triton_backend
 IMPLS: dict[str, dict[str, Callable]] = {"cpp": {}, "triton": {}}
 
 
-def register_kernel_ops(
+def register_op(
     name: str,
-    *,
     fake: Callable,
     backward_fake: Callable,
     setup_context: Callable,
     autograd: Callable[[Callable], Callable],
-    triton: tuple[Callable, Callable] | None,
-) -> dict[str, Callable]:
-    """Register op ``name`` of every kernel library present; returns {backend: forward op}.
+    *,
+    triton_check: Callable[[torch.Tensor], None] | None = None,
+    triton: tuple[Callable, Callable] | None = None,
+    adapt: Callable[[Callable], Callable] | None = None,
+) -> None:
+    """Register op ``name`` of every kernel library present, and its backend callables.
 
     Args:
         name: the op (``part_attention``); its backward op is ``<name>_backward``.
@@ -40,8 +44,14 @@ def register_kernel_ops(
             ``setup_context``), identical in every backend.
         autograd: ``autograd(backward_op)`` is the autograd formula calling that
             backend's backward op.
-        triton: the Triton host functions (forward, backward) taking the C++ ops'
-            arguments, None when pdnet.kernels is not installed.
+        triton_check: raises when the Triton kernels cannot take the inputs (device,
+            limits); called with the op's first argument before the Triton op.
+            Default: the device check alone.
+        triton: the Triton host functions (forward, backward), taking the C++ ops'
+            arguments; default ``pdnet.kernels.<name>.<name>_forward`` / ``_backward``.
+        adapt: ``adapt(op)`` takes the arguments of the op's reference function and
+            returns what it returns (default: the op itself, whose arguments and
+            results already are those).
     """
     ops: dict[str, Callable] = {}
     if _cpp_backend.LOADED:
@@ -50,30 +60,17 @@ def register_kernel_ops(
         backward_op = getattr(torch.ops.pdnet, f"{name}_backward")
         torch.library.register_autograd(f"pdnet::{name}", autograd(backward_op), setup_context=setup_context)
         ops["cpp"] = getattr(torch.ops.pdnet, name)
-    if triton is not None:
+    kernels = _triton_backend.kernels
+    if kernels is not None:
+        if triton is None:
+            module = getattr(kernels, name)
+            triton = getattr(module, f"{name}_forward"), getattr(module, f"{name}_backward")
         forward_op = _triton_backend.triton_op(name, triton[0], fake)
         backward_op = _triton_backend.triton_op(f"{name}_backward", triton[1], backward_fake)
         forward_op.register_autograd(autograd(backward_op), setup_context=setup_context)
         ops["triton"] = forward_op
-    return ops
-
-
-def implement(
-    name: str,
-    ops: dict[str, Callable],
-    triton_check: Callable[[torch.Tensor], None],
-    adapt: Callable[[Callable], Callable] | None = None,
-) -> None:
-    """Record the kernel backends' callables of op ``name`` in :data:`IMPLS`.
-
-    Args:
-        ops: {backend: forward op}, as :func:`register_kernel_ops` returns.
-        triton_check: raises when the Triton kernels cannot take the inputs (device,
-            limits); called with the op's first argument before the Triton op.
-        adapt: ``adapt(op)`` takes the arguments of the op's reference function and
-            returns what it returns (default: the op itself, whose arguments and
-            results already are those).
-    """
+    if triton_check is None:
+        triton_check = partial(_triton_backend.check_device, name)
     for backend, op in ops.items():
         fn = op if adapt is None else adapt(op)
         IMPLS[backend][name] = _checked(fn, triton_check) if backend == "triton" else fn

@@ -122,16 +122,7 @@ def _loss_only(op):
     return area_variance
 
 
-_library.implement(
-    "area_variance",
-    _library.register_kernel_ops(
-        "area_variance",
-        fake=_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        autograd=_autograd,
-        triton=None if _triton_backend.kernels is None else (_triton_forward, _triton_backward),
-    ),
-    triton_check=lambda t: _triton_backend.check_device("area_variance", t),
-    adapt=_loss_only,
+_library.register_op(
+    "area_variance", _fake, _backward_fake, _setup_context, _autograd,
+    triton=(_triton_forward, _triton_backward), adapt=_loss_only,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _library, _triton_backend, reference
+from . import _checks, _library, reference
 from ._dispatch import resolve
 from ._higher_order import backward_by_formula
 
@@ -78,18 +78,4 @@ def _autograd(backward_op):
     return backward
 
 
-_kernels = _triton_backend.kernels
-_library.implement(
-    "assemble_parts",
-    _library.register_kernel_ops(
-        "assemble_parts",
-        fake=_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        autograd=_autograd,
-        triton=None if _kernels is None else (
-            _kernels.assemble_parts.assemble_parts_forward, _kernels.assemble_parts.assemble_parts_backward
-        ),
-    ),
-    triton_check=lambda t: _triton_backend.check_device("assemble_parts", t),
-)
+_library.register_op("assemble_parts", _fake, _backward_fake, _setup_context, _autograd)

@@ -133,19 +133,7 @@ def _with_lse_choice(op):
     return part_attention
 
 
-_kernels = _triton_backend.kernels
-_library.implement(
-    "part_attention",
-    _library.register_kernel_ops(
-        "part_attention",
-        fake=_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        autograd=_autograd,
-        triton=None if _kernels is None else (
-            _kernels.part_attention.part_attention_forward, _kernels.part_attention.part_attention_backward
-        ),
-    ),
-    triton_check=_check_triton,
-    adapt=_with_lse_choice,
+_library.register_op(
+    "part_attention", _fake, _backward_fake, _setup_context, _autograd,
+    triton_check=_check_triton, adapt=_with_lse_choice,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks, _library, _triton_backend, reference
+from . import _checks, _library, reference
 from ._dispatch import resolve
 from ._higher_order import backward_by_formula
 
@@ -96,18 +96,4 @@ def _autograd(backward_op):
     return backward
 
 
-_kernels = _triton_backend.kernels
-_library.implement(
-    "part_masks",
-    _library.register_kernel_ops(
-        "part_masks",
-        fake=_fake,
-        backward_fake=_backward_fake,
-        setup_context=_setup_context,
-        autograd=_autograd,
-        triton=None if _kernels is None else (
-            _kernels.part_masks.part_masks_forward, _kernels.part_masks.part_masks_backward
-        ),
-    ),
-    triton_check=lambda t: _triton_backend.check_device("part_masks", t),
-)
+_library.register_op("part_masks", _fake, _backward_fake, _setup_context, _autograd)
