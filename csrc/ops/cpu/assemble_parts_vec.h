@@ -1,10 +1,10 @@
 // CPU compute cores of assemble_parts: out[c] = sum_k (P_k[c] + Y_k[c]) * R_k, and its
 // backward grad_feats_k[c] = grad[c] * R_k (the gradient of both P and Y),
 // grad_masks_k = sum_c grad[c] * (P_k[c] + Y_k[c]). The forward sums the p parts of one
-// pixel vector in a register (3p input streams, one output stream; 1.2x faster than
-// accumulating blocks of pixels in memory part by part, at 30x30 and 120x120). The
-// backward takes blocks of kAssembleBX pixels, so that its C rows of a block are each
-// read contiguously, and accumulates grad_masks over the channels in memory.
+// pixel vector in a register (3p input streams, one output stream, no partial sums written
+// to memory and read back). The backward takes blocks of kAssembleBX pixels, so that its C
+// rows of a block are each read contiguously, and accumulates grad_masks over the channels
+// in memory.
 #pragma once
 
 #include "vec_common.h"

@@ -142,6 +142,25 @@ inline T max_nan(T a, T b) {
   return (a > b || a != a) ? a : b;
 }
 
+// max_nan of mx and the lanes of v, lane 0 first
+template <typename T>
+inline T lanes_max_nan(T mx, const Vectorized<T>& v) {
+  T buf[Vectorized<T>::size()];
+  v.store(buf);
+  for (T lane : buf) mx = max_nan(mx, lane);
+  return mx;
+}
+
+// sum of the lanes of v, lane 0 first
+template <typename T>
+inline T lanes_sum(const Vectorized<T>& v) {
+  T buf[Vectorized<T>::size()];
+  v.store(buf);
+  T s = 0;
+  for (T lane : buf) s += lane;
+  return s;
+}
+
 // max of x[0:n] (-inf when n == 0); NaN when any x is NaN
 template <typename T>
 inline T row_max(const T* x, int64_t n) {
@@ -152,9 +171,7 @@ inline T row_max(const T* x, int64_t n) {
   if (n >= V) {
     Vec vm = Vec::loadu(x);
     for (i = V; i + V <= n; i += V) vm = at::vec::maximum(vm, Vec::loadu(x + i));
-    T buf[V];
-    vm.store(buf);
-    for (int64_t u = 0; u < V; ++u) mx = max_nan(mx, buf[u]);
+    mx = lanes_max_nan(mx, vm);
   }
   for (; i < n; ++i) mx = max_nan(mx, x[i]);
   return mx;
@@ -174,9 +191,7 @@ inline T add_row_max(T* x, const T* y, int64_t n) {
       r.store(x + i);
       vm = at::vec::maximum(vm, r);
     }
-    T buf[V];
-    vm.store(buf);
-    for (int64_t u = 0; u < V; ++u) mx = max_nan(mx, buf[u]);
+    mx = lanes_max_nan(mx, vm);
   }
   for (; i < n; ++i) {
     x[i] += y[i];
@@ -194,11 +209,7 @@ inline T row_sum(const T* x, int64_t n) {
   int64_t i = 0;
   for (; i + V <= n; i += V) acc = acc + Vec::loadu(x + i);
   if (i < n) acc = acc + Vec::loadu(x + i, n - i);  // the tail load pads with zeros
-  T buf[V];
-  acc.store(buf);
-  T s = 0;
-  for (int64_t u = 0; u < V; ++u) s += buf[u];
-  return s;
+  return lanes_sum(acc);
 }
 
 // sum of x[i] * y[i], i < n
@@ -210,11 +221,7 @@ inline T row_dot(const T* x, const T* y, int64_t n) {
   int64_t i = 0;
   for (; i + V <= n; i += V) acc = at::vec::fmadd(Vec::loadu(x + i), Vec::loadu(y + i), acc);
   if (i < n) acc = at::vec::fmadd(Vec::loadu(x + i, n - i), Vec::loadu(y + i, n - i), acc);
-  T buf[V];
-  acc.store(buf);
-  T s = 0;
-  for (int64_t u = 0; u < V; ++u) s += buf[u];
-  return s;
+  return lanes_sum(acc);
 }
 
 // x[0:n] = exp(x - m) in place; returns the sum
@@ -235,11 +242,7 @@ inline T exp_sub_sum(T* x, int64_t n, T m) {
     e.store(x + i, n - i);
     acc = acc + Vec::loadu(x + i, n - i);  // reload: only the n - i live lanes, padded with zeros
   }
-  T buf[V];
-  acc.store(buf);
-  T s = 0;
-  for (int64_t u = 0; u < V; ++u) s += buf[u];
-  return s;
+  return lanes_sum(acc);
 }
 
 // y[0:n] = y * alpha (+ x * beta when x is not null)
