@@ -34,7 +34,7 @@ class _Softmax(torch.autograd.Function):
     def forward(scores, with_lse, acc):
         row_max = scores.amax(-1, keepdim=True)  # [..., 1]; NaN stays NaN
         dead = row_max == float("-inf")  # [..., 1]: no live key
-        weights = torch.softmax(scores, dim=-1).masked_fill(dead, 0.0)  # [..., Nk]; NaN rows when dead
+        weights = torch.softmax(scores, dim=-1).masked_fill_(dead, 0.0)  # [..., Nk]; dead rows were NaN
         if not with_lse:
             return weights, scores.new_empty((0,), dtype=acc)
         m = row_max.masked_fill(dead, 0.0).to(acc)  # [..., 1]; +inf gives NaN below, as in the kernels
