@@ -1,14 +1,14 @@
 """Registration of the kernel backends' ops with ``torch.library``, op by op.
 
 Each op's module (:mod:`pdnet.ops.part_attention`, ...) calls :func:`register_op` once
-with its fake kernels and its autograd formula, which serve both kernel libraries: the C++ ops ``pdnet::<op>`` / ``pdnet::<op>_backward``
-(defined by ``pdnet._C``, when it loaded) and the Triton ops ``pdnet_triton::<op>`` /
-``pdnet_triton::<op>_backward`` (the host functions of :mod:`pdnet.kernels`, when
-Triton is installed). Both libraries take the same arguments and return the same
-things, so one fake kernel and one formula (parametrised by the backend's backward op)
-describe both. :func:`register_op` also records the op's backend callables in
-:data:`IMPLS`, with which :mod:`pdnet.ops` registers the backends once every op is
-defined.
+with its fake kernels and its autograd formula, which serve both kernel libraries: the
+C++ ops ``pdnet::<op>`` / ``pdnet::<op>_backward`` (defined by ``pdnet._C``, when it
+loaded) and the Triton ops ``pdnet_triton::<op>`` / ``pdnet_triton::<op>_backward``
+(the host functions of :mod:`pdnet.kernels`, when Triton is installed). Both libraries
+take the same arguments and return the same things, so one fake kernel and one formula
+(parametrised by the backend's backward op) describe both. :func:`register_op` also
+records the op's backend callables in :data:`IMPLS`, with which :mod:`pdnet.ops`
+registers the backends once every op is defined.
 """
 from __future__ import annotations
 
