@@ -1,6 +1,5 @@
 // pdnet::assemble_parts: M = sum_k (P^k + Y^k) * R^k, the correlation assembly.
 // Schemas, C++ API and input checks; kernels in cpu/ and cuda/assemble_parts_kernel.*.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -18,18 +17,14 @@ TORCH_LIBRARY_FRAGMENT(pdnet, m) {
 }
 
 at::Tensor assemble_parts(const at::Tensor& p_feats, const at::Tensor& y_feats, const at::Tensor& masks) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::assemble_parts", "")
-                       .typed<decltype(assemble_parts)>();
+  static const auto op = detail::typed_op<decltype(assemble_parts)>("pdnet::assemble_parts");
   return op.call(p_feats, y_feats, masks);
 }
 
 std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(
     const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
     const at::Tensor& masks, bool feats_grad, bool masks_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::assemble_parts_backward", "")
-                       .typed<decltype(assemble_parts_backward)>();
+  static const auto op = detail::typed_op<decltype(assemble_parts_backward)>("pdnet::assemble_parts_backward");
   return op.call(grad_out, p_feats, y_feats, masks, feats_grad, masks_grad);
 }
 
@@ -47,6 +42,16 @@ void check_assemble_parts(const char* where, const at::Tensor& p_feats, const at
                   masks.size(2) == p_feats.size(3) && masks.size(3) == p_feats.size(4),
               where, ": masks must be (B, p, h, w) to match p_feats ", describe(p_feats), ", got ",
               describe(masks));
+}
+
+void check_assemble_parts_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                   const at::Tensor& y_feats, const at::Tensor& masks) {
+  check_assemble_parts(where, p_feats, y_feats, masks);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == p_feats.size(0) && grad_out.size(1) == p_feats.size(2) &&
+                  grad_out.size(2) == p_feats.size(3) && grad_out.size(3) == p_feats.size(4),
+              where, ": grad_out must be (B, C, h, w) to match p_feats ", describe(p_feats), ", got ",
+              describe(grad_out));
+  check_like(where, "grad_out", grad_out, "p_feats", p_feats, false);
 }
 
 }  // namespace detail

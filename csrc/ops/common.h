@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -19,5 +20,12 @@ void check_float_rank(const char* where, const char* name, const at::Tensor& t, 
 // t has the device (and, when same_dtype, the dtype) of ref.
 void check_like(const char* where, const char* name, const at::Tensor& t, const char* ref_name,
                 const at::Tensor& ref, bool same_dtype);
+
+// The dispatcher's handle of the op `name` ("pdnet::<op>"), typed as the C++ API function Fn
+// (ops.h); the API functions look it up once, into a static.
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
 
 }  // namespace pdnet::ops::detail

@@ -60,7 +60,10 @@ at::Tensor area_variance_backward(const at::Tensor& grad_loss, const at::Tensor&
 
 namespace detail {
 
-// Input checks (TORCH_CHECK with shapes and dtypes), called by every kernel.
+// Input checks (TORCH_CHECK with shapes and dtypes), called by every kernel. The backward
+// checks include that the gradients the kernels read are on the device of the inputs: the
+// dispatcher picks the CUDA kernel when any argument is on CUDA, and a gradient left on the
+// CPU would be read from device code through a host pointer.
 void check_part_attention(const char* where, const at::Tensor& q, const at::Tensor& k,
                           const at::Tensor& v, const std::optional<at::Tensor>& key_mask);
 void check_part_attention_backward(const char* where, const at::Tensor& grad_out,
@@ -68,9 +71,15 @@ void check_part_attention_backward(const char* where, const at::Tensor& grad_out
                                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                                    const at::Tensor& lse, const std::optional<at::Tensor>& key_mask);
 void check_part_masks(const char* where, const at::Tensor& part_logits, const at::Tensor& gate);
+void check_part_masks_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& part_logits,
+                               const at::Tensor& masks, const at::Tensor& gate);
 void check_assemble_parts(const char* where, const at::Tensor& p_feats, const at::Tensor& y_feats,
                           const at::Tensor& masks);
+void check_assemble_parts_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                   const at::Tensor& y_feats, const at::Tensor& masks);
 void check_area_variance(const char* where, const at::Tensor& x);
+void check_area_variance_backward(const char* where, const at::Tensor& grad_loss, const at::Tensor& x,
+                                  const at::Tensor& areas);
 void check_same_shape(const char* where, const char* name, const at::Tensor& t,
                       const char* ref_name, const at::Tensor& ref);
 

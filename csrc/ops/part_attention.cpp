@@ -1,7 +1,6 @@
 // pdnet::part_attention: per-part cross-attention (parts act as heads), online softmax,
 // never materialising the Nq x Nk scores. Schemas, C++ API and input checks; the
 // kernels are in cpu/part_attention_kernel.cpp and cuda/part_attention_kernel.cu.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -24,9 +23,7 @@ TORCH_LIBRARY_FRAGMENT(pdnet, m) {
 std::tuple<at::Tensor, at::Tensor> part_attention(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
     const std::optional<at::Tensor>& key_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::part_attention", "")
-                       .typed<decltype(part_attention)>();
+  static const auto op = detail::typed_op<decltype(part_attention)>("pdnet::part_attention");
   return op.call(q, k, v, scale, key_mask);
 }
 
@@ -34,9 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     double scale, const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::part_attention_backward", "")
-                       .typed<decltype(part_attention_backward)>();
+  static const auto op = detail::typed_op<decltype(part_attention_backward)>("pdnet::part_attention_backward");
   return op.call(grad_out, grad_lse, q, k, v, out, lse, scale, key_mask, key_mask_grad);
 }
 

@@ -1,6 +1,5 @@
 // pdnet::part_masks: R = softmax over parts(D) * sigmoid(S) (gate_is_logit) or * G.
 // Schemas, C++ API and input checks; kernels in cpu/ and cuda/part_masks_kernel.*.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "common.h"
@@ -19,18 +18,14 @@ TORCH_LIBRARY_FRAGMENT(pdnet, m) {
 }
 
 at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::part_masks", "")
-                       .typed<decltype(part_masks)>();
+  static const auto op = detail::typed_op<decltype(part_masks)>("pdnet::part_masks");
   return op.call(part_logits, gate, gate_is_logit);
 }
 
 std::tuple<at::Tensor, at::Tensor> part_masks_backward(
     const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& masks,
     const at::Tensor& gate, bool gate_is_logit, bool gate_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pdnet::part_masks_backward", "")
-                       .typed<decltype(part_masks_backward)>();
+  static const auto op = detail::typed_op<decltype(part_masks_backward)>("pdnet::part_masks_backward");
   return op.call(grad_out, part_logits, masks, gate, gate_is_logit, gate_grad);
 }
 
@@ -44,6 +39,14 @@ void check_part_masks(const char* where, const at::Tensor& part_logits, const at
                   gate.size(2) == part_logits.size(2) && gate.size(3) == part_logits.size(3),
               where, ": gate must be (B, 1, h, w) to match part_logits ", describe(part_logits),
               ", got ", describe(gate));
+}
+
+void check_part_masks_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& part_logits,
+                               const at::Tensor& masks, const at::Tensor& gate) {
+  check_part_masks(where, part_logits, gate);
+  check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
+  check_same_shape(where, "masks", masks, "part_logits", part_logits);
+  check_like(where, "grad_out", grad_out, "part_logits", part_logits, false);
 }
 
 }  // namespace detail

@@ -55,13 +55,8 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
 // ever being written out in full.
 at::Tensor area_variance_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& areas) {
   const char* where = "pdnet::area_variance_backward (CPU)";
-  detail::check_area_variance(where, x);
+  detail::check_area_variance_backward(where, grad_loss, x, areas);
   const int64_t B = x.size(0), p = x.size(1);
-  TORCH_CHECK(grad_loss.numel() == 1, where, ": grad_loss must hold one value, got ",
-              detail::describe(grad_loss));
-  TORCH_CHECK(areas.dim() == 2 && areas.size(0) == B && areas.size(1) == p, where,
-              ": areas must be (B, p) to match x ", detail::describe(x), ", got ",
-              detail::describe(areas));
   at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kDouble));
   if (B * p == 0) return coef.to(x.scalar_type());
   const double g = grad_loss.item<double>() / static_cast<double>(B);

@@ -49,13 +49,9 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
     const at::Tensor& masks, bool feats_grad, bool masks_grad) {
   const char* where = "pdnet::assemble_parts_backward (CPU)";
-  detail::check_assemble_parts(where, p_feats, y_feats, masks);
+  detail::check_assemble_parts_backward(where, grad_out, p_feats, y_feats, masks);
   const int64_t B = p_feats.size(0), p = p_feats.size(1), C = p_feats.size(2);
   const int64_t h = p_feats.size(3), w = p_feats.size(4), hw = h * w;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == C &&
-                  grad_out.size(2) == h && grad_out.size(3) == w,
-              where, ": grad_out must be (B, C, h, w) to match p_feats ", detail::describe(p_feats),
-              ", got ", detail::describe(grad_out));
   const auto work = detail::opmath_type(p_feats.scalar_type());
   const auto dtype = p_feats.scalar_type();
   const at::Tensor gc = grad_out.to(work).contiguous();

@@ -46,9 +46,7 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& gra
                                                            const at::Tensor& gate,
                                                            bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CPU)";
-  detail::check_part_masks(where, part_logits, gate);
-  detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
-  detail::check_same_shape(where, "masks", masks, "part_logits", part_logits);
+  detail::check_part_masks_backward(where, grad_out, part_logits, masks, gate);
   const auto work = detail::opmath_type(part_logits.scalar_type());
   const auto dtype = part_logits.scalar_type();
   // The forward's output gives the softmax without exps, unless it was rounded to a low

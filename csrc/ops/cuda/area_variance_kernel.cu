@@ -79,7 +79,7 @@ __global__ void area_coef_kernel(const T* __restrict__ grad_loss, const float* _
 std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
   const char* where = "pdnet::area_variance (CUDA)";
   detail::check_area_variance(where, x);
-  PDNET_CHECK_CUDA_DTYPE(where, x);
+  check_cuda_dtype(where, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), p = x.size(1), hw = x.size(2) * x.size(3);
   const auto fopts = x.options().dtype(at::kFloat);
@@ -110,15 +110,9 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
 // Returns the coefficients [B, p] (x's dtype); the autograd formula broadcasts them.
 at::Tensor area_variance_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& areas) {
   const char* where = "pdnet::area_variance_backward (CUDA)";
-  detail::check_area_variance(where, x);
-  PDNET_CHECK_CUDA_DTYPE(where, x);
+  detail::check_area_variance_backward(where, grad_loss, x, areas);
+  check_cuda_dtype(where, x);
   const int64_t B = x.size(0), p = x.size(1);
-  TORCH_CHECK(grad_loss.numel() == 1, where, ": grad_loss must hold one value, got ",
-              detail::describe(grad_loss));
-  TORCH_CHECK(areas.dim() == 2 && areas.size(0) == B && areas.size(1) == p, where,
-              ": areas must be (B, p) to match x ", detail::describe(x), ", got ",
-              detail::describe(areas));
-  detail::check_like(where, "areas", areas, "x", x, false);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor coef = at::empty({B, p}, x.options().dtype(at::kFloat));
   if (B * p == 0) return coef.to(x.scalar_type());
@@ -126,12 +120,9 @@ at::Tensor area_variance_backward_cuda(const at::Tensor& grad_loss, const at::Te
   // on the device
   const at::Tensor gl = grad_loss.to(x.device(), x.scalar_type()).contiguous();
   const at::Tensor ac = areas.to(at::kFloat).contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(x.scalar_type(), "area_variance_backward_cuda", [&] {
     using T = device_t<scalar_t>;
-    area_coef_kernel<T><<<grid_for(B), kThreads, 0, stream>>>(
-        dptr<scalar_t>(gl), ac.const_data_ptr<float>(), coef.mutable_data_ptr<float>(), B, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_grid_stride(area_coef_kernel<T>, B, dptr<scalar_t>(gl), ac.const_data_ptr<float>(), coef.mutable_data_ptr<float>(), B, p);
   });
   return coef.to(x.scalar_type());
 }

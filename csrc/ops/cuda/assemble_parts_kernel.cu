@@ -66,7 +66,7 @@ __global__ void assemble_bwd_masks_kernel(const T* __restrict__ grad, const T* _
 at::Tensor assemble_parts_cuda(const at::Tensor& p_feats, const at::Tensor& y_feats, const at::Tensor& masks) {
   const char* where = "pdnet::assemble_parts (CUDA)";
   detail::check_assemble_parts(where, p_feats, y_feats, masks);
-  PDNET_CHECK_CUDA_DTYPE(where, p_feats);
+  check_cuda_dtype(where, p_feats);
   const c10::cuda::CUDAGuard guard(p_feats.device());
   const int64_t B = p_feats.size(0), p = p_feats.size(1), C = p_feats.size(2);
   const int64_t h = p_feats.size(3), w = p_feats.size(4), hw = h * w;
@@ -75,11 +75,8 @@ at::Tensor assemble_parts_cuda(const at::Tensor& p_feats, const at::Tensor& y_fe
   const int64_t n = out.numel();
   if (n == 0) return out;
   const at::Tensor pc = p_feats.contiguous(), yc = y_feats.contiguous(), mc = masks.contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(pc.scalar_type(), "assemble_parts_cuda", [&] {
-    assemble_fwd_kernel<device_t<scalar_t>><<<grid_for(n), kThreads, 0, stream>>>(
-        dptr<scalar_t>(pc), dptr<scalar_t>(yc), dptr<scalar_t>(mc), mptr<scalar_t>(out), n, p, C, hw);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_grid_stride(assemble_fwd_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(pc), dptr<scalar_t>(yc), dptr<scalar_t>(mc), mptr<scalar_t>(out), n, p, C, hw);
   });
   return out;
 }
@@ -88,35 +85,24 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
     const at::Tensor& masks, bool feats_grad, bool masks_grad) {
   const char* where = "pdnet::assemble_parts_backward (CUDA)";
-  detail::check_assemble_parts(where, p_feats, y_feats, masks);
-  PDNET_CHECK_CUDA_DTYPE(where, p_feats);
+  detail::check_assemble_parts_backward(where, grad_out, p_feats, y_feats, masks);
+  check_cuda_dtype(where, p_feats);
   const int64_t B = p_feats.size(0), p = p_feats.size(1), C = p_feats.size(2);
   const int64_t h = p_feats.size(3), w = p_feats.size(4), hw = h * w;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == C &&
-                  grad_out.size(2) == h && grad_out.size(3) == w,
-              where, ": grad_out must be (B, C, h, w) to match p_feats ", detail::describe(p_feats),
-              ", got ", detail::describe(grad_out));
-  // grad_out is read by the kernels: it must be on p_feats' device (see part_masks_backward)
-  detail::check_like(where, "grad_out", grad_out, "p_feats", p_feats, false);
   const c10::cuda::CUDAGuard guard(p_feats.device());
   const at::Tensor gc = grad_out.to(p_feats.scalar_type()).contiguous();
   const at::Tensor mc = masks.contiguous();
   at::Tensor gf = feats_grad ? at::empty({B, p, C, h, w}, p_feats.options()) : at::empty({0}, p_feats.options());
   at::Tensor gm = masks_grad ? at::empty({B, p, h, w}, masks.options()) : at::empty({0}, masks.options());
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(gc.scalar_type(), "assemble_parts_backward_cuda", [&] {
     if (feats_grad && gf.numel() > 0) {
       const int64_t n = gf.numel();
-      assemble_bwd_feats_kernel<device_t<scalar_t>><<<grid_for(n), kThreads, 0, stream>>>(
-          dptr<scalar_t>(gc), dptr<scalar_t>(mc), mptr<scalar_t>(gf), n, p, C, hw);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_grid_stride(assemble_bwd_feats_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(mc), mptr<scalar_t>(gf), n, p, C, hw);
     }
     if (masks_grad && gm.numel() > 0) {
       const at::Tensor pc = p_feats.contiguous(), yc = y_feats.contiguous();
       const int64_t n = gm.numel();
-      assemble_bwd_masks_kernel<device_t<scalar_t>><<<grid_for(n), kThreads, 0, stream>>>(
-          dptr<scalar_t>(gc), dptr<scalar_t>(pc), dptr<scalar_t>(yc), mptr<scalar_t>(gm), n, p, C, hw);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_grid_stride(assemble_bwd_masks_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(pc), dptr<scalar_t>(yc), mptr<scalar_t>(gm), n, p, C, hw);
     }
   });
   return {gf, gm};

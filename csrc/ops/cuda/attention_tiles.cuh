@@ -11,7 +11,8 @@
 //   (D = 32, 64, 128: the head dim rounded up; padding columns are zero), chosen so
 //   that every configuration fits the 99 KB a block may use on sm_86.
 // * load_rows: a [ROWS x D] tile from a row-major [n x d] global array into shared
-//   memory, zero-filled past the n rows and d columns, 16-byte loads when possible.
+//   memory, zero-filled past the n rows and d columns, 16-byte loads when possible;
+//   load_mask_tile: the key mask of a tile, in the log2 domain.
 #pragma once
 
 #include <mma.h>
@@ -214,6 +215,22 @@ __device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, in
       dst[r * LD + c] = (row < n && c < d) ? src[row * d + c] : from_float<T>(0.f);
     }
   }
+}
+
+// sMask[j] = mask[n0 + j] * log2(e) (0 without a mask) for the BN keys of the tile at n0;
+// -inf past the Nk keys, so that padding keys get no weight.
+template <int BN>
+__device__ __forceinline__ void load_mask_tile(float* sMask, const float* mask, int64_t n0, int64_t Nk) {
+  for (int j = threadIdx.x; j < BN; j += blockDim.x) {
+    const int64_t key = n0 + j;
+    sMask[j] = key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
+  }
+}
+
+// Moves every pointer by offset elements: from a [BH, ...] array to the rows of one head.
+template <typename... Ptrs>
+__device__ __forceinline__ void offset_all(int64_t offset, Ptrs&... ptrs) {
+  ((ptrs += offset), ...);
 }
 
 }  // namespace pdnet::cuda

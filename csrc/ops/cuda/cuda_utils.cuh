@@ -1,5 +1,5 @@
-// Shared pieces of the CUDA kernels: storage-type mapping, float conversions,
-// grid sizing and the dtype dispatch used by every op (float32, float16, bfloat16).
+// Shared pieces of the CUDA kernels: storage-type mapping, float conversions, grid sizing and
+// launch, and the dtype check and dispatch used by every op (float32, float16, bfloat16).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
+
+#include "../common.h"
 
 namespace pdnet::cuda {
 
@@ -72,18 +74,27 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535LL * 32));
 }
 
+// kernel<<<grid_for(n), kThreads>>>(args...) on the current stream, for a kernel that loops over
+// n items with a grid stride, then the launch check.
+template <typename... Params, typename... Args>
+void launch_grid_stride(void (*kernel)(Params...), int64_t n, Args... args) {
+  kernel<<<grid_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// A clear error for float64 and other dtypes the CUDA kernels do not compile.
+inline void check_cuda_dtype(const char* where, const at::Tensor& t) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, where,
+              ": the CUDA kernels support float32, float16 and bfloat16, got ", pdnet::ops::detail::describe(t),
+              " (use backend=\"reference\" for float64)");
+}
+
 }  // namespace pdnet::cuda
 
 // float32 / float16 / bfloat16: the dtypes of the CUDA kernels (float64 is not compiled)
-#define PDNET_DISPATCH_CUDA_TYPES(TYPE, NAME, ...)                     \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                       \
-                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
-
-// A clear error for float64 and other dtypes the CUDA kernels do not compile.
-#define PDNET_CHECK_CUDA_DTYPE(WHERE, T)                                                        \
-  TORCH_CHECK((T).scalar_type() == at::kFloat || (T).scalar_type() == at::kHalf ||             \
-                  (T).scalar_type() == at::kBFloat16,                                          \
-              WHERE, ": the CUDA kernels support float32, float16 and bfloat16, got ",         \
-              pdnet::ops::detail::describe(T), " (use backend=\"reference\" for float64)")
+#define PDNET_CUDA_TYPE_CASES(...)                     \
+  AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
+  AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
+  AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__)
+#define PDNET_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) AT_DISPATCH_SWITCH(TYPE, NAME, PDNET_CUDA_TYPE_CASES(__VA_ARGS__))

@@ -46,6 +46,24 @@ __global__ void attn_delta_kernel(const T* __restrict__ dout,    // [rows, d]
   }
 }
 
+// dst[n0 + j] = acc's row j * scale for the BN keys of the block (those below Nk), through the
+// float staging tile stage [BN, LDD] (every warp stores its 16 rows, then the block writes).
+// x * 1.f is x exactly, so scale 1 writes the accumulator as it is.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void store_key_rows(const WarpTile<T, D>& acc, float* stage, T* dst, int64_t n0,
+                                               int64_t Nk, int d, float scale) {
+  constexpr int LDD = AttnCfg<T, D>::LDD;
+  const int warp = threadIdx.x >> 5;
+  __syncthreads();  // the staging tile's memory is free
+  acc.store(stage + warp * 16 * LDD, LDD);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < BN * d; idx += blockDim.x) {
+    const int j = idx / d, c = idx - j * d;
+    const int64_t key = n0 + j;
+    if (key < Nk) dst[key * d + c] = from_float<T>(stage[j * LDD + c] * scale);
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
     attn_bwd_kernel(const T* __restrict__ q,          // [BH, Nq, d]
@@ -80,15 +98,9 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
 
   const int64_t bh = blockIdx.x / n_kblocks;
   const int64_t n0 = (blockIdx.x % n_kblocks) * BN;
-  q += bh * Nq * d;
-  k += bh * Nk * d;
-  v += bh * Nk * d;
-  dout += bh * Nq * d;
-  lse += bh * Nq;
-  delta += bh * Nq;
-  dq_acc += bh * Nq * d;
-  dk += bh * Nk * d;
-  dv += bh * Nk * d;
+  offset_all(bh * Nq * d, q, dout, dq_acc);
+  offset_all(bh * Nk * d, k, v, dk, dv);
+  offset_all(bh * Nq, lse, delta);
   if (mask != nullptr) mask += bh * Nk;
   if (dmask != nullptr) dmask += bh * Nk;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -96,10 +108,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
 
   load_rows<T, BN, D, LDT>(sK, k, n0, Nk, d, vec16);
   load_rows<T, BN, D, LDT>(sV, v, n0, Nk, d, vec16);
-  for (int j = threadIdx.x; j < BN; j += blockDim.x) {
-    const int64_t key = n0 + j;
-    sMask[j] = key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
-  }
+  load_mask_tile<BN>(sMask, mask, n0, Nk);
   WarpTile<T, D> dK_acc, dV_acc;
   dK_acc.zero();
   dV_acc.zero();
@@ -172,24 +181,10 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
     const int64_t key = n0 + warp * 16 + r;
     if (key < Nk) dmask[key] = dmask_acc;
   }
-  // epilogue: dV, then dK, through a float staging tile [BN, LDD] at the start of smem
+  // epilogue: dV, then dK, through a float staging tile at the start of smem
   float* stage = reinterpret_cast<float*>(smem);
-  __syncthreads();
-  dV_acc.store(stage + warp * 16 * LDD, LDD);
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < BN * d; idx += blockDim.x) {
-    const int j = idx / d, c = idx - j * d;
-    const int64_t key = n0 + j;
-    if (key < Nk) dv[key * d + c] = from_float<T>(stage[j * LDD + c]);
-  }
-  __syncthreads();
-  dK_acc.store(stage + warp * 16 * LDD, LDD);
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < BN * d; idx += blockDim.x) {
-    const int j = idx / d, c = idx - j * d;
-    const int64_t key = n0 + j;
-    if (key < Nk) dk[key * d + c] = from_float<T>(stage[j * LDD + c] * scale);
-  }
+  store_key_rows<T, D, BN>(dV_acc, stage, dv, n0, Nk, d, 1.f);
+  store_key_rows<T, D, BN>(dK_acc, stage, dk, n0, Nk, d, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backward_cuda(
@@ -198,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
     double scale, const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
   const char* where = "pdnet::part_attention_backward (CUDA)";
   detail::check_part_attention_backward(where, grad_out, grad_lse, q, k, v, out, lse, key_mask);
-  PDNET_CHECK_CUDA_DTYPE(where, q);
+  check_cuda_dtype(where, q);
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t B = q.size(0), p = q.size(1), Nq = q.size(2), Nk = k.size(2), d = q.size(3);
   const int64_t BH = B * p;

@@ -50,10 +50,8 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
 
   const int64_t bh = blockIdx.x / n_qblocks;
   const int64_t m0 = (blockIdx.x % n_qblocks) * BM;
-  q += bh * Nq * d;
-  k += bh * Nk * d;
-  v += bh * Nk * d;
-  out += bh * Nq * d;
+  offset_all(bh * Nq * d, q, out);
+  offset_all(bh * Nk * d, k, v);
   lse += bh * Nq;
   if (mask != nullptr) mask += bh * Nk;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -68,10 +66,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
     __syncthreads();  // the previous tile is consumed (first pass: sQ is loaded)
     load_rows<T, BN, D, LDT>(sK, k, n0, Nk, d, vec16);
     load_rows<T, BN, D, LDT>(sV, v, n0, Nk, d, vec16);
-    for (int j = threadIdx.x; j < BN; j += blockDim.x) {
-      const int64_t key = n0 + j;
-      sMask[j] = key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
-    }
+    load_mask_tile<BN>(sMask, mask, n0, Nk);
     __syncthreads();
     {  // S_w = Q_w K^T  [16 x BN]
       WarpTile<T, BN> st;
@@ -135,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, cons
                                                        const std::optional<at::Tensor>& key_mask) {
   const char* where = "pdnet::part_attention (CUDA)";
   detail::check_part_attention(where, q, k, v, key_mask);
-  PDNET_CHECK_CUDA_DTYPE(where, q);
+  check_cuda_dtype(where, q);
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t B = q.size(0), p = q.size(1), Nq = q.size(2), Nk = k.size(2), d = q.size(3);
   const int64_t BH = B * p;

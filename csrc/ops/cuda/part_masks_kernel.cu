@@ -73,7 +73,7 @@ __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* _
 at::Tensor part_masks_cuda(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit) {
   const char* where = "pdnet::part_masks (CUDA)";
   detail::check_part_masks(where, part_logits, gate);
-  PDNET_CHECK_CUDA_DTYPE(where, part_logits);
+  check_cuda_dtype(where, part_logits);
   const c10::cuda::CUDAGuard guard(part_logits.device());
   const at::Tensor lc = part_logits.contiguous();
   const at::Tensor gc = gate.contiguous();
@@ -81,11 +81,8 @@ at::Tensor part_masks_cuda(const at::Tensor& part_logits, const at::Tensor& gate
   if (out.numel() == 0) return out;
   const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
   const int64_t n_pix = B * hw;
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(lc.scalar_type(), "part_masks_cuda", [&] {
-    part_masks_fwd_kernel<device_t<scalar_t>><<<grid_for(n_pix), kThreads, 0, stream>>>(
-        dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(out), n_pix, p, hw, gate_is_logit);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_grid_stride(part_masks_fwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(out), n_pix, p, hw, gate_is_logit);
   });
   return out;
 }
@@ -98,13 +95,8 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
                                                             const at::Tensor& gate,
                                                             bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CUDA)";
-  detail::check_part_masks(where, part_logits, gate);
-  detail::check_same_shape(where, "grad_out", grad_out, "part_logits", part_logits);
-  detail::check_same_shape(where, "masks", masks, "part_logits", part_logits);
-  // the dispatcher picks this kernel when any argument is on CUDA: a grad_out left on
-  // the CPU would be read from device code through a host pointer
-  detail::check_like(where, "grad_out", grad_out, "part_logits", part_logits, false);
-  PDNET_CHECK_CUDA_DTYPE(where, part_logits);
+  detail::check_part_masks_backward(where, grad_out, part_logits, masks, gate);
+  check_cuda_dtype(where, part_logits);
   const c10::cuda::CUDAGuard guard(part_logits.device());
   const at::Tensor goc = grad_out.to(part_logits.scalar_type()).contiguous();
   const at::Tensor lc = part_logits.contiguous();
@@ -115,12 +107,8 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
   const int64_t n_pix = B * hw;
   if (n_pix == 0) return {grad_logits, grad_gate};
   if (p == 0) return {grad_logits, grad_gate.zero_()};
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(lc.scalar_type(), "part_masks_backward_cuda", [&] {
-    part_masks_bwd_kernel<device_t<scalar_t>><<<grid_for(n_pix), kThreads, 0, stream>>>(
-        dptr<scalar_t>(goc), dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(grad_logits),
-        gate_grad ? mptr<scalar_t>(grad_gate) : nullptr, n_pix, p, hw, gate_is_logit);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_grid_stride(part_masks_bwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(goc), dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(grad_logits), gate_grad ? mptr<scalar_t>(grad_gate) : nullptr, n_pix, p, hw, gate_is_logit);
   });
   return {grad_logits, grad_gate};
 }
