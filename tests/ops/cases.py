@@ -91,6 +91,9 @@ CASES: dict[str, list[Case]] = {
         _attention("many_queries_few_keys", "awkward", 1, 2, 130, 7, 16, "zeros", 0.5),
         _attention("few_queries_many_keys", "awkward", 1, 1, 5, 300, 64, "random", 0.25),
         _attention("head_dim_24", "awkward", 1, 5, 17, 64, 24, "random"),
+        _attention("head_dim_40", "awkward", 1, 1, 33, 65, 40, "random", 0.5),
+        _attention("head_dim_100", "awkward", 1, 2, 48, 80, 100, "random", 0.1),
+        _attention("head_dim_128", "awkward", 2, 1, 70, 300, 128, None, 0.088),
         _attention("rows_fully_masked", "awkward", 2, 3, 11, 13, 8, "rows_fully_masked"),
         _attention("leading_keys_masked", "awkward", 1, 2, 5, 2500, 4, "leading_keys_masked"),
         _attention("empty_queries", "awkward", 2, 3, 0, 5, 8),
@@ -246,11 +249,14 @@ def _key_mask(kind, B, p, Nk, gen):
 
 
 def _ground_truth(B, h, w, gen):
-    """A soft ground-truth mask [B, 1, h, w] with exact zeros and ones, as resized masks have."""
+    """A soft ground-truth mask [B, 1, h, w] with exact zeros and ones, as resized masks
+    have, tiny values, and a few just below 0 (the formula takes them as they are)."""
     g = torch.rand(B, 1, h, w, generator=gen, dtype=torch.float64)
     flat = g.view(-1)
     flat[::3] = 0.0
     flat[1::5] = 1.0
+    flat[2::7] = 1e-30
+    flat[4::11] = -0.5
     return g
 
 

@@ -24,8 +24,10 @@ KERNEL_BACKEND_DEVICES = [(b, dev) for b, dev in BACKEND_DEVICES if b != "refere
 NAMESPACE = {"cpp": "pdnet", "triton": "pdnet_triton"}
 
 
-#: under Triton's interpreter, cases with more elements than this (cases.size) are slow
+#: under Triton's interpreter, cases with more elements than this (cases.size) are slow,
+#: and those with more than INTERPRETER_SIZE_MAX (the model's shapes) are left to the GPU
 INTERPRETER_SIZE_LIMIT = 6_000
+INTERPRETER_SIZE_MAX = 50_000
 
 
 def _marks(backend: str, device: str, case: C.Case | None = None, dtype: torch.dtype | None = None) -> list:
@@ -61,12 +63,15 @@ def cuda_params() -> list:
 def params(op: str, kinds=("awkward", "model"), dtypes=None, pairs=None, with_op: bool = False) -> list:
     """pytest params (case, backend, device, dtype): every case of ``op`` of these kinds,
     on every available (backend, device) pair, in each dtype that pair supports (of
-    ``dtypes`` when given). Large cases run on CUDA only, in float16 / bfloat16. The ids
-    name the op too ``with_op``."""
+    ``dtypes`` when given). Large cases run on CUDA only, in float16 / bfloat16, and
+    Triton's interpreter takes no case above INTERPRETER_SIZE_MAX. The ids name the op
+    too ``with_op``."""
     out = []
     for case in C.cases(op, *kinds):
         for b, dev in BACKEND_DEVICES if pairs is None else pairs:
-            if case.kind == "large" and dev != "cuda":
+            if (case.kind == "large" and dev != "cuda") or (
+                (b, dev) == ("triton", "cpu") and C.size(case) > INTERPRETER_SIZE_MAX
+            ):
                 continue
             for dt in C.BACKEND_DTYPES[(b, dev)]:
                 if (dtypes and dt not in dtypes) or (case.kind == "large" and dt not in C.LOW_PRECISION):
@@ -183,10 +188,14 @@ class _Recorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def raw_op_calls(op: str, backend: str, device: str, dtype: torch.dtype, *, create_graph: bool = False) -> list:
+def raw_op_calls(op: str, backend: str, device: str, dtype: torch.dtype, *, create_graph: bool = False,
+                 first_only: bool = False) -> list:
     """(op overload, args, kwargs) of every raw kernel op a forward and a backward of the
-    public op on a small case runs."""
+    public op on a small case runs (with ``first_only``, only the first input needs a gradient)."""
     args, kwargs = C.make_inputs(_small(op), device, dtype, requires_grad=True, seed=7)
+    if first_only:
+        for t in C.grad_inputs(args, kwargs)[1:]:
+            t.requires_grad_(False)
     with _Recorder() as rec:
         out = C.call(op, args, kwargs, backend)
         torch.autograd.grad(out, C.grad_inputs(args, kwargs), torch.ones_like(out), create_graph=create_graph)
@@ -196,8 +205,8 @@ def raw_op_calls(op: str, backend: str, device: str, dtype: torch.dtype, *, crea
 def opcheck(op: str, backend: str, device: str, dtype: torch.dtype) -> None:
     """torch.library.opcheck (schema, fake kernel, autograd registration, AOT dispatch) of
     the raw forward op, on the public op's inputs, and of each backward op as the
-    backward calls it."""
-    calls = raw_op_calls(op, backend, device, dtype)
+    backward calls it, with every input needing a gradient and with only the first."""
+    calls = raw_op_calls(op, backend, device, dtype) + raw_op_calls(op, backend, device, dtype, first_only=True)
     kernel = "part_masks" if op == "part_masks_gt" else op
     names = [func.name() for func, _, _ in calls]
     ns = NAMESPACE[backend]

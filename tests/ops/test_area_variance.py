@@ -119,6 +119,13 @@ def test_errors_name_the_problem(backend, device):
         pdnet.ops.area_variance(torch.ones(1, 2, 3, 3, dtype=torch.int64, device=device), backend=backend)
 
 
+def test_cpp_raw_op_errors_name_the_dtype():
+    if "cpp" not in pdnet.ops.available_backends("cpu"):
+        pytest.skip("the cpp backend is not built (test_backends.py fails then)")
+    with pytest.raises(RuntimeError, match="floating-point"):
+        torch.ops.pdnet.area_variance(torch.ones(1, 2, 3, 3, dtype=torch.int64))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend,device", checks.cuda_params())
 def test_cuda_more_rows_than_grid_y(backend, device):
