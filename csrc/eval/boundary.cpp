@@ -55,8 +55,8 @@ at::Tensor eval_frame_counts_cpu(const at::Tensor& pred, const at::Tensor& gt, i
   TORCH_CHECK(pred.scalar_type() == at::kBool && gt.scalar_type() == at::kBool, where,
               ": pred and gt must be bool tensors, got ", pred.scalar_type(), " and ", gt.scalar_type());
   TORCH_CHECK(pred.dim() == 3, where, ": pred must be (T, H, W), got shape ", pred.sizes());
-  TORCH_CHECK(gt.sizes() == pred.sizes(), where, ": pred and gt must have the same shape, got ",
-              pred.sizes(), " and ", gt.sizes());
+  TORCH_CHECK(gt.sizes() == pred.sizes(), where, ": pred and gt must have the same shape, got ", pred.sizes(), " and ",
+              gt.sizes());
   TORCH_CHECK(pred.device().is_cpu() && gt.device().is_cpu(), where, ": pred and gt must be on the CPU, got ",
               pred.device(), " and ", gt.device());
   TORCH_CHECK(pred.size(1) > 0 && pred.size(2) > 0, where, ": empty images of shape ", pred.sizes());
@@ -126,9 +126,7 @@ at::Tensor eval_frame_counts_cpu(const at::Tensor& pred, const at::Tensor& gt, i
   const int64_t words = scratch_words(a);
   pdnet::cpu::parallel_items(
       blocks, [words] { return std::vector<uint64_t>(words); },
-      [&](int64_t i, std::vector<uint64_t>& scratch) {
-        run(a, i * per, std::min(T, (i + 1) * per), scratch.data());
-      });
+      [&](int64_t i, std::vector<uint64_t>& scratch) { run(a, i * per, std::min(T, (i + 1) * per), scratch.data()); });
   return counts;
 }
 

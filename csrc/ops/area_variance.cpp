@@ -10,8 +10,7 @@ namespace pdnet::ops {
 
 TORCH_LIBRARY_FRAGMENT(pdnet, m) {
   m.def("area_variance(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
-  m.def("area_variance_backward(Tensor grad_loss, Tensor x, Tensor areas) -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+  m.def("area_variance_backward(Tensor grad_loss, Tensor x, Tensor areas) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 std::tuple<at::Tensor, at::Tensor> area_variance(const at::Tensor& x) {

@@ -8,8 +8,7 @@
 namespace pdnet::ops {
 
 TORCH_LIBRARY_FRAGMENT(pdnet, m) {
-  m.def("assemble_parts(Tensor p_feats, Tensor y_feats, Tensor masks) -> Tensor",
-        {at::Tag::pt2_compliant_tag});
+  m.def("assemble_parts(Tensor p_feats, Tensor y_feats, Tensor masks) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def(
       "assemble_parts_backward(Tensor grad_out, Tensor p_feats, Tensor y_feats, Tensor masks, "
       "bool feats_grad, bool masks_grad) -> (Tensor, Tensor)",
@@ -21,9 +20,9 @@ at::Tensor assemble_parts(const at::Tensor& p_feats, const at::Tensor& y_feats, 
   return op.call(p_feats, y_feats, masks);
 }
 
-std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(
-    const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
-    const at::Tensor& masks, bool feats_grad, bool masks_grad) {
+std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                                           const at::Tensor& y_feats, const at::Tensor& masks,
+                                                           bool feats_grad, bool masks_grad) {
   static const auto op = detail::typed_op<decltype(assemble_parts_backward)>("pdnet::assemble_parts_backward");
   return op.call(grad_out, p_feats, y_feats, masks, feats_grad, masks_grad);
 }
@@ -40,8 +39,7 @@ void check_assemble_parts(const char* where, const at::Tensor& p_feats, const at
   check_same_shape(where, "y_feats", y_feats, "p_feats", p_feats);
   TORCH_CHECK(masks.size(0) == p_feats.size(0) && masks.size(1) == p_feats.size(1) &&
                   masks.size(2) == p_feats.size(3) && masks.size(3) == p_feats.size(4),
-              where, ": masks must be (B, p, h, w) to match p_feats ", describe(p_feats), ", got ",
-              describe(masks));
+              where, ": masks must be (B, p, h, w) to match p_feats ", describe(p_feats), ", got ", describe(masks));
 }
 
 void check_assemble_parts_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& p_feats,

@@ -19,17 +19,16 @@ namespace pdnet::ops {
 // out [B,p,Nq,d] = softmax_keys(q k^T * scale + key_mask) v; lse [B,p,Nq] (opmath) is the
 // log-sum-exp of each score row (-inf for a row whose keys are all masked: its output is 0).
 // q [B,p,Nq,d]; k, v [B,p,Nk,d]; key_mask [B,p,Nk] (additive, any float dtype) or none.
-std::tuple<at::Tensor, at::Tensor> part_attention(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-    const std::optional<at::Tensor>& key_mask);
+std::tuple<at::Tensor, at::Tensor> part_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  double scale, const std::optional<at::Tensor>& key_mask);
 
 // Gradients (dq, dk, dv, dkey_mask) of part_attention. grad_lse (optional) is the
 // gradient of lse. dkey_mask [B,p,Nk] (the dtype of key_mask) is the column sums of dS
 // when key_mask_grad, else an empty tensor.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backward(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    double scale, const std::optional<at::Tensor>& key_mask, bool key_mask_grad);
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale,
+    const std::optional<at::Tensor>& key_mask, bool key_mask_grad);
 
 // [B,p,h,w] = softmax over parts(part_logits [B,p,h,w]) * (sigmoid(gate) or gate) [B,1,h,w].
 at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, bool gate_is_logit);
@@ -37,18 +36,18 @@ at::Tensor part_masks(const at::Tensor& part_logits, const at::Tensor& gate, boo
 // (grad_part_logits [B,p,h,w], grad_gate [B,1,h,w], or empty unless gate_grad). masks is
 // the forward's output for these inputs (kernels may use it instead of recomputing the
 // softmax of part_logits).
-std::tuple<at::Tensor, at::Tensor> part_masks_backward(
-    const at::Tensor& grad_out, const at::Tensor& part_logits, const at::Tensor& masks,
-    const at::Tensor& gate, bool gate_is_logit, bool gate_grad);
+std::tuple<at::Tensor, at::Tensor> part_masks_backward(const at::Tensor& grad_out, const at::Tensor& part_logits,
+                                                       const at::Tensor& masks, const at::Tensor& gate,
+                                                       bool gate_is_logit, bool gate_grad);
 
 // [B,C,h,w] = sum_k (p_feats + y_feats)[:,k] * masks[:,k]; feats [B,p,C,h,w], masks [B,p,h,w].
 at::Tensor assemble_parts(const at::Tensor& p_feats, const at::Tensor& y_feats, const at::Tensor& masks);
 
 // (grad_feats [B,p,C,h,w], the gradient of both p_feats and y_feats, or empty unless
 // feats_grad; grad_masks [B,p,h,w], or empty unless masks_grad).
-std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(
-    const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
-    const at::Tensor& masks, bool feats_grad, bool masks_grad);
+std::tuple<at::Tensor, at::Tensor> assemble_parts_backward(const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                                           const at::Tensor& y_feats, const at::Tensor& masks,
+                                                           bool feats_grad, bool masks_grad);
 
 // (loss [] in x's dtype, areas [B,p] opmath = sum over pixels of x [B,p,H,W]).
 std::tuple<at::Tensor, at::Tensor> area_variance(const at::Tensor& x);
@@ -64,12 +63,12 @@ namespace detail {
 // checks include that the gradients the kernels read are on the device of the inputs: the
 // dispatcher picks the CUDA kernel when any argument is on CUDA, and a gradient left on the
 // CPU would be read from device code through a host pointer.
-void check_part_attention(const char* where, const at::Tensor& q, const at::Tensor& k,
-                          const at::Tensor& v, const std::optional<at::Tensor>& key_mask);
+void check_part_attention(const char* where, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& key_mask);
 void check_part_attention_backward(const char* where, const at::Tensor& grad_out,
-                                   const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-                                   const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                   const at::Tensor& lse, const std::optional<at::Tensor>& key_mask);
+                                   const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                   const std::optional<at::Tensor>& key_mask);
 void check_part_masks(const char* where, const at::Tensor& part_logits, const at::Tensor& gate);
 void check_part_masks_backward(const char* where, const at::Tensor& grad_out, const at::Tensor& part_logits,
                                const at::Tensor& masks, const at::Tensor& gate);
@@ -80,8 +79,8 @@ void check_assemble_parts_backward(const char* where, const at::Tensor& grad_out
 void check_area_variance(const char* where, const at::Tensor& x);
 void check_area_variance_backward(const char* where, const at::Tensor& grad_loss, const at::Tensor& x,
                                   const at::Tensor& areas);
-void check_same_shape(const char* where, const char* name, const at::Tensor& t,
-                      const char* ref_name, const at::Tensor& ref);
+void check_same_shape(const char* where, const char* name, const at::Tensor& t, const char* ref_name,
+                      const at::Tensor& ref);
 
 // The accumulation ("opmath") dtype of a floating dtype: float64 stays, the rest is float32.
 at::ScalarType opmath_type(at::ScalarType t);

@@ -11,11 +11,11 @@
 
 #include <vector>
 
+#include "../../cpu/parallel.h"
 #include "../area_variance_math.h"
 #include "../common.h"
 #include "../ops.h"
 #include "kernel_table.h"
-#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -34,10 +34,9 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cpu(const at::Tensor& x) {
     AT_DISPATCH_FLOATING_TYPES(work, "area_variance_cpu", [&] {
       const auto& K = pdnet::cpu::kernels<scalar_t>();
       const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-      pdnet::cpu::parallel_items(
-          BP * nch, [&](int64_t item) {
-          const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
-          partial[item] = K.sum(xp + row * hw + s, std::min(kPixelChunk, hw - s));
+      pdnet::cpu::parallel_items(BP * nch, [&](int64_t item) {
+        const int64_t row = item / nch, s = (item % nch) * kPixelChunk;
+        partial[item] = K.sum(xp + row * hw + s, std::min(kPixelChunk, hw - s));
       });
     });
     for (int64_t row = 0; row < BP; ++row)

@@ -7,10 +7,10 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "../../cpu/parallel.h"
 #include "../common.h"
 #include "../ops.h"
 #include "kernel_table.h"
-#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -34,20 +34,19 @@ at::Tensor assemble_parts_cpu(const at::Tensor& p_feats, const at::Tensor& y_fea
     const scalar_t* Y = yc.const_data_ptr<scalar_t>();
     const scalar_t* R = mc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    pdnet::cpu::parallel_items(
-        B * C * nch, [&](int64_t item) {
-        const int64_t s = (item % nch) * kPixelChunk, bc = item / nch;
-        const int64_t b = bc / C, c = bc % C;
-        K.assemble_forward(P + b * p * C * hw, Y + b * p * C * hw, R + b * p * hw, o + b * C * hw, p,
-                           C, hw, c, s, std::min(hw, s + kPixelChunk));
+    pdnet::cpu::parallel_items(B * C * nch, [&](int64_t item) {
+      const int64_t s = (item % nch) * kPixelChunk, bc = item / nch;
+      const int64_t b = bc / C, c = bc % C;
+      K.assemble_forward(P + b * p * C * hw, Y + b * p * C * hw, R + b * p * hw, o + b * C * hw, p, C, hw, c, s,
+                         std::min(hw, s + kPixelChunk));
     });
   });
   return out.to(p_feats.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
-    const at::Tensor& masks, bool feats_grad, bool masks_grad) {
+std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                                               const at::Tensor& y_feats, const at::Tensor& masks,
+                                                               bool feats_grad, bool masks_grad) {
   const char* where = "pdnet::assemble_parts_backward (CPU)";
   detail::check_assemble_parts_backward(where, grad_out, p_feats, y_feats, masks);
   const int64_t B = p_feats.size(0), p = p_feats.size(1), C = p_feats.size(2);
@@ -74,15 +73,13 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cpu(
       const scalar_t* R = mc.const_data_ptr<scalar_t>();
       scalar_t* gfp = feats_grad ? gf.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gmp = masks_grad ? gm.mutable_data_ptr<scalar_t>() : nullptr;
-      pdnet::cpu::parallel_items(
-          B * p * nch, [&](int64_t item) {
-          const int64_t s = (item % nch) * kPixelChunk, bk = item / nch;
-          const int64_t b = bk / p, kk = bk % p;
-          K.assemble_backward(g + b * C * hw, P != nullptr ? P + b * p * C * hw : nullptr,
-                              Y != nullptr ? Y + b * p * C * hw : nullptr, R + b * p * hw,
-                              gfp != nullptr ? gfp + b * p * C * hw : nullptr,
-                              gmp != nullptr ? gmp + b * p * hw : nullptr, p, C, hw, kk, s,
-                              std::min(hw, s + kPixelChunk));
+      pdnet::cpu::parallel_items(B * p * nch, [&](int64_t item) {
+        const int64_t s = (item % nch) * kPixelChunk, bk = item / nch;
+        const int64_t b = bk / p, kk = bk % p;
+        K.assemble_backward(
+            g + b * C * hw, P != nullptr ? P + b * p * C * hw : nullptr, Y != nullptr ? Y + b * p * C * hw : nullptr,
+            R + b * p * hw, gfp != nullptr ? gfp + b * p * C * hw : nullptr,
+            gmp != nullptr ? gmp + b * p * hw : nullptr, p, C, hw, kk, s, std::min(hw, s + kPixelChunk));
       });
     });
   }

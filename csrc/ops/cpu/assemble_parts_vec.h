@@ -15,8 +15,8 @@ inline namespace CPU_CAPABILITY {
 constexpr int64_t kAssembleBX = 256;
 
 template <typename T>
-void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t p, int64_t C,
-                      int64_t hw, int64_t c, int64_t s, int64_t e) {
+void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t p, int64_t C, int64_t hw, int64_t c,
+                      int64_t s, int64_t e) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t ks = C * hw;  // from one part's feature plane to the next
@@ -27,7 +27,8 @@ void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t 
   for (; x + V <= e; x += V) {
     Vec acc = (Vec::loadu(P + x) + Vec::loadu(Y + x)) * Vec::loadu(masks + x);
     for (int64_t k = 1; k < p; ++k)
-      acc = at::vec::fmadd(Vec::loadu(P + k * ks + x) + Vec::loadu(Y + k * ks + x), Vec::loadu(masks + k * hw + x), acc);
+      acc =
+          at::vec::fmadd(Vec::loadu(P + k * ks + x) + Vec::loadu(Y + k * ks + x), Vec::loadu(masks + k * hw + x), acc);
     acc.store(o + x);
   }
   for (; x < e; ++x) {
@@ -38,9 +39,8 @@ void assemble_forward(const T* pf, const T* yf, const T* masks, T* out, int64_t 
 }
 
 template <typename T>
-void assemble_backward(const T* grad, const T* pf, const T* yf, const T* masks, T* grad_feats,
-                       T* grad_masks, int64_t p, int64_t C, int64_t hw, int64_t k, int64_t s,
-                       int64_t e) {
+void assemble_backward(const T* grad, const T* pf, const T* yf, const T* masks, T* grad_feats, T* grad_masks, int64_t p,
+                       int64_t C, int64_t hw, int64_t k, int64_t s, int64_t e) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   (void)p;
@@ -62,8 +62,7 @@ void assemble_backward(const T* grad, const T* pf, const T* yf, const T* masks, 
         const T* P = pf + off;
         const T* Y = yf + off;
         for (x = 0; x + V <= nx; x += V)
-          at::vec::fmadd(Vec::loadu(g + x), Vec::loadu(P + x) + Vec::loadu(Y + x), Vec::loadu(acc + x))
-              .store(acc + x);
+          at::vec::fmadd(Vec::loadu(g + x), Vec::loadu(P + x) + Vec::loadu(Y + x), Vec::loadu(acc + x)).store(acc + x);
         for (; x < nx; ++x) acc[x] += g[x] * (P[x] + Y[x]);
       }
     }

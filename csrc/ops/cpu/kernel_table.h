@@ -51,30 +51,26 @@ struct Kernels {
   // rows [q0, q1) of head bh; scratch holds attention_scratch(d) elements
   void (*attention_forward)(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t q1, T* scratch);
   // keys [k0, k1) of head bh against every query; dq [Nq, d] (this head) is accumulated into
-  void (*attention_backward)(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq,
-                             T* scratch);
+  void (*attention_backward)(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq, T* scratch);
   int64_t (*attention_scratch)(int64_t d);
   // one batch element: logits [p, hw], gate [hw] -> out [p, hw], pixels [s, e)
-  void (*part_masks_forward)(const T* logits, const T* gate, T* out, int64_t p, int64_t hw,
-                             int64_t s, int64_t e, bool gate_is_logit);
+  void (*part_masks_forward)(const T* logits, const T* gate, T* out, int64_t p, int64_t hw, int64_t s, int64_t e,
+                             bool gate_is_logit);
   // one batch element: grad_out, logits [p, hw], gate [hw] -> grad_logits [p, hw], grad_gate [hw]
   // (grad_gate may be null)
-  void (*part_masks_backward)(const T* grad_out, const T* logits, const T* gate, T* grad_logits,
-                              T* grad_gate, int64_t p, int64_t hw, int64_t s, int64_t e,
-                              bool gate_is_logit);
+  void (*part_masks_backward)(const T* grad_out, const T* logits, const T* gate, T* grad_logits, T* grad_gate,
+                              int64_t p, int64_t hw, int64_t s, int64_t e, bool gate_is_logit);
   // the same from the forward's output masks [p, hw] instead of the logits (see
   // part_masks_vec.h; not for the gradient of a ground-truth gate)
-  void (*part_masks_backward_from_masks)(const T* grad_out, const T* masks, const T* gate,
-                                         T* grad_logits, T* grad_gate, int64_t p, int64_t hw,
-                                         int64_t s, int64_t e, bool gate_is_logit);
+  void (*part_masks_backward_from_masks)(const T* grad_out, const T* masks, const T* gate, T* grad_logits, T* grad_gate,
+                                         int64_t p, int64_t hw, int64_t s, int64_t e, bool gate_is_logit);
   // one batch element: feats [p, C, hw], masks [p, hw] -> out[c, s:e] of [C, hw]
-  void (*assemble_forward)(const T* pf, const T* yf, const T* masks, T* out, int64_t p, int64_t C,
-                           int64_t hw, int64_t c, int64_t s, int64_t e);
+  void (*assemble_forward)(const T* pf, const T* yf, const T* masks, T* out, int64_t p, int64_t C, int64_t hw,
+                           int64_t c, int64_t s, int64_t e);
   // one batch element and part k: grad [C, hw], feats [p, C, hw], masks [p, hw] ->
   // grad_feats[k, :, s:e] (if not null), grad_masks[k, s:e] (if not null)
-  void (*assemble_backward)(const T* grad, const T* pf, const T* yf, const T* masks, T* grad_feats,
-                            T* grad_masks, int64_t p, int64_t C, int64_t hw, int64_t k, int64_t s,
-                            int64_t e);
+  void (*assemble_backward)(const T* grad, const T* pf, const T* yf, const T* masks, T* grad_feats, T* grad_masks,
+                            int64_t p, int64_t C, int64_t hw, int64_t k, int64_t s, int64_t e);
   // sum of x[0:n] in double precision accumulation
   double (*sum)(const T* x, int64_t n);
 };

@@ -6,4 +6,3 @@
 #include "kernel_table_impl.h"
 PDNET_ISA_BUILD_END
 #endif
-

@@ -3,4 +3,3 @@
 #include "../../cpu/isa_build.h"
 #include "kernel_table_impl.h"
 PDNET_ISA_BUILD_END
-

@@ -10,10 +10,10 @@
 
 #include <vector>
 
+#include "../../cpu/parallel.h"
 #include "../common.h"
 #include "../ops.h"
 #include "kernel_table.h"
-#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -21,9 +21,8 @@ namespace {
 constexpr int64_t kQueryChunk = 96;  // query rows per forward work item
 constexpr int64_t kKeyAlign = 192;   // key chunks of the backward are multiples of this
 
-std::tuple<at::Tensor, at::Tensor> part_attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                      const at::Tensor& v, double scale,
-                                                      const std::optional<at::Tensor>& key_mask) {
+std::tuple<at::Tensor, at::Tensor> part_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      double scale, const std::optional<at::Tensor>& key_mask) {
   const char* where = "pdnet::part_attention (CPU)";
   detail::check_part_attention(where, q, k, v, key_mask);
   const auto work = detail::opmath_type(q.scalar_type());
@@ -40,30 +39,31 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cpu(const at::Tensor& q, const
 
   AT_DISPATCH_FLOATING_TYPES(work, "part_attention_cpu", [&] {
     const auto& K = pdnet::cpu::kernels<scalar_t>();
-    pdnet::cpu::AttnFwdArgs<scalar_t> a{
-        qc.const_data_ptr<scalar_t>(),
-        kt.const_data_ptr<scalar_t>(),
-        vc.const_data_ptr<scalar_t>(),
-        mc.defined() ? mc.const_data_ptr<scalar_t>() : nullptr,
-        out.mutable_data_ptr<scalar_t>(),
-        lse.mutable_data_ptr<scalar_t>(),
-        Nq, Nk, d, static_cast<scalar_t>(scale)};
+    pdnet::cpu::AttnFwdArgs<scalar_t> a{qc.const_data_ptr<scalar_t>(),
+                                        kt.const_data_ptr<scalar_t>(),
+                                        vc.const_data_ptr<scalar_t>(),
+                                        mc.defined() ? mc.const_data_ptr<scalar_t>() : nullptr,
+                                        out.mutable_data_ptr<scalar_t>(),
+                                        lse.mutable_data_ptr<scalar_t>(),
+                                        Nq,
+                                        Nk,
+                                        d,
+                                        static_cast<scalar_t>(scale)};
     const int64_t nqc = (Nq + kQueryChunk - 1) / kQueryChunk;
     pdnet::cpu::parallel_items(
         BH * nqc, [&] { return std::vector<scalar_t>(K.attention_scratch(d)); },
         [&](int64_t item, std::vector<scalar_t>& scratch) {
           const int64_t bh = item / nqc, qb = item % nqc;
-          K.attention_forward(a, bh, qb * kQueryChunk, std::min(Nq, (qb + 1) * kQueryChunk),
-                              scratch.data());
+          K.attention_forward(a, bh, qb * kQueryChunk, std::min(Nq, (qb + 1) * kQueryChunk), scratch.data());
         });
   });
   return {out.to(q.scalar_type()), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    double scale, const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale,
+    const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
   const char* where = "pdnet::part_attention_backward (CPU)";
   detail::check_part_attention_backward(where, grad_out, grad_lse, q, k, v, out, lse, key_mask);
   const auto work = detail::opmath_type(q.scalar_type());
@@ -97,28 +97,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
     at::Tensor dq_parts = at::zeros({nsplit, B, p, Nq, d}, qc.options());
     AT_DISPATCH_FLOATING_TYPES(work, "part_attention_backward_cpu", [&] {
       const auto& K = pdnet::cpu::kernels<scalar_t>();
-      pdnet::cpu::AttnBwdArgs<scalar_t> a{
-          qc.const_data_ptr<scalar_t>(),
-          kc.const_data_ptr<scalar_t>(),
-          kt.const_data_ptr<scalar_t>(),
-          vt.const_data_ptr<scalar_t>(),
-          mc.defined() ? mc.const_data_ptr<scalar_t>() : nullptr,
-          oc.const_data_ptr<scalar_t>(),
-          lc.const_data_ptr<scalar_t>(),
-          doc.const_data_ptr<scalar_t>(),
-          dlc.defined() ? dlc.const_data_ptr<scalar_t>() : nullptr,
-          dk.mutable_data_ptr<scalar_t>(),
-          dv.mutable_data_ptr<scalar_t>(),
-          want_dmask ? dmask.mutable_data_ptr<scalar_t>() : nullptr,
-          Nq, Nk, d, static_cast<scalar_t>(scale)};
+      pdnet::cpu::AttnBwdArgs<scalar_t> a{qc.const_data_ptr<scalar_t>(),
+                                          kc.const_data_ptr<scalar_t>(),
+                                          kt.const_data_ptr<scalar_t>(),
+                                          vt.const_data_ptr<scalar_t>(),
+                                          mc.defined() ? mc.const_data_ptr<scalar_t>() : nullptr,
+                                          oc.const_data_ptr<scalar_t>(),
+                                          lc.const_data_ptr<scalar_t>(),
+                                          doc.const_data_ptr<scalar_t>(),
+                                          dlc.defined() ? dlc.const_data_ptr<scalar_t>() : nullptr,
+                                          dk.mutable_data_ptr<scalar_t>(),
+                                          dv.mutable_data_ptr<scalar_t>(),
+                                          want_dmask ? dmask.mutable_data_ptr<scalar_t>() : nullptr,
+                                          Nq,
+                                          Nk,
+                                          d,
+                                          static_cast<scalar_t>(scale)};
       scalar_t* dqp = dq_parts.mutable_data_ptr<scalar_t>();
       pdnet::cpu::parallel_items(
           BH * nsplit, [&] { return std::vector<scalar_t>(K.attention_scratch(d)); },
           [&](int64_t item, std::vector<scalar_t>& scratch) {
             const int64_t bh = item / nsplit, s = item % nsplit;
             const int64_t k0 = s * chunk, k1 = std::min(Nk, k0 + chunk);
-            if (k0 < k1)
-              K.attention_backward(a, bh, k0, k1, dqp + (s * BH + bh) * Nq * d, scratch.data());
+            if (k0 < k1) K.attention_backward(a, bh, k0, k1, dqp + (s * BH + bh) * Nq * d, scratch.data());
           });
     });
     dq = nsplit == 1 ? dq_parts.squeeze(0) : dq_parts.sum(0);

@@ -93,9 +93,8 @@ void attention_forward(const AttnFwdArgs<T>& a, int64_t bh, int64_t q0, int64_t 
 // Two register-tiled products whose epilogues apply the softmax pieces, so neither S
 // nor dP is written to memory; P, dS: [BQ, BK].
 template <typename T>
-inline void bwd_scores(int64_t nq, int64_t bk, int64_t d, const T* qt, const T* dot, const T* kt,
-                       const T* vt, int64_t ldk, const T* mask, const T* L, const T* delta, T scale,
-                       T* P, T* dS) {
+inline void bwd_scores(int64_t nq, int64_t bk, int64_t d, const T* qt, const T* dot, const T* kt, const T* vt,
+                       int64_t ldk, const T* mask, const T* L, const T* delta, T scale, T* P, T* dS) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   auto load = [](const T* p, int64_t live) { return live == V ? Vec::loadu(p) : Vec::loadu(p, live); };
@@ -122,8 +121,7 @@ inline void bwd_scores(int64_t nq, int64_t bk, int64_t d, const T* qt, const T* 
 }
 
 template <typename T>
-void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq,
-                        T* scratch) {
+void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t k1, T* dq, T* scratch) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   const int64_t Nq = a.Nq, Nk = a.Nk, d = a.d;
   const T* q = a.q + bh * Nq * d;        // [Nq, d]
@@ -148,8 +146,7 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
   for (int64_t i0 = 0; i0 < Nq; i0 += kAttnBQ) {
     const int64_t nq = std::min(kAttnBQ, Nq - i0);
     for (int64_t i = 0; i < nq; ++i) {
-      delta[i] = row_dot(dout + (i0 + i) * d, out + (i0 + i) * d, d) -
-                 (dlse != nullptr ? dlse[i0 + i] : T(0));
+      delta[i] = row_dot(dout + (i0 + i) * d, out + (i0 + i) * d, d) - (dlse != nullptr ? dlse[i0 + i] : T(0));
       // +inf for a row without any live key: then P = exp(S - inf) = 0 and no gradient flows
       Lrow[i] = lse[i0 + i] == kNegInf ? -kNegInf : lse[i0 + i];
     }
@@ -157,8 +154,8 @@ void attention_backward(const AttnBwdArgs<T>& a, int64_t bh, int64_t k0, int64_t
     transpose_rows(dout + i0 * d, nq, d, dot, kAttnBQ);
     for (int64_t j0 = k0; j0 < k1; j0 += kAttnBK) {
       const int64_t bk = std::min(kAttnBK, k1 - j0);
-      bwd_scores<T>(nq, bk, d, qt, dot, kt + j0, vt + j0, Nk, mask != nullptr ? mask + j0 : nullptr, Lrow,
-                    delta, a.scale, P, dS);
+      bwd_scores<T>(nq, bk, d, qt, dot, kt + j0, vt + j0, Nk, mask != nullptr ? mask + j0 : nullptr, Lrow, delta,
+                    a.scale, P, dS);
       // dv[j0:] += P^T dO ; dk[j0:] += scale * dS^T q ; dq[i0:] += scale * dS k
       gemm<T, 1, kAttnBK>(bk, d, nq, P, dout + i0 * d, d, dv + j0 * d, d, T(1), true);
       gemm<T, 1, kAttnBK>(bk, d, nq, dS, q + i0 * d, d, dk + j0 * d, d, a.scale, true);

@@ -6,10 +6,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../../cpu/parallel.h"
 #include "../common.h"
 #include "../ops.h"
 #include "kernel_table.h"
-#include "../../cpu/parallel.h"
 
 namespace pdnet::ops {
 namespace {
@@ -30,20 +30,17 @@ at::Tensor part_masks_cpu(const at::Tensor& part_logits, const at::Tensor& gate,
     const scalar_t* l = lc.const_data_ptr<scalar_t>();
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    pdnet::cpu::parallel_items(
-        B * nch, [&](int64_t item) {
-        const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
-        K.part_masks_forward(l + b * p * hw, g + b * hw, o + b * p * hw, p, hw, s,
-                             std::min(hw, s + kPixelChunk), gate_is_logit);
+    pdnet::cpu::parallel_items(B * nch, [&](int64_t item) {
+      const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
+      K.part_masks_forward(l + b * p * hw, g + b * hw, o + b * p * hw, p, hw, s, std::min(hw, s + kPixelChunk),
+                           gate_is_logit);
     });
   });
   return out.to(part_logits.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& grad_out,
-                                                           const at::Tensor& part_logits,
-                                                           const at::Tensor& masks,
-                                                           const at::Tensor& gate,
+std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& grad_out, const at::Tensor& part_logits,
+                                                           const at::Tensor& masks, const at::Tensor& gate,
                                                            bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CPU)";
   detail::check_part_masks_backward(where, grad_out, part_logits, masks, gate);
@@ -68,12 +65,10 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cpu(const at::Tensor& gra
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* gl = grad_logits.mutable_data_ptr<scalar_t>();
     scalar_t* gg = gate_grad ? grad_gate.mutable_data_ptr<scalar_t>() : nullptr;
-    pdnet::cpu::parallel_items(
-        B * nch, [&](int64_t item) {
-        const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
-        core(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw,
-             gg != nullptr ? gg + b * hw : nullptr, p, hw, s, std::min(hw, s + kPixelChunk),
-             gate_is_logit);
+    pdnet::cpu::parallel_items(B * nch, [&](int64_t item) {
+      const int64_t b = item / nch, s = (item % nch) * kPixelChunk;
+      core(go + b * p * hw, l + b * p * hw, g + b * hw, gl + b * p * hw, gg != nullptr ? gg + b * hw : nullptr, p, hw,
+           s, std::min(hw, s + kPixelChunk), gate_is_logit);
     });
   });
   return {grad_logits.to(dtype), grad_gate.to(dtype)};

@@ -26,6 +26,7 @@
 #include <c10/macros/Macros.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "vec_common.h"
 
@@ -38,26 +39,10 @@ constexpr int kAnyParts = 0;
 // f(std::integral_constant<int, P>{}) with P = p when 1 <= p <= kMaxFixedParts, else kAnyParts
 template <typename F>
 inline void with_part_count(int64_t p, const F& f) {
-  switch (p) {
-    case 1:
-      return f(std::integral_constant<int, 1>{});
-    case 2:
-      return f(std::integral_constant<int, 2>{});
-    case 3:
-      return f(std::integral_constant<int, 3>{});
-    case 4:
-      return f(std::integral_constant<int, 4>{});
-    case 5:
-      return f(std::integral_constant<int, 5>{});
-    case 6:
-      return f(std::integral_constant<int, 6>{});
-    case 7:
-      return f(std::integral_constant<int, 7>{});
-    case 8:
-      return f(std::integral_constant<int, 8>{});
-    default:
-      return f(std::integral_constant<int, kAnyParts>{});
-  }
+  [&]<int... Ps>(std::integer_sequence<int, Ps...>) {
+    const bool fixed = ((p == Ps + 1 && (f(std::integral_constant<int, Ps + 1>{}), true)) || ...);
+    if (!fixed) f(std::integral_constant<int, kAnyParts>{});
+  }(std::make_integer_sequence<int, kMaxFixedParts>{});
 }
 
 // The number of parts a core of part count P loops over.
@@ -173,16 +158,15 @@ void part_masks_forward_p(const T* logits, const T* gate, T* out, int64_t p, int
 template <typename T>
 void part_masks_forward(const T* logits, const T* gate, T* out, int64_t p, int64_t hw, int64_t s, int64_t e,
                         bool gate_is_logit) {
-  with_part_count(p, [&](auto P) {
-    part_masks_forward_p<decltype(P)::value>(logits, gate, out, p, hw, s, e, gate_is_logit);
-  });
+  with_part_count(
+      p, [&](auto P) { part_masks_forward_p<decltype(P)::value>(logits, gate, out, p, hw, s, e, gate_is_logit); });
 }
 
 // --- backward, recomputing the softmax from the logits ------------------------------------
 
 template <int P, typename T>
-void part_masks_backward_p(const T* grad_out, const T* logits, const T* gate, T* grad_logits, T* grad_gate,
-                           int64_t p, int64_t hw, int64_t s, int64_t e, bool gate_is_logit) {
+void part_masks_backward_p(const T* grad_out, const T* logits, const T* gate, T* grad_logits, T* grad_gate, int64_t p,
+                           int64_t hw, int64_t s, int64_t e, bool gate_is_logit) {
   using Vec = Vectorized<T>;
   over_vectors<T>(s, e, [&](int64_t x, int64_t n) {
     const int64_t np = parts_of<P>(p);  // in the loop body: a constant where P is

@@ -49,8 +49,7 @@ inline void tile_product(int64_t n, int64_t K, const T* a, const T* b, int64_t l
     for (int u = 0; u < NV; ++u) cnt[u] = std::clamp<int64_t>(n - u * V, 0, V);
     for (int64_t kk = 0; kk < K; ++kk) {
       Vec bv[NV];
-      for (int u = 0; u < NV; ++u)
-        bv[u] = cnt[u] > 0 ? Vec::loadu(b + kk * ldb + u * V, cnt[u]) : Vec(T(0));
+      for (int u = 0; u < NV; ++u) bv[u] = cnt[u] > 0 ? Vec::loadu(b + kk * ldb + u * V, cnt[u]) : Vec(T(0));
       for (int r = 0; r < MR; ++r) {
         const Vec av(a[r * A_RS + kk * A_CS]);
         for (int u = 0; u < NV; ++u) acc[r][u] = at::vec::fmadd(av, bv[u], acc[r][u]);
@@ -93,10 +92,8 @@ inline void for_each_tile(int64_t m, int64_t n, int64_t K, const T* a, const T* 
     constexpr int NV = decltype(nv_tag)::value;
     constexpr int MR = gemm_mr(NV);
     int64_t i = 0;
-    for (; i + MR <= m; i += MR)
-      tile_product<T, MR, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
-    for (; i < m; ++i)
-      tile_product<T, 1, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
+    for (; i + MR <= m; i += MR) tile_product<T, MR, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
+    for (; i < m; ++i) tile_product<T, 1, NV, A_RS, A_CS>(nn, K, a + i * A_RS, b + j, ldb, make_epi(i, j));
   };
   constexpr int NVW = kGemmNVWide;
   int64_t j = 0;
@@ -109,8 +106,8 @@ inline void for_each_tile(int64_t m, int64_t n, int64_t K, const T* a, const T* 
 
 // C[m x n] = (accumulate ? C : 0) + alpha * A[m x K] B[K x n], C(i, j) = c[i * ldc + j].
 template <typename T, int64_t A_RS, int64_t A_CS>
-inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c,
-                 int64_t ldc, T alpha, bool accumulate) {
+inline void gemm(int64_t m, int64_t n, int64_t K, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha,
+                 bool accumulate) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   for_each_tile<T, A_RS, A_CS>(m, n, K, a, b, ldb, [=](int64_t i, int64_t j) {

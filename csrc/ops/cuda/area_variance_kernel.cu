@@ -40,8 +40,8 @@ __device__ __forceinline__ float block_sum(float v) {
 // partial[row, chunk] = sum of x[row, chunk * kChunk : ...]; grid (n_chunks, min(rows, 65535)),
 // rows grid-strided over blockIdx.y (gridDim.y is at most 65535)
 template <typename T>
-__global__ void area_partial_kernel(const T* __restrict__ x, float* __restrict__ partial,
-                                    int64_t rows, int64_t hw, int n_chunks) {
+__global__ void area_partial_kernel(const T* __restrict__ x, float* __restrict__ partial, int64_t rows, int64_t hw,
+                                    int n_chunks) {
   const int64_t start = int64_t(blockIdx.x) * kChunk;
   const int64_t end = min(hw, start + kChunk);
   for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {  // uniform per block
@@ -55,8 +55,8 @@ __global__ void area_partial_kernel(const T* __restrict__ x, float* __restrict__
 
 // areas[row] = sum of the partials; loss = area_math::loss_of(areas) (0 * sum of the areas when p < 2)
 template <typename T>
-__global__ void area_loss_kernel(const float* __restrict__ partial, float* __restrict__ areas,
-                                 T* __restrict__ loss, int64_t B, int64_t p, int n_chunks) {
+__global__ void area_loss_kernel(const float* __restrict__ partial, float* __restrict__ areas, T* __restrict__ loss,
+                                 int64_t B, int64_t p, int n_chunks) {
   for (int64_t row = threadIdx.x; row < B * p; row += blockDim.x) {
     float s = 0.f;
     for (int c = 0; c < n_chunks; ++c) s += partial[row * n_chunks + c];
@@ -99,9 +99,8 @@ std::tuple<at::Tensor, at::Tensor> area_variance_cuda(const at::Tensor& x) {
     area_partial_kernel<T><<<dim3(n_chunks, grid_y), kThreads, 0, stream>>>(
         dptr<scalar_t>(xc), partial.mutable_data_ptr<float>(), B * p, hw, n_chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    area_loss_kernel<T><<<1, kThreads, 0, stream>>>(partial.const_data_ptr<float>(),
-                                                     areas.mutable_data_ptr<float>(),
-                                                     mptr<scalar_t>(loss), B, p, n_chunks);
+    area_loss_kernel<T><<<1, kThreads, 0, stream>>>(partial.const_data_ptr<float>(), areas.mutable_data_ptr<float>(),
+                                                    mptr<scalar_t>(loss), B, p, n_chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, areas};
@@ -122,7 +121,8 @@ at::Tensor area_variance_backward_cuda(const at::Tensor& grad_loss, const at::Te
   const at::Tensor ac = areas.to(at::kFloat).contiguous();
   PDNET_DISPATCH_CUDA_TYPES(x.scalar_type(), "area_variance_backward_cuda", [&] {
     using T = device_t<scalar_t>;
-    launch_grid_stride(area_coef_kernel<T>, B, dptr<scalar_t>(gl), ac.const_data_ptr<float>(), coef.mutable_data_ptr<float>(), B, p);
+    launch_grid_stride(area_coef_kernel<T>, B, dptr<scalar_t>(gl), ac.const_data_ptr<float>(),
+                       coef.mutable_data_ptr<float>(), B, p);
   });
   return coef.to(x.scalar_type());
 }

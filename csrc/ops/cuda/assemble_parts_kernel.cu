@@ -17,11 +17,9 @@ using namespace pdnet::cuda;
 
 // out[b, c, x] = sum_k (P + Y)[b, k, c, x] * R[b, k, x]; feats [B, p, C, hw], masks [B, p, hw]
 template <typename T>
-__global__ void assemble_fwd_kernel(const T* __restrict__ pf, const T* __restrict__ yf,
-                                    const T* __restrict__ masks, T* __restrict__ out, int64_t n,
-                                    int64_t p, int64_t C, int64_t hw) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+__global__ void assemble_fwd_kernel(const T* __restrict__ pf, const T* __restrict__ yf, const T* __restrict__ masks,
+                                    T* __restrict__ out, int64_t n, int64_t p, int64_t C, int64_t hw) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t x = idx % hw, bc = idx / hw;
     const int64_t c = bc % C, b = bc / C;
     float acc = 0.f;
@@ -36,10 +34,8 @@ __global__ void assemble_fwd_kernel(const T* __restrict__ pf, const T* __restric
 // grad_feats[b, k, c, x] = grad[b, c, x] * R[b, k, x]
 template <typename T>
 __global__ void assemble_bwd_feats_kernel(const T* __restrict__ grad, const T* __restrict__ masks,
-                                          T* __restrict__ grad_feats, int64_t n, int64_t p,
-                                          int64_t C, int64_t hw) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+                                          T* __restrict__ grad_feats, int64_t n, int64_t p, int64_t C, int64_t hw) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t x = idx % hw, bkc = idx / hw;
     const int64_t c = bkc % C, bk = bkc / C, b = bk / p;
     grad_feats[idx] = from_float<T>(to_float(grad[(b * C + c) * hw + x]) * to_float(masks[bk * hw + x]));
@@ -49,10 +45,9 @@ __global__ void assemble_bwd_feats_kernel(const T* __restrict__ grad, const T* _
 // grad_masks[b, k, x] = sum_c grad[b, c, x] * (P + Y)[b, k, c, x]
 template <typename T>
 __global__ void assemble_bwd_masks_kernel(const T* __restrict__ grad, const T* __restrict__ pf,
-                                          const T* __restrict__ yf, T* __restrict__ grad_masks,
-                                          int64_t n, int64_t p, int64_t C, int64_t hw) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
+                                          const T* __restrict__ yf, T* __restrict__ grad_masks, int64_t n, int64_t p,
+                                          int64_t C, int64_t hw) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t x = idx % hw, bk = idx / hw, b = bk / p;
     float acc = 0.f;
     for (int64_t c = 0; c < C; ++c) {
@@ -76,14 +71,15 @@ at::Tensor assemble_parts_cuda(const at::Tensor& p_feats, const at::Tensor& y_fe
   if (n == 0) return out;
   const at::Tensor pc = p_feats.contiguous(), yc = y_feats.contiguous(), mc = masks.contiguous();
   PDNET_DISPATCH_CUDA_TYPES(pc.scalar_type(), "assemble_parts_cuda", [&] {
-    launch_grid_stride(assemble_fwd_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(pc), dptr<scalar_t>(yc), dptr<scalar_t>(mc), mptr<scalar_t>(out), n, p, C, hw);
+    launch_grid_stride(assemble_fwd_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(pc), dptr<scalar_t>(yc),
+                       dptr<scalar_t>(mc), mptr<scalar_t>(out), n, p, C, hw);
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& p_feats, const at::Tensor& y_feats,
-    const at::Tensor& masks, bool feats_grad, bool masks_grad) {
+std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cuda(const at::Tensor& grad_out, const at::Tensor& p_feats,
+                                                                const at::Tensor& y_feats, const at::Tensor& masks,
+                                                                bool feats_grad, bool masks_grad) {
   const char* where = "pdnet::assemble_parts_backward (CUDA)";
   detail::check_assemble_parts_backward(where, grad_out, p_feats, y_feats, masks);
   check_cuda_dtype(where, p_feats);
@@ -97,12 +93,14 @@ std::tuple<at::Tensor, at::Tensor> assemble_parts_backward_cuda(
   PDNET_DISPATCH_CUDA_TYPES(gc.scalar_type(), "assemble_parts_backward_cuda", [&] {
     if (feats_grad && gf.numel() > 0) {
       const int64_t n = gf.numel();
-      launch_grid_stride(assemble_bwd_feats_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(mc), mptr<scalar_t>(gf), n, p, C, hw);
+      launch_grid_stride(assemble_bwd_feats_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(mc),
+                         mptr<scalar_t>(gf), n, p, C, hw);
     }
     if (masks_grad && gm.numel() > 0) {
       const at::Tensor pc = p_feats.contiguous(), yc = y_feats.contiguous();
       const int64_t n = gm.numel();
-      launch_grid_stride(assemble_bwd_masks_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(pc), dptr<scalar_t>(yc), mptr<scalar_t>(gm), n, p, C, hw);
+      launch_grid_stride(assemble_bwd_masks_kernel<device_t<scalar_t>>, n, dptr<scalar_t>(gc), dptr<scalar_t>(pc),
+                         dptr<scalar_t>(yc), mptr<scalar_t>(gm), n, p, C, hw);
     }
   });
   return {gf, gm};

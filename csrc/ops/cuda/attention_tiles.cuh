@@ -190,8 +190,7 @@ struct AttnCfg {
 // dst[r * LD + c] = src[(row0 + r) * d + c] for r < ROWS, c < D; zero past n rows / d columns.
 // vec16: d == D, and src plus every row start are 16-byte aligned.
 template <typename T, int ROWS, int D, int LD>
-__device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, int64_t n, int d,
-                                          bool vec16) {
+__device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, int64_t n, int d, bool vec16) {
   constexpr int kE = 16 / sizeof(T);  // elements per 16 bytes
   if (vec16) {
     constexpr int kChunks = ROWS * D / kE;
@@ -257,21 +256,30 @@ inline void dispatch_head_dim(const char* where, int64_t d, F&& f) {
   }
 }
 
-inline bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+// every tensor's data starts on a 16-byte boundary
+template <typename... Tensors>
+inline bool aligned16(const Tensors&... ts) {
+  return ((reinterpret_cast<uintptr_t>(ts.const_data_ptr()) % 16 == 0) && ...);
 }
 
-// opt the kernel into `bytes` of dynamic shared memory, with a clear error if the device has less
-template <typename Kernel>
-inline void set_smem(const char* where, Kernel kernel, int bytes) {
+// kernel<<<blocks, threads, smem_bytes>>>(args...) on the current stream, then the launch check:
+// after checking the grid size (`what` names the tensor it comes from, for the error), the
+// device's compute capability and its shared memory, and opting the kernel into smem_bytes of
+// dynamic shared memory when that is above the default 48 KB.
+template <typename... Params, typename... Args>
+inline void launch_with_smem(const char* where, const at::Tensor& what, void (*kernel)(Params...), int64_t blocks,
+                             int threads, int smem_bytes, Args... args) {
+  TORCH_CHECK(blocks < (int64_t(1) << 31), where, ": too many blocks for ", pdnet::ops::detail::describe(what));
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(prop->major >= 8, where, ": the CUDA kernels need compute capability 8.0 or newer, ",
-              prop->name, " has ", prop->major, ".", prop->minor);
-  TORCH_CHECK(static_cast<size_t>(bytes) <= prop->sharedMemPerBlockOptin, where, ": needs ", bytes,
+  TORCH_CHECK(prop->major >= 8, where, ": the CUDA kernels need compute capability 8.0 or newer, ", prop->name, " has ",
+              prop->major, ".", prop->minor);
+  TORCH_CHECK(static_cast<size_t>(smem_bytes) <= prop->sharedMemPerBlockOptin, where, ": needs ", smem_bytes,
               " bytes of shared memory per block, ", prop->name, " offers ", prop->sharedMemPerBlockOptin);
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (smem_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   }
+  kernel<<<static_cast<unsigned>(blocks), threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace pdnet::cuda

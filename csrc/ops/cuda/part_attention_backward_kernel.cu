@@ -50,8 +50,8 @@ __global__ void attn_delta_kernel(const T* __restrict__ dout,    // [rows, d]
 // float staging tile stage [BN, LDD] (every warp stores its 16 rows, then the block writes).
 // x * 1.f is x exactly, so scale 1 writes the accumulator as it is.
 template <typename T, int D, int BN>
-__device__ __forceinline__ void store_key_rows(const WarpTile<T, D>& acc, float* stage, T* dst, int64_t n0,
-                                               int64_t Nk, int d, float scale) {
+__device__ __forceinline__ void store_key_rows(const WarpTile<T, D>& acc, float* stage, T* dst, int64_t n0, int64_t Nk,
+                                               int d, float scale) {
   constexpr int LDD = AttnCfg<T, D>::LDD;
   const int warp = threadIdx.x >> 5;
   __syncthreads();  // the staging tile's memory is free
@@ -77,8 +77,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
                     T* __restrict__ dk,               // [BH, Nk, d]
                     T* __restrict__ dv,               // [BH, Nk, d]
                     float* __restrict__ dmask,        // [BH, Nk] or nullptr
-                    int64_t Nq, int64_t Nk, int d, float scale, float scale_log2,
-                    int64_t n_kblocks, bool vec16) {
+                    int64_t Nq, int64_t Nk, int d, float scale, float scale_log2, int64_t n_kblocks, bool vec16) {
   using Cfg = AttnCfg<T, D>;
   constexpr int BN = Cfg::BWD_BN, BM = Cfg::BWD_BM, NW = BN / 16;
   constexpr int LDT = Cfg::LDT, LDS = Cfg::BWD_LDS, LDP = Cfg::BWD_LDP, LDD = Cfg::LDD;
@@ -188,9 +187,9 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_BN * 2)
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backward_cuda(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    double scale, const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, double scale,
+    const std::optional<at::Tensor>& key_mask, bool key_mask_grad) {
   const char* where = "pdnet::part_attention_backward (CUDA)";
   detail::check_part_attention_backward(where, grad_out, grad_lse, q, k, v, out, lse, key_mask);
   check_cuda_dtype(where, q);
@@ -224,7 +223,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
   PDNET_DISPATCH_CUDA_TYPES(qc.scalar_type(), "part_attention_backward_cuda", [&] {
     using T = device_t<scalar_t>;
     const int64_t rows = BH * Nq;
-    const int64_t delta_blocks = std::min<int64_t>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32), 65535LL * 32);
+    const int64_t delta_blocks =
+        std::min<int64_t>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32), 65535LL * 32);
     attn_delta_kernel<T><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, stream>>>(
         dptr<scalar_t>(doc), dptr<scalar_t>(oc), dlc.defined() ? dlc.const_data_ptr<float>() : nullptr,
         delta.mutable_data_ptr<float>(), rows, static_cast<int>(d));
@@ -232,20 +232,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
     dispatch_head_dim(where, d, [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       using Cfg = AttnCfg<T, D>;
-      const bool vec16 = d == D && aligned16(qc.const_data_ptr()) && aligned16(kc.const_data_ptr()) &&
-                         aligned16(vc.const_data_ptr()) && aligned16(doc.const_data_ptr());
+      const bool vec16 = d == D && aligned16(qc, kc, vc, doc);
       const int64_t n_kblocks = (Nk + Cfg::BWD_BN - 1) / Cfg::BWD_BN;
-      TORCH_CHECK(BH * n_kblocks < (int64_t(1) << 31), where, ": too many blocks for ", detail::describe(k));
-      auto kernel = attn_bwd_kernel<T, D>;
-      set_smem(where, kernel, Cfg::BWD_SMEM);
-      kernel<<<static_cast<unsigned>(BH * n_kblocks), Cfg::BWD_BN * 2, Cfg::BWD_SMEM, stream>>>(
-          dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
-          mc.defined() ? mc.const_data_ptr<float>() : nullptr, dptr<scalar_t>(doc),
-          lc.const_data_ptr<float>(), delta.const_data_ptr<float>(), dq_acc.mutable_data_ptr<float>(),
-          mptr<scalar_t>(dk), mptr<scalar_t>(dv), want_dmask ? dmask.mutable_data_ptr<float>() : nullptr,
-          Nq, Nk, static_cast<int>(d), static_cast<float>(scale), static_cast<float>(scale) * kLog2e,
-          n_kblocks, vec16);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_with_smem(where, k, attn_bwd_kernel<T, D>, BH * n_kblocks, Cfg::BWD_BN * 2, Cfg::BWD_SMEM,
+                       dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
+                       mc.defined() ? mc.const_data_ptr<float>() : nullptr, dptr<scalar_t>(doc),
+                       lc.const_data_ptr<float>(), delta.const_data_ptr<float>(), dq_acc.mutable_data_ptr<float>(),
+                       mptr<scalar_t>(dk), mptr<scalar_t>(dv), want_dmask ? dmask.mutable_data_ptr<float>() : nullptr,
+                       Nq, Nk, static_cast<int>(d), static_cast<float>(scale), static_cast<float>(scale) * kLog2e,
+                       n_kblocks, vec16);
     });
   });
   return {dq_acc.to(q.scalar_type()), dk, dv, want_dmask ? dmask.to(mask_dtype) : dmask};

@@ -125,9 +125,8 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                       const at::Tensor& v, double scale,
-                                                       const std::optional<at::Tensor>& key_mask) {
+std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       double scale, const std::optional<at::Tensor>& key_mask) {
   const char* where = "pdnet::part_attention (CUDA)";
   detail::check_part_attention(where, q, k, v, key_mask);
   check_cuda_dtype(where, q);
@@ -140,24 +139,18 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, cons
   at::Tensor out = at::empty({B, p, Nq, d}, qc.options());
   at::Tensor lse = at::empty({B, p, Nq}, qc.options().dtype(at::kFloat));
   if (BH * Nq == 0) return {out, lse};
-  auto stream = at::cuda::getCurrentCUDAStream();
   PDNET_DISPATCH_CUDA_TYPES(qc.scalar_type(), "part_attention_cuda", [&] {
     using T = device_t<scalar_t>;
     dispatch_head_dim(where, d, [&](auto dc) {
       constexpr int D = decltype(dc)::value;
       using Cfg = AttnCfg<T, D>;
-      const bool vec16 = d == D && aligned16(qc.const_data_ptr()) && aligned16(kc.const_data_ptr()) &&
-                         aligned16(vc.const_data_ptr());
+      const bool vec16 = d == D && aligned16(qc, kc, vc);
       const int64_t n_qblocks = (Nq + Cfg::FWD_BM - 1) / Cfg::FWD_BM;
-      TORCH_CHECK(BH * n_qblocks < (int64_t(1) << 31), where, ": too many blocks for ", detail::describe(q));
-      auto kernel = attn_fwd_kernel<T, D>;
-      set_smem(where, kernel, Cfg::FWD_SMEM);
-      kernel<<<static_cast<unsigned>(BH * n_qblocks), Cfg::FWD_BM * 2, Cfg::FWD_SMEM, stream>>>(
-          dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
-          mc.defined() ? mc.const_data_ptr<float>() : nullptr, mptr<scalar_t>(out),
-          lse.mutable_data_ptr<float>(), Nq, Nk, static_cast<int>(d),
-          static_cast<float>(scale) * kLog2e, n_qblocks, vec16);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_with_smem(where, q, attn_fwd_kernel<T, D>, BH * n_qblocks, Cfg::FWD_BM * 2, Cfg::FWD_SMEM,
+                       dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
+                       mc.defined() ? mc.const_data_ptr<float>() : nullptr, mptr<scalar_t>(out),
+                       lse.mutable_data_ptr<float>(), Nq, Nk, static_cast<int>(d), static_cast<float>(scale) * kLog2e,
+                       n_qblocks, vec16);
     });
   });
   return {out, lse};

@@ -20,9 +20,8 @@ __device__ __forceinline__ float gate_value(float g, bool gate_is_logit) {
 
 // logits, out [B, p, hw]; gate [B, hw]
 template <typename T>
-__global__ void part_masks_fwd_kernel(const T* __restrict__ logits, const T* __restrict__ gate,
-                                      T* __restrict__ out, int64_t n_pix, int64_t p, int64_t hw,
-                                      bool gate_is_logit) {
+__global__ void part_masks_fwd_kernel(const T* __restrict__ logits, const T* __restrict__ gate, T* __restrict__ out,
+                                      int64_t n_pix, int64_t p, int64_t hw, bool gate_is_logit) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n_pix;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = idx / hw, x = idx - b * hw;
@@ -43,8 +42,8 @@ __global__ void part_masks_fwd_kernel(const T* __restrict__ logits, const T* __r
 template <typename T>
 __global__ void part_masks_bwd_kernel(const T* __restrict__ grad_out, const T* __restrict__ logits,
                                       const T* __restrict__ gate, T* __restrict__ grad_logits,
-                                      T* __restrict__ grad_gate, int64_t n_pix, int64_t p,
-                                      int64_t hw, bool gate_is_logit) {
+                                      T* __restrict__ grad_gate, int64_t n_pix, int64_t p, int64_t hw,
+                                      bool gate_is_logit) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n_pix;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = idx / hw, x = idx - b * hw;
@@ -82,17 +81,16 @@ at::Tensor part_masks_cuda(const at::Tensor& part_logits, const at::Tensor& gate
   const int64_t B = lc.size(0), p = lc.size(1), hw = lc.size(2) * lc.size(3);
   const int64_t n_pix = B * hw;
   PDNET_DISPATCH_CUDA_TYPES(lc.scalar_type(), "part_masks_cuda", [&] {
-    launch_grid_stride(part_masks_fwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(out), n_pix, p, hw, gate_is_logit);
+    launch_grid_stride(part_masks_fwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(lc), dptr<scalar_t>(gc),
+                       mptr<scalar_t>(out), n_pix, p, hw, gate_is_logit);
   });
   return out;
 }
 
 // The softmax is recomputed from part_logits (masks, the forward's output, is not read):
 // on the GPU the exps are cheap next to the memory traffic, which is the same either way.
-std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& grad_out,
-                                                            const at::Tensor& part_logits,
-                                                            const at::Tensor& masks,
-                                                            const at::Tensor& gate,
+std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& grad_out, const at::Tensor& part_logits,
+                                                            const at::Tensor& masks, const at::Tensor& gate,
                                                             bool gate_is_logit, bool gate_grad) {
   const char* where = "pdnet::part_masks_backward (CUDA)";
   detail::check_part_masks_backward(where, grad_out, part_logits, masks, gate);
@@ -108,7 +106,9 @@ std::tuple<at::Tensor, at::Tensor> part_masks_backward_cuda(const at::Tensor& gr
   if (n_pix == 0) return {grad_logits, grad_gate};
   if (p == 0) return {grad_logits, grad_gate.zero_()};
   PDNET_DISPATCH_CUDA_TYPES(lc.scalar_type(), "part_masks_backward_cuda", [&] {
-    launch_grid_stride(part_masks_bwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(goc), dptr<scalar_t>(lc), dptr<scalar_t>(gc), mptr<scalar_t>(grad_logits), gate_grad ? mptr<scalar_t>(grad_gate) : nullptr, n_pix, p, hw, gate_is_logit);
+    launch_grid_stride(part_masks_bwd_kernel<device_t<scalar_t>>, n_pix, dptr<scalar_t>(goc), dptr<scalar_t>(lc),
+                       dptr<scalar_t>(gc), mptr<scalar_t>(grad_logits), gate_grad ? mptr<scalar_t>(grad_gate) : nullptr,
+                       n_pix, p, hw, gate_is_logit);
   });
   return {grad_logits, grad_gate};
 }
