@@ -1,5 +1,5 @@
 // Building blocks of the vectorised CPU cores: a register-blocked small GEMM and
-// row-wise softmax helpers. Included only through isa_impl.h (CPU_CAPABILITY set), so
+// row-wise softmax helpers. Included only through kernel_table_impl.h (CPU_CAPABILITY set), so
 // everything lives in the ISA-specific inline namespace.
 #pragma once
 
