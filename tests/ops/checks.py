@@ -243,3 +243,70 @@ def compile_fullgraph(op: str, backend: str, device: str) -> None:
     want = C.forward_backward(lambda *a, **k: C.call(op, a, k, backend), args, kwargs)
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=lambda m, i=i: f"{op}/{backend} term {i}: {m}")
+
+
+# --------------------------------------------------------------------------- the common tests
+def common_tests(*ops: str) -> tuple:
+    """The tests every op's file runs, as pytest test functions parametrised over ``ops``
+    (when more than one), backends, devices and dtypes: forward and gradients against the
+    reference on the awkward, model and large cases and on the NaN / inf ones, gradcheck,
+    gradgradcheck, double backward against the reference, opcheck, backward kernels
+    versus the formula under create_graph, and torch.compile."""
+    with_op = len(ops) > 1
+
+    @pytest.mark.parametrize(
+        "case,backend,device,dtype",
+        [p for op in ops for p in params(op, ("awkward", "model", "large"), with_op=with_op)],
+    )
+    def test_matches_reference(case, backend, device, dtype):
+        against_reference(case, backend, device, dtype)
+
+    @pytest.mark.parametrize(
+        "case,backend,device,dtype",
+        [p for op in ops for p in params(op, ("nonfinite",), (torch.float64, torch.float32), with_op=with_op)],
+    )
+    def test_nonfinite_like_reference(case, backend, device, dtype):
+        """NaN and inf at the same places of the output and of every gradient as in the reference."""
+        against_reference(case, backend, device, dtype)
+
+    def per_op(pairs=None, *, float64=False):
+        return [
+            pytest.param(op, *p.values, id=f"{op}-{p.id}" if with_op else p.id, marks=p.marks)
+            for op in ops
+            for p in backend_params(pairs, float64=float64)
+        ]
+
+    @pytest.mark.parametrize("op,backend,device", per_op(float64=True))
+    def test_gradcheck(op, backend, device):
+        gradcheck(op, backend, device)
+
+    @pytest.mark.parametrize("op,backend,device", per_op(float64=True))
+    def test_gradgradcheck(op, backend, device):
+        gradgradcheck(op, backend, device)
+
+    @pytest.mark.parametrize("op,backend,device", per_op(KERNEL_BACKEND_DEVICES, float64=True))
+    def test_double_backward_matches_reference(op, backend, device):
+        hessian_vector_product(op, backend, device)
+
+    @pytest.mark.parametrize("op,backend,device", per_op(KERNEL_BACKEND_DEVICES))
+    def test_opcheck(op, backend, device):
+        opcheck(op, backend, device, C.BACKEND_DTYPES[(backend, device)][0])
+
+    @pytest.mark.parametrize("op,backend,device", per_op(KERNEL_BACKEND_DEVICES))
+    def test_backward_kernels_unless_create_graph(op, backend, device):
+        backward_kernels_unless_create_graph(op, backend, device)
+
+    @pytest.mark.parametrize("op,backend,device", per_op())
+    def test_compile_fullgraph(op, backend, device):
+        compile_fullgraph(op, backend, device)
+
+    return (
+        test_matches_reference,
+        test_nonfinite_like_reference,
+        test_gradcheck,
+        test_gradgradcheck,
+        test_double_backward_matches_reference,
+        test_opcheck,
+        test_backward_kernels_unless_create_graph,
+        test_compile_fullgraph,
+    )

@@ -16,18 +16,11 @@ from . import checks
 
 OP = "area_variance"
 
-
-@pytest.mark.parametrize("case,backend,device,dtype", checks.params(OP, ("awkward", "model", "large")))
-def test_matches_reference(case, backend, device, dtype):
-    checks.against_reference(case, backend, device, dtype)
-
-
-@pytest.mark.parametrize(
-    "case,backend,device,dtype", checks.params(OP, ("nonfinite",), dtypes=(torch.float64, torch.float32))
-)
-def test_nonfinite_like_reference(case, backend, device, dtype):
-    """NaN and inf at the same places of the loss and of the gradient as in the reference."""
-    checks.against_reference(case, backend, device, dtype)
+# against the reference (awkward, model, large and NaN / inf cases), gradcheck, gradgradcheck,
+# double backward, opcheck, backward kernels versus create_graph, torch.compile: checks.py
+(test_matches_reference, test_nonfinite_like_reference, test_gradcheck, test_gradgradcheck,
+ test_double_backward_matches_reference, test_opcheck, test_backward_kernels_unless_create_graph,
+ test_compile_fullgraph) = checks.common_tests(OP)
 
 
 @pytest.mark.parametrize("backend,device", checks.backend_params())
@@ -69,36 +62,6 @@ def test_kernel_op_returns_the_loss_and_the_areas(backend, device):
     assert loss.shape == () and areas.shape == x.shape[:2]
     torch.testing.assert_close(areas.double(), x.double().sum((2, 3)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss.double(), C.reference(OP)(x.double()), atol=1e-6, rtol=1e-5)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradcheck(backend, device):
-    checks.gradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradgradcheck(backend, device):
-    checks.gradgradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES, float64=True))
-def test_double_backward_matches_reference(backend, device):
-    checks.hessian_vector_product(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_opcheck(backend, device):
-    checks.opcheck(OP, backend, device, C.BACKEND_DTYPES[(backend, device)][0])
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_backward_kernels_unless_create_graph(backend, device):
-    checks.backward_kernels_unless_create_graph(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params())
-def test_compile_fullgraph(backend, device):
-    checks.compile_fullgraph(OP, backend, device)
 
 
 def test_reference_by_hand():

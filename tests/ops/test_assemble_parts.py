@@ -16,18 +16,11 @@ from . import checks
 
 OP = "assemble_parts"
 
-
-@pytest.mark.parametrize("case,backend,device,dtype", checks.params(OP, ("awkward", "model", "large")))
-def test_matches_reference(case, backend, device, dtype):
-    checks.against_reference(case, backend, device, dtype)
-
-
-@pytest.mark.parametrize(
-    "case,backend,device,dtype", checks.params(OP, ("nonfinite",), dtypes=(torch.float64, torch.float32))
-)
-def test_nonfinite_like_reference(case, backend, device, dtype):
-    """NaN and inf at the same places of the output and of every gradient as in the reference."""
-    checks.against_reference(case, backend, device, dtype)
+# against the reference (awkward, model, large and NaN / inf cases), gradcheck, gradgradcheck,
+# double backward, opcheck, backward kernels versus create_graph, torch.compile: checks.py
+(test_matches_reference, test_nonfinite_like_reference, test_gradcheck, test_gradgradcheck,
+ test_double_backward_matches_reference, test_opcheck, test_backward_kernels_unless_create_graph,
+ test_compile_fullgraph) = checks.common_tests(OP)
 
 
 @pytest.mark.parametrize("backend,device", checks.backend_params())
@@ -46,36 +39,6 @@ def test_zero_masks_give_zero(backend, device):
     (p_feats, y_feats, masks), _ = C.make_inputs(case, device, C.BACKEND_DTYPES[(backend, device)][0])
     out = pdnet.ops.assemble_parts(p_feats, y_feats, torch.zeros_like(masks), backend=backend)
     assert out.shape == (1, 17, 5, 13) and torch.all(out == 0)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradcheck(backend, device):
-    checks.gradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradgradcheck(backend, device):
-    checks.gradgradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES, float64=True))
-def test_double_backward_matches_reference(backend, device):
-    checks.hessian_vector_product(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_opcheck(backend, device):
-    checks.opcheck(OP, backend, device, C.BACKEND_DTYPES[(backend, device)][0])
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_backward_kernels_unless_create_graph(backend, device):
-    checks.backward_kernels_unless_create_graph(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params())
-def test_compile_fullgraph(backend, device):
-    checks.compile_fullgraph(OP, backend, device)
 
 
 def test_reference_is_a_sum_over_parts():

@@ -19,20 +19,13 @@ from . import cases as C
 from . import checks
 
 OP = "part_attention"
+
+# against the reference (awkward, model, large and NaN / inf cases), gradcheck, gradgradcheck,
+# double backward, opcheck, backward kernels versus create_graph, torch.compile: checks.py
+(test_matches_reference, test_nonfinite_like_reference, test_gradcheck, test_gradgradcheck,
+ test_double_backward_matches_reference, test_opcheck, test_backward_kernels_unless_create_graph,
+ test_compile_fullgraph) = checks.common_tests(OP)
 INF = math.inf
-
-
-@pytest.mark.parametrize("case,backend,device,dtype", checks.params(OP, ("awkward", "model", "large")))
-def test_matches_reference(case, backend, device, dtype):
-    checks.against_reference(case, backend, device, dtype)
-
-
-@pytest.mark.parametrize(
-    "case,backend,device,dtype", checks.params(OP, ("nonfinite",), dtypes=(torch.float64, torch.float32))
-)
-def test_nonfinite_like_reference(case, backend, device, dtype):
-    """NaN and inf at the same places of the output and of every gradient as in the reference."""
-    checks.against_reference(case, backend, device, dtype)
 
 
 def _with_lse(fn):
@@ -133,36 +126,6 @@ def test_strided_and_expanded_inputs_and_a_mask_of_another_dtype(backend, device
     mask = randn(2, 3, 29, dt=mask_dtype)
     assert not q.is_contiguous() and k.stride(0) == 0
     checks.compare(OP, backend, (q, k, v), {"scale": 0.5, "key_mask": mask}, name="strided")
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradcheck(backend, device):
-    checks.gradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(float64=True))
-def test_gradgradcheck(backend, device):
-    checks.gradgradcheck(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES, float64=True))
-def test_double_backward_matches_reference(backend, device):
-    checks.hessian_vector_product(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_opcheck(backend, device):
-    checks.opcheck(OP, backend, device, C.BACKEND_DTYPES[(backend, device)][0])
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params(checks.KERNEL_BACKEND_DEVICES))
-def test_backward_kernels_unless_create_graph(backend, device):
-    checks.backward_kernels_unless_create_graph(OP, backend, device)
-
-
-@pytest.mark.parametrize("backend,device", checks.backend_params())
-def test_compile_fullgraph(backend, device):
-    checks.compile_fullgraph(OP, backend, device)
 
 
 # --------------------------------------------------------------------------- the reference

@@ -17,28 +17,11 @@ from . import checks
 
 OPS = ("part_masks", "part_masks_gt")
 
-
-def _per_op(make):
-    """make(op) -> params, for both ops, with the op as the first parameter."""
-    return [pytest.param(op, *p.values, id=f"{op}-{p.id}", marks=p.marks) for op in OPS for p in make(op)]
-
-
-@pytest.mark.parametrize(
-    "case,backend,device,dtype",
-    [p for op in OPS for p in checks.params(op, ("awkward", "model", "large"), with_op=True)],
-)
-def test_matches_reference(case, backend, device, dtype):
-    checks.against_reference(case, backend, device, dtype)
-
-
-@pytest.mark.parametrize(
-    "case,backend,device,dtype",
-    [p for op in OPS for p in checks.params(op, ("nonfinite",), dtypes=(torch.float64, torch.float32), with_op=True)],
-)
-def test_nonfinite_like_reference(case, backend, device, dtype):
-    """NaN and inf at the same places of the output and of every gradient as in the
-    reference, with and without the ground-truth mask's gradient."""
-    checks.against_reference(case, backend, device, dtype)
+# against the reference (awkward, model, large and NaN / inf cases), gradcheck, gradgradcheck,
+# double backward, opcheck, backward kernels versus create_graph, torch.compile: checks.py
+(test_matches_reference, test_nonfinite_like_reference, test_gradcheck, test_gradgradcheck,
+ test_double_backward_matches_reference, test_opcheck, test_backward_kernels_unless_create_graph,
+ test_compile_fullgraph) = checks.common_tests(*OPS)
 
 
 def _finite_dtypes(backend, device):
@@ -86,38 +69,6 @@ def test_one_part_gives_exactly_zero_logit_gradient(backend, device):
             out = C.call(op, (x, g), {}, backend)
             (dx,) = torch.autograd.grad(out, x, torch.randn_like(out))
             assert torch.equal(dx, torch.zeros_like(dx)), (op, dtype, gate_grad)
-
-
-@pytest.mark.parametrize("op,backend,device", _per_op(lambda op: checks.backend_params(float64=True)))
-def test_gradcheck(op, backend, device):
-    checks.gradcheck(op, backend, device)
-
-
-@pytest.mark.parametrize("op,backend,device", _per_op(lambda op: checks.backend_params(float64=True)))
-def test_gradgradcheck(op, backend, device):
-    checks.gradgradcheck(op, backend, device)
-
-
-@pytest.mark.parametrize(
-    "op,backend,device", _per_op(lambda op: checks.backend_params(checks.KERNEL_BACKEND_DEVICES, float64=True))
-)
-def test_double_backward_matches_reference(op, backend, device):
-    checks.hessian_vector_product(op, backend, device)
-
-
-@pytest.mark.parametrize("op,backend,device", _per_op(lambda op: checks.backend_params(checks.KERNEL_BACKEND_DEVICES)))
-def test_opcheck(op, backend, device):
-    checks.opcheck(op, backend, device, C.BACKEND_DTYPES[(backend, device)][0])
-
-
-@pytest.mark.parametrize("op,backend,device", _per_op(lambda op: checks.backend_params(checks.KERNEL_BACKEND_DEVICES)))
-def test_backward_kernels_unless_create_graph(op, backend, device):
-    checks.backward_kernels_unless_create_graph(op, backend, device)
-
-
-@pytest.mark.parametrize("op,backend,device", _per_op(lambda op: checks.backend_params()))
-def test_compile_fullgraph(op, backend, device):
-    checks.compile_fullgraph(op, backend, device)
 
 
 # --------------------------------------------------------------------------- the reference
