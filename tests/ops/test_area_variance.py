@@ -90,6 +90,7 @@ def test_cpp_raw_op_errors_name_the_dtype():
 
 
 @pytest.mark.cuda
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,device", checks.cuda_params())
 def test_cuda_more_rows_than_grid_y(backend, device):
     """B * p = 65600 rows (> 65535, a grid's y limit) of 4160 pixels."""
