@@ -126,8 +126,11 @@ inline Vectorized<T> part_exps(const T* logits, int64_t hw, int64_t x, int64_t n
     for (int64_t k = 0; k < np; ++k) ek.set(k, Vec::loadu(logits + k * hw + x, n));
   }
   auto logit = [&](int64_t k) {
-    if constexpr (P != kAnyParts) return ek[k];
-    return Vec::loadu(logits + k * hw + x, n);
+    if constexpr (P != kAnyParts) {
+      return ek[k];
+    } else {
+      return Vec::loadu(logits + k * hw + x, n);
+    }
   };
   Vec mx = logit(0);
   for (int64_t k = 1; k < np; ++k) mx = at::vec::maximum(mx, logit(k));
