@@ -180,7 +180,7 @@ setup(
         "data": ["scikit-image", "av"],
         "train": ["tensorboard"],
         # pinned: `make lint` must give the same verdict everywhere
-        "lint": ["ruff==0.17.6", "clang-format==23.1.5"],
+        "lint": ["ruff==0.16.9", "clang-format==23.1.1"],
     },
     entry_points={"console_scripts": ["pdnet = pdnet.cli:main"]},
     ext_modules=ext_modules,

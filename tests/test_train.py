@@ -140,12 +140,18 @@ def test_sampler_shards_and_resumes():
         (["train.amp=fp8"], "train.amp"),
         (["data.output=half"], "data.output"),
         (["train.keep_freed_memory=sometimes"], "train.keep_freed_memory"),
-        (["train.keep_freed_memory=auto"], "train.keep_freed_memory must be true or false, got 'auto'"),
     ],
 )
 def test_config_errors(sets, msg):
     with pytest.raises(ConfigError, match=msg):
         load_config(None, sets)
+
+
+def test_keep_freed_memory_auto_reads_as_false():
+    # a run whose saved config.yaml still says auto resumes, without keeping freed memory
+    with pytest.warns(UserWarning, match="keep_freed_memory=auto is read as false"):
+        cfg = load_config(None, ["train.keep_freed_memory=auto"])
+    assert cfg["train"]["keep_freed_memory"] is False
 
 
 def test_shipped_configs_load():

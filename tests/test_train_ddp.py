@@ -33,6 +33,7 @@ def torchrun(data, out, steps, resume=False):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_two_ranks_stay_in_step_and_resume(synth_data, tmp_path):  # noqa: F811 - the fixture imported above

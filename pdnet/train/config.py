@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,16 @@ def _flag(v):
     raise _Bad("true or false")
 
 
+def _opt_in_flag(v):
+    """true or false; ``auto`` (which a run's saved config.yaml may still hold: it meant "on for CPU
+    devices" before the setting became opt-in) reads as false, with a warning, so such a run resumes."""
+    if v == "auto":
+        warnings.warn("train.keep_freed_memory=auto is read as false: keeping freed memory is opt-in "
+                      "(set it to true to keep it)", UserWarning, stacklevel=2)
+        return False
+    return _flag(v)
+
+
 def _text(v):
     if not isinstance(v, str) or not v:
         raise _Bad("a non-empty string")
@@ -245,7 +256,7 @@ RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "image_head_lr": _number(0),
         "amp": _choice("auto", "bf16", "fp16", "off"),
         "channels_last": _flag,
-        "keep_freed_memory": _flag,
+        "keep_freed_memory": _opt_in_flag,
         "compile": _flag,
         "seed": _int(0, SEED_MAX),
         "semantic_features": _weights,
