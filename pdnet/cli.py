@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 #: command -> (module that defines it with ``add_parser``, the summary ``pdnet --help``
-#: lists, the same as that module's ``help=``), in help order
+#: lists and the command's own help shows: see :func:`add_command`), in help order
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pdnet.demo",
              "the whole pipeline on synthetic data: synth, train demo-cpu, evaluate, segment, report (CPU)"),
@@ -35,6 +35,12 @@ COMMAND_MODULES = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 class UserError(Exception):
     """An error caused by the user's input; printed as one line, exit code 2."""
+
+
+def add_command(subparsers, name: str, description: str) -> argparse.ArgumentParser:
+    """Registers sub-command ``name`` (a key of :data:`COMMANDS`) with its summary as help;
+    each command module's ``add_parser`` starts with this."""
+    return subparsers.add_parser(name, help=COMMANDS[name][1], description=description)
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -29,6 +29,8 @@ import argparse
 import math
 import time
 
+from .cli import add_command
+
 #: default wall-time budget of ``pdnet demo`` (minutes), all stages together
 DEFAULT_MINUTES = 4.5
 
@@ -303,9 +305,8 @@ def _positive_float(what: str):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the whole pipeline on synthetic data: synth, train demo-cpu, evaluate, segment, report (CPU)",
+    p = add_command(
+        sub, "demo",
         description="Synthesise a small video dataset, measure J&F of the untrained model on its held-out "
         "clips, train demo-cpu, measure J&F again, segment a held-out clip with the trained checkpoint and "
         "write OUT/report.json, all within --minutes of wall time: training ends at the end of the recipe "

@@ -56,6 +56,17 @@ def _read_bytes(path: PathLike) -> bytes:
         raise problem(path, f"cannot read file ({exc.strerror or exc})") from None
 
 
+def _read_whole(path: PathLike) -> bytes:
+    """The bytes of an image file, refusing an empty or visibly truncated one."""
+    data = _read_bytes(path)
+    if not data:
+        raise problem(path, "empty file")
+    reason = _truncation(path, data[:8], data[-_TAIL:])
+    if reason:
+        raise problem(path, reason)
+    return data
+
+
 def _truncation(path: PathLike, head: bytes, tail: bytes) -> str:
     """Returns why a JPEG/PNG file looks truncated from its first/last bytes, or ''."""
     if head.startswith(_JPEG_MAGIC) and _JPEG_END not in tail:
@@ -77,12 +88,7 @@ def read_image(path: PathLike) -> torch.Tensor:
     Raises:
         DataError: missing, unreadable, truncated or undecodable file (message names it).
     """
-    data = _read_bytes(path)
-    if not data:
-        raise problem(path, "empty file")
-    reason = _truncation(path, data[:8], data[-_TAIL:])
-    if reason:
-        raise problem(path, reason)
+    data = _read_whole(path)
     if data.startswith(_JPEG_MAGIC) and _tv_decode_jpeg() is not None:
         decode, rgb = _tv_decode_jpeg()
         try:
@@ -183,12 +189,7 @@ def decode_mask(path: PathLike, mode: str = "auto", as_image: bool = False):
 
     from PIL import Image, UnidentifiedImageError
 
-    data = _read_bytes(path)
-    if not data:
-        raise problem(path, "empty file")
-    reason = _truncation(path, data[:8], data[-_TAIL:])
-    if reason:
-        raise problem(path, reason)
+    data = _read_whole(path)
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
@@ -291,12 +292,7 @@ def read_rgba(image_path: PathLike, mask_path: PathLike, mask_mode: str = "auto"
         DataError: as :func:`read_image` / :func:`read_mask`, or when the mask's size is
         not the frame's (the message names both files).
     """
-    data = _read_bytes(image_path)
-    if not data:
-        raise problem(image_path, "empty file")
-    reason = _truncation(image_path, data[:8], data[-_TAIL:])
-    if reason:
-        raise problem(image_path, reason)
+    data = _read_whole(image_path)
     mask = decode_mask(mask_path, mask_mode, as_image=True)
     if data.startswith(_JPEG_MAGIC):
         rgba = _pil_jpeg_rgba(data, mask)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli import add_command
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="DAVIS J&F of predicted mask PNGs against ground truth",
+    p = add_command(
+        subparsers, "evaluate",
         description="DAVIS J&F, J and F mean/recall/decay, and flicker of predicted masks. Both folders "
         "hold <sequence>/<frame>.png, a sequence being any folder of PNG frames at any depth, named by its "
         "relative path (MVPS: <category>/<clip>); the predictions mirror the ground truth's folders. "

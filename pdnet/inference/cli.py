@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..cli import UserError
+from ..cli import UserError, add_command
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -159,9 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "segment",
-        help="segment a video or a folder of frames: mask PNGs, optional overlay / composite videos",
+    p = add_command(
+        sub, "segment",
         description=(
             "Segment every frame of INPUT against its first frame (the release's protocol) and write one mask "
             "PNG per frame (8-bit, round(255 * probability), at the frame's size) under --out. "

@@ -5,13 +5,12 @@ import argparse
 import json
 import math
 
-from ..cli import UserError
+from ..cli import UserError, add_command
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train PDNet with the release recipe (resumable; multi-GPU via torchrun)",
+    p = add_command(
+        sub, "train",
         description="Train PDNet. Configs: a YAML file or a shipped name (release, demo-cpu). "
         "Multi-GPU: torchrun --nproc_per_node=N -m pdnet train ... "
         "Every config value and flag is checked before any data is read (one-line errors, exit code 2). "

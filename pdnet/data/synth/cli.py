@@ -8,6 +8,8 @@ import argparse
 import os
 from pathlib import Path
 
+from ...cli import add_command
+
 MAX_SIDE = 4096
 
 
@@ -27,9 +29,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "synth",
-        help="write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)",
+    p = add_command(
+        subparsers, "synth",
         description=(
             "Writes N synthetic clips of T frames in the DAVIS-2016 layout (JPEGImages/480p, "
             "Annotations/480p with 0/255 masks, ImageSets train/val lists, synth.json): articulated "
