@@ -52,8 +52,7 @@ def video_step_loss(
     feat_r: torch.Tensor,
     basis: torch.Tensor,
     variant: str = "release",
-    backend: str = "auto",
-    semantic_impl: str = "factored",
+    **part_options: str,
 ) -> dict[str, torch.Tensor]:
     """Loss of a video step.
 
@@ -66,14 +65,14 @@ def video_step_loss(
         feat_t, feat_r (Tensor[B, C, h, w]): frozen semantic features of each frame.
         basis (Tensor[p, C]): part basis W = ReLU(w).
         variant: ``release`` or ``paper`` (eq. 6), see :func:`part_total`.
-        backend, semantic_impl: see :func:`part_total`.
+        **part_options: ``backend`` and ``semantic_impl`` of :func:`part_total`.
     """
     terms: dict[str, torch.Tensor] = {}
     total = _add_seg(terms, "pred", outputs["pred"], mask_t)
     for tag, mask, feat in (("t", mask_t, feat_t), ("r", mask_r, feat_r)):
         aux = _frame_aux(terms, tag, outputs[f"side_{tag}"], outputs[f"saliency_{tag}"], mask)
         parts = part_total(
-            outputs[f"parts_{tag}"], mask, outputs[f"saliency_{tag}"], feat, basis, variant, backend, semantic_impl
+            outputs[f"parts_{tag}"], mask, outputs[f"saliency_{tag}"], feat, basis, variant, **part_options
         )
         for k, v in parts.items():
             terms[f"parts_{tag}.{k}"] = v

@@ -272,7 +272,7 @@ class Trainer:
                 f_t, f_r = self.semantic(x_t), self.semantic(x_r)
                 terms = L.video_step_loss(
                     outputs, m_t, m_r, f_t, f_r, basis, self.model_config.loss_variant,
-                    self.model_config.ops_backend, self.cfg["train"]["semantic_impl"],
+                    backend=self.model_config.ops_backend, semantic_impl=self.cfg["train"]["semantic_impl"],
                 )
         self.optimizer.zero_grad(set_to_none=True)
         if skip_mode:
