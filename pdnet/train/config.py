@@ -90,7 +90,7 @@ class ConfigError(ValueError):
 
 #: values the model accepts (pdnet.model.config.BACKBONE_CHANNELS, LOSS_VARIANTS, OPS_BACKENDS;
 #: data layouts: pdnet.data.layouts.LAYOUTS), repeated here so that checking a config
-#: imports neither torch nor the data stack; tests/test_train_hardening.py keeps them equal
+#: imports neither torch nor the data stack; tests/test_train_config_checks.py keeps them equal
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 LOSS_VARIANTS = ("release", "paper")
 OPS_BACKENDS = ("auto", "reference", "triton", "cpp", "cuda", "torch")
