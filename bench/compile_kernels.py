@@ -93,11 +93,11 @@ def jobs(dtype: str, head_dims, torch):
             yield (f"attn_fwd d={d} mask={mask}", PA._part_attention_fwd_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
                    {"LSE": acc}, w, s)
             (bm, bn, w, s) = cfg["dkdv"]
-            yield (f"attn_dkdv d={d} mask={mask}", PA._part_attention_bwd_dkdv_kernel,
-                   dict(base, MASK_GRAD=mask, BLOCK_M=bm, BLOCK_N=bn), {"LSE": acc, "DELTA": acc}, w, s)
+            yield (f"attn_dkdv d={d} mask={mask}", PA._part_attention_bwd_kernel,
+                   dict(base, MASK_GRAD=mask, KEYS=True, BLOCK_M=bm, BLOCK_N=bn), {"LSE": acc, "DELTA": acc}, w, s)
             (bm, bn, w, s) = cfg["dq"]
-            yield (f"attn_dq d={d} mask={mask}", PA._part_attention_bwd_dq_kernel, dict(base, BLOCK_M=bm, BLOCK_N=bn),
-                   {"LSE": acc, "DELTA": acc}, w, s)
+            yield (f"attn_dq d={d} mask={mask}", PA._part_attention_bwd_kernel,
+                   dict(base, MASK_GRAD=False, KEYS=False, BLOCK_M=bm, BLOCK_N=bn), {"LSE": acc, "DELTA": acc}, w, s)
         yield (f"attn_pre d={d}", PA._part_attention_bwd_preprocess_kernel,
                dict(HAS_DLSE=True, BLOCK_M=64, BLOCK_D=d), {"DLSE": acc, "DELTA": acc}, 4, 1)
     p_pad, block, _ = PM._launch_shape(5, 480 * 480, 32)

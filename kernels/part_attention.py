@@ -7,9 +7,10 @@ log2 domain (exp2), so the Nq x Nk scores are never stored. It stores the per-ro
 log-sum-exp in natural-log units (the op's contract, pdnet.ops.part_attention),
 converting from the log2 domain at the store. Backward by recomputation from that LSE
 (converted back to log2 units at the loads): a preprocess kernel
-(delta = rowsum(dO * O) - dLSE), a dK/dV kernel looping over query tiles and a dQ
-kernel looping over key tiles (no atomics, deterministic). The key mask gradient is
-the column sum of dS, accumulated in the dK/dV kernel.
+(delta = rowsum(dO * O) - dLSE), then one backward kernel launched twice: over key
+tiles for dK/dV (looping over query tiles; KEYS) and over query tiles for dQ (looping
+over key tiles), no atomics, deterministic. The key mask gradient is the column sum of
+dS, accumulated with dK/dV.
 
 Rows whose scores are all -inf (every key masked) have attention weights 0: the
 output is 0 v (0 for finite v), the LSE is -inf, and the backward treats an LSE of
@@ -147,7 +148,7 @@ def _part_attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _part_attention_bwd_dkdv_kernel(
+def _part_attention_bwd_kernel(
     Q,  # [B, p, Nq, d]
     K,  # [B, p, Nk, d]
     V,  # [B, p, Nk, d]
@@ -155,9 +156,10 @@ def _part_attention_bwd_dkdv_kernel(
     DO,  # [B, p, Nq, d]
     LSE,  # [B, p, Nq] contiguous
     DELTA,  # [B, p, Nq] contiguous
-    DK,  # [B, p, Nk, d] contiguous
-    DV,  # [B, p, Nk, d] contiguous
-    DKM,  # [B, p, Nk] contiguous (unused unless MASK_GRAD)
+    DQ,  # [B, p, Nq, d] contiguous (written unless KEYS)
+    DK,  # [B, p, Nk, d] contiguous (written when KEYS)
+    DV,  # [B, p, Nk, d] contiguous (written when KEYS)
+    DKM,  # [B, p, Nk] contiguous (written when KEYS and MASK_GRAD)
     sq_b, sq_p, sq_n, sq_d,  # strides of Q
     sk_b, sk_p, sk_n, sk_d,  # strides of K
     sv_b, sv_p, sv_n, sv_d,  # strides of V
@@ -168,127 +170,90 @@ def _part_attention_bwd_dkdv_kernel(
     sc_hi, sc_lo,  # scale
     HAS_MASK: tl.constexpr,
     MASK_GRAD: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # query tile (looped)
-    BLOCK_N: tl.constexpr,  # key tile (this program's)
+    KEYS: tl.constexpr,  # True: one program per key tile, dK / dV (/ dKM); False: one per query tile, dQ
+    BLOCK_M: tl.constexpr,  # query tile (looped when KEYS, else this program's)
+    BLOCK_N: tl.constexpr,  # key tile (this program's when KEYS, else looped)
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """The backward by recomputation from the LSE, in two launches: KEYS (dK, dV and the
+    key mask's gradient, looping over query tiles) and not KEYS (dQ, looping over key tiles)."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid_n = tl.program_id(0)
     head = tl.program_id(1)
     b = (head // P).to(tl.int64)
     part = (head % P).to(tl.int64)
     qk_scale = tl.cast(qk_hi, ACC) + tl.cast(qk_lo, ACC)
     scale = tl.cast(sc_hi, ACC) + tl.cast(sc_lo, ACC)
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     offs_d = tl.arange(0, BLOCK_D)
-    n_ok = offs_n < Nk
     d_ok = offs_d < d
-    kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * sk_b + part * sk_p + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
-    v = tl.load(V + b * sv_b + part * sv_p + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
-    if HAS_MASK:
-        km = tl.load(KM + b * sm_b + part * sm_p + offs_n * sm_n, mask=n_ok, other=0.0).to(ACC) * _LOG2E
     q_base = Q + b * sq_b + part * sq_p
     do_base = DO + b * sdo_b + part * sdo_p
-    row0 = head.to(tl.int64) * Nq
-
-    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
-    dkm = tl.zeros([BLOCK_N], ACC)
-    for start_m in range(0, Nq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)  # [BM]
-        m_ok = offs_m < Nq
-        qo_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d, mask=qo_mask, other=0.0)
-        lse = _lse_log2(tl.load(LSE + row0 + offs_m, mask=m_ok, other=float("-inf")))  # padding rows: p = 0
-        delta = tl.load(DELTA + row0 + offs_m, mask=m_ok, other=0.0)
-        s_t = mma(k, tl.trans(q), ACC, PRECISION) * qk_scale  # [BN, BM]
-        if HAS_MASK:
-            s_t = s_t + km[:, None]
-        p_t = tl.exp2(s_t - lse[None, :])  # [BN, BM] attention probabilities, transposed
-        p_t = tl.where(m_ok[None, :], p_t, 0.0)  # padding rows: 0 even where k is not finite
-        dv += mma(to_dtype(p_t, DO.dtype.element_ty), do, ACC, PRECISION)
-        dp_t = mma(v, tl.trans(do), ACC, PRECISION)  # [BN, BM]
-        ds_t = tl.where(m_ok[None, :], p_t * (dp_t - delta[None, :]), 0.0)  # [BN, BM] d loss / d scores
-        dk += mma(to_dtype(ds_t, Q.dtype.element_ty), q, ACC, PRECISION)
-        if MASK_GRAD:
-            dkm += tl.sum(ds_t, 1)
-
-    rows = head.to(tl.int64) * Nk + offs_n  # [BN] rows of [B*p, Nk]
-    tl.store(DK + rows[:, None] * d + offs_d[None, :], to_dtype(dk * scale, DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + rows[:, None] * d + offs_d[None, :], to_dtype(dv, DV.dtype.element_ty), mask=kv_mask)
-    if MASK_GRAD:
-        tl.store(DKM + rows, to_dtype(dkm, DKM.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _part_attention_bwd_dq_kernel(
-    Q,  # [B, p, Nq, d]
-    K,  # [B, p, Nk, d]
-    V,  # [B, p, Nk, d]
-    KM,  # [B, p, Nk] (unused unless HAS_MASK)
-    DO,  # [B, p, Nq, d]
-    LSE,  # [B, p, Nq] contiguous
-    DELTA,  # [B, p, Nq] contiguous
-    DQ,  # [B, p, Nq, d] contiguous
-    sq_b, sq_p, sq_n, sq_d,  # strides of Q
-    sk_b, sk_p, sk_n, sk_d,  # strides of K
-    sv_b, sv_p, sv_n, sv_d,  # strides of V
-    sm_b, sm_p, sm_n,  # strides of KM
-    sdo_b, sdo_p, sdo_n, sdo_d,  # strides of DO
-    P, Nq, Nk, d,  # parts, queries, keys, head dim
-    qk_hi, qk_lo,  # scale * log2(e)
-    sc_hi, sc_lo,  # scale
-    HAS_MASK: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # query tile (this program's)
-    BLOCK_N: tl.constexpr,  # key tile (looped)
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid_m = tl.program_id(0)
-    head = tl.program_id(1)
-    b = (head // P).to(tl.int64)
-    part = (head % P).to(tl.int64)
-    qk_scale = tl.cast(qk_hi, ACC) + tl.cast(qk_lo, ACC)
-    scale = tl.cast(sc_hi, ACC) + tl.cast(sc_lo, ACC)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < Nq
-    d_ok = offs_d < d
-    qo_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sq_b + part * sq_p + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
-    do_ptrs = DO + b * sdo_b + part * sdo_p + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d
-    do = tl.load(do_ptrs, mask=qo_mask, other=0.0)
-    row = head.to(tl.int64) * Nq + offs_m
-    lse = _lse_log2(tl.load(LSE + row, mask=m_ok, other=float("-inf")))
-    delta = tl.load(DELTA + row, mask=m_ok, other=0.0)
     k_base = K + b * sk_b + part * sk_p
     v_base = V + b * sv_b + part * sv_p
     km_base = KM + b * sm_b + part * sm_p
+    row0 = head.to(tl.int64) * Nq
 
-    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-    for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+    if KEYS:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
         n_ok = offs_n < Nk
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
-        s = mma(q, tl.trans(k), ACC, PRECISION) * qk_scale  # [BM, BN]
         if HAS_MASK:
-            km = tl.load(km_base + offs_n * sm_n, mask=n_ok, other=0.0).to(ACC)
-            s = s + km[None, :] * _LOG2E
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        p = tl.exp2(s - lse[:, None])  # [BM, BN]
-        dp = mma(do, tl.trans(v), ACC, PRECISION)  # [BM, BN]
-        ds = tl.where(n_ok[None, :], p * (dp - delta[:, None]), 0.0)  # padding keys: 0
-        dq += mma(to_dtype(ds, K.dtype.element_ty), k, ACC, PRECISION)
-
-    tl.store(DQ + row[:, None] * d + offs_d[None, :], to_dtype(dq * scale, DQ.dtype.element_ty), mask=qo_mask)
+            km = tl.load(km_base + offs_n * sm_n, mask=n_ok, other=0.0).to(ACC) * _LOG2E
+        dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+        dkm = tl.zeros([BLOCK_N], ACC)
+        for start_m in range(0, Nq, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)  # [BM]
+            m_ok = offs_m < Nq
+            qo_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d, mask=qo_mask, other=0.0)
+            lse = _lse_log2(tl.load(LSE + row0 + offs_m, mask=m_ok, other=float("-inf")))  # padding rows: p = 0
+            delta = tl.load(DELTA + row0 + offs_m, mask=m_ok, other=0.0)
+            s_t = mma(k, tl.trans(q), ACC, PRECISION) * qk_scale  # [BN, BM]
+            if HAS_MASK:
+                s_t = s_t + km[:, None]
+            p_t = tl.exp2(s_t - lse[None, :])  # [BN, BM] attention probabilities, transposed
+            p_t = tl.where(m_ok[None, :], p_t, 0.0)  # padding rows: 0 even where k is not finite
+            dv += mma(to_dtype(p_t, DO.dtype.element_ty), do, ACC, PRECISION)
+            dp_t = mma(v, tl.trans(do), ACC, PRECISION)  # [BN, BM]
+            ds_t = tl.where(m_ok[None, :], p_t * (dp_t - delta[None, :]), 0.0)  # [BN, BM] d loss / d scores
+            dk += mma(to_dtype(ds_t, Q.dtype.element_ty), q, ACC, PRECISION)
+            if MASK_GRAD:
+                dkm += tl.sum(ds_t, 1)
+        rows = head.to(tl.int64) * Nk + offs_n  # [BN] rows of [B*p, Nk]
+        tl.store(DK + rows[:, None] * d + offs_d[None, :], to_dtype(dk * scale, DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + rows[:, None] * d + offs_d[None, :], to_dtype(dv, DV.dtype.element_ty), mask=kv_mask)
+        if MASK_GRAD:
+            tl.store(DKM + rows, to_dtype(dkm, DKM.dtype.element_ty), mask=n_ok)
+    else:
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+        m_ok = offs_m < Nq
+        qo_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d, mask=qo_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * sdo_n + offs_d[None, :] * sdo_d, mask=qo_mask, other=0.0)
+        row = row0 + offs_m
+        lse = _lse_log2(tl.load(LSE + row, mask=m_ok, other=float("-inf")))
+        delta = tl.load(DELTA + row, mask=m_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+        for start_n in range(0, Nk, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)  # [BN]
+            n_ok = offs_n < Nk
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(k_base + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+            s = mma(q, tl.trans(k), ACC, PRECISION) * qk_scale  # [BM, BN]
+            if HAS_MASK:
+                km = tl.load(km_base + offs_n * sm_n, mask=n_ok, other=0.0).to(ACC)
+                s = s + km[None, :] * _LOG2E
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+            p = tl.exp2(s - lse[:, None])  # [BM, BN]
+            dp = mma(do, tl.trans(v), ACC, PRECISION)  # [BM, BN]
+            ds = tl.where(n_ok[None, :], p * (dp - delta[:, None]), 0.0)  # padding keys: 0
+            dq += mma(to_dtype(ds, K.dtype.element_ty), k, ACC, PRECISION)
+        tl.store(DQ + row[:, None] * d + offs_d[None, :], to_dtype(dq * scale, DQ.dtype.element_ty), mask=qo_mask)
 
 
 # --------------------------------------------------------------------------- launch configs
@@ -392,20 +357,15 @@ def part_attention_backward(
         out, grad_out, dlse, delta, *grad_out.stride(), P, Nq, d,
         HAS_DLSE=grad_lse is not None, BLOCK_M=pre_bm, BLOCK_D=BD,
     )
-    BM, BN, warps, stages = cfg["dkdv"]
-    wrap_triton(_part_attention_bwd_dkdv_kernel)[(triton.cdiv(Nk, BN), B * P)](
-        q, k, v, km, grad_out, lse, delta, dk, dv, dkm if mask_grad else dk,
+    args = (
+        q, k, v, km, grad_out, lse, delta, dq, dk, dv, dkm if mask_grad else dk,
         *q.stride(), *k.stride(), *v.stride(), *km_strides, *grad_out.stride(),
         P, Nq, Nk, d, qk_hi, qk_lo, sc_hi, sc_lo,
-        HAS_MASK=key_mask is not None, MASK_GRAD=mask_grad,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, PRECISION=precision, num_warps=warps, num_stages=stages,
     )
-    BM, BN, warps, stages = cfg["dq"]
-    wrap_triton(_part_attention_bwd_dq_kernel)[(triton.cdiv(Nq, BM), B * P)](
-        q, k, v, km, grad_out, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *km_strides, *grad_out.stride(),
-        P, Nq, Nk, d, qk_hi, qk_lo, sc_hi, sc_lo,
-        HAS_MASK=key_mask is not None,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, PRECISION=precision, num_warps=warps, num_stages=stages,
-    )
+    for keys, tiles, n in ((True, cfg["dkdv"], Nk), (False, cfg["dq"], Nq)):
+        BM, BN, warps, stages = tiles
+        wrap_triton(_part_attention_bwd_kernel)[(triton.cdiv(n, BN if keys else BM), B * P)](
+            *args, HAS_MASK=key_mask is not None, MASK_GRAD=mask_grad and keys, KEYS=keys,
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, PRECISION=precision, num_warps=warps, num_stages=stages,
+        )
     return dq, dk, dv, dkm
