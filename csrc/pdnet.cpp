@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "ops/kernel_smem.h"
 
 TORCH_LIBRARY(pdnet, m) {
   m.set_python_module("pdnet.ops._cpp_backend");
@@ -27,8 +28,27 @@ PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(pdnet::cpu::isa_name(pdnet::cpu::cpu_isa()));
 }
 
+// cuda_kernel_smem() -> [(kernel, threads, dynamic shared memory bytes), ...]: the launch shapes
+// of the CUDA kernels (csrc/ops/kernel_smem.h); [] in a build without CUDA.
+PyObject* cuda_kernel_smem(PyObject* /*self*/, PyObject* /*args*/) {
+  const auto& entries = pdnet::ops::kernel_smem();
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(entries.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    PyObject* item = Py_BuildValue("(sii)", entries[i].kernel.c_str(), entries[i].threads, entries[i].smem_bytes);
+    if (item == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), item);
+  }
+  return list;
+}
+
 PyMethodDef pdnet_c_methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels in use."},
+    {"cuda_kernel_smem", cuda_kernel_smem, METH_NOARGS,
+     "Launch shapes of the CUDA kernels: [(kernel, threads, dynamic shared memory bytes)]."},
     {nullptr, nullptr, 0, nullptr},
 };
 
