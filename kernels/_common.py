@@ -16,9 +16,13 @@
 * :func:`split_scale`: a Python float as the sum of two fp32 numbers, because
   Triton passes float scalars as fp32 (the interpreter ignores ``fp64``
   annotations); kernels rebuild it in their accumulator dtype.
+* :func:`on_input_device`: the decorator of every host function, which launches its
+  kernels on the inputs' device (:func:`launch_device`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import struct
 
@@ -98,3 +102,37 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch_device(device: torch.device):
+    """Context manager under which Triton launches go to ``device``.
+
+    Triton's launcher compiles for, and launches on, the *current* CUDA device and that
+    device's current stream, whatever device the tensors are on: a kernel given tensors
+    of cuda:1 while cuda:0 is current would read cuda:1 pointers in cuda:0's context.
+    ``torch.cuda.device`` makes the tensors' device current for the launch (and with it
+    that device's current stream, the one PyTorch queues the inputs' work on), then
+    restores the previous device. It is also the device guard Dynamo traces (as device
+    switches around the launches), unlike a hand-written ``set_device`` / restore pair;
+    under torch.compile with Inductor the host functions are not run by Dynamo at all:
+    AOTAutograd runs them on fake tensors to record the launches, and Inductor's
+    generated code guards the device itself. CPU tensors (Triton's interpreter): no-op.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def on_input_device(host):
+    """Decorator of a host function: runs it under :func:`launch_device` of the device of
+    its first tensor argument (the ops check that all their tensors share one device)."""
+
+    @functools.wraps(host)
+    def on_device(*args, **kwargs):
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                with launch_device(a.device):
+                    return host(*args, **kwargs)
+        raise TypeError(f"{host.__name__}: no tensor argument to take the device from")
+
+    return on_device

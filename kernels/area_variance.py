@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, acc_dtype
+from ._common import INTERPRET, acc_dtype, on_input_device
 
 
 @triton.jit
@@ -41,6 +41,7 @@ def _chunking(HW: int) -> tuple[int, int]:
     return 16384, 2048
 
 
+@on_input_device
 def area_sums(x: torch.Tensor) -> torch.Tensor:
     """areas [B, p] = x [B, p, H, W] summed over the pixels, in the accumulation dtype."""
     B, P, H, W = x.shape

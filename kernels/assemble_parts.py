@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, block_pow2, to_dtype
+from ._common import INTERPRET, block_pow2, on_input_device, to_dtype
 
 
 @triton.jit
@@ -100,6 +100,7 @@ def _tiles(HW: int, C: int) -> tuple[int, int]:
     return block_hw, min(2048 // block_hw, block_pow2(C, 1))
 
 
+@on_input_device
 def assemble_parts_forward(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """out [B, C, h, w] in p_feats' dtype."""
     B, P, C, h, w = p_feats.shape
@@ -116,6 +117,7 @@ def assemble_parts_forward(p_feats: torch.Tensor, y_feats: torch.Tensor, masks: 
     return out
 
 
+@on_input_device
 def assemble_parts_backward(
     grad_out: torch.Tensor,
     p_feats: torch.Tensor,

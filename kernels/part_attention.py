@@ -27,7 +27,17 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, acc_dtype, block_pow2, dot_precision, mma, num_sms, split_scale, to_dtype
+from ._common import (
+    INTERPRET,
+    acc_dtype,
+    block_pow2,
+    dot_precision,
+    mma,
+    num_sms,
+    on_input_device,
+    split_scale,
+    to_dtype,
+)
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
@@ -293,6 +303,7 @@ def _mask_args(key_mask: torch.Tensor | None, fallback: torch.Tensor):
 
 
 # --------------------------------------------------------------------------- host functions
+@on_input_device
 def part_attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, key_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,6 +328,7 @@ def part_attention_forward(
     return out, lse
 
 
+@on_input_device
 def part_attention_backward(
     grad_out: torch.Tensor,
     grad_lse: torch.Tensor | None,

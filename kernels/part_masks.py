@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, block_pow2, to_dtype
+from ._common import INTERPRET, block_pow2, on_input_device, to_dtype
 
 
 @triton.jit
@@ -95,6 +95,7 @@ def _launch_shape(P: int, HW: int, B: int):
     return p_pad, block, (triton.cdiv(HW, block), B)
 
 
+@on_input_device
 def part_masks_forward(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_logit: bool) -> torch.Tensor:
     """masks [B, p, h, w] in part_logits' dtype."""
     B, P, h, w = part_logits.shape
@@ -110,6 +111,7 @@ def part_masks_forward(part_logits: torch.Tensor, gate: torch.Tensor, gate_is_lo
     return out
 
 
+@on_input_device
 def part_masks_backward(
     grad_out: torch.Tensor,
     part_logits: torch.Tensor,
