@@ -1,15 +1,35 @@
-"""The fast path on CUDA: bf16 / fp16, channels_last and CUDA graphs against an fp64 reference."""
-import copy
+"""The engine's inference paths on CUDA against the same paths with the reference ops.
 
+Each path (the fast path: folded BatchNorm, channels_last, the model cast to bf16 / fp16 /
+fp32, with and without CUDA graphs; the plain model under autocast) runs once with the
+kernels (``ops_backend`` auto, triton, cpp) and once with ``ops_backend="reference"`` at
+the same precision. Both are judged against the plain model in float64 on the CPU with
+the reference ops, by STYLE.md's rule: the kernels' error is at most twice the
+reference ops' own.
+"""
 import numpy as np
 import pytest
 import torch
+from ops.checks import kernel_ops_run
 from test_inference import release_like
 
 import pdnet
 from pdnet.inference import VideoSegmenter
 
 pytestmark = pytest.mark.cuda
+
+DEVICE = "cuda"
+KERNEL_BACKENDS = ("auto", "triton", "cpp")
+#: kernel namespaces each backend may run and the ops that must run there: ``auto`` may
+#: take either library, op by op, but the attention always through a kernel
+KERNELS = {
+    "triton": (("pdnet_triton",), {"part_attention", "part_masks", "assemble_parts"}),
+    "cpp": (("pdnet",), {"part_attention", "part_masks", "assemble_parts"}),
+    "auto": (("pdnet_triton", "pdnet"), {"part_attention"}),
+}
+#: (fast, cuda_graphs) of each inference path: the fast path eager and graphed, and the
+#: plain model (autocast for bf16 / fp16)
+PATHS = {"fast": (True, False), "fast_graphs": (True, True), "autocast": (False, False)}
 
 
 @pytest.fixture(scope="module")
@@ -24,26 +44,49 @@ def frames():
     return torch.randint(0, 256, (3, 3, 90, 140), generator=g, dtype=torch.uint8)
 
 
+def with_backend(model: pdnet.PDNet, backend: str) -> pdnet.PDNet:
+    """A copy of ``model`` (same weights and statistics) whose ops run on ``backend``."""
+    out = pdnet.PDNet(model.config, ops_backend=backend)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
 def probs(seg, frames):
     return seg.predict(frames, seg.encode_reference(frames[:1])).double().cpu()
 
 
 @pytest.fixture(scope="module")
 def ref64(model, frames):
-    return probs(VideoSegmenter(copy.deepcopy(model).double(), device="cpu", dtype="float32", fast=False), frames)
+    net = with_backend(model, "reference").double()
+    return probs(VideoSegmenter(net, device="cpu", dtype="float32", fast=False), frames)
 
 
+def segmenter(model, backend, dtype, path):
+    fast, graphs = PATHS[path]
+    return VideoSegmenter(with_backend(model, backend), device=DEVICE, dtype=dtype, fast=fast, cuda_graphs=graphs)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("graphs", [False, True])
-def test_fast_path_cuda_tolerance(model, frames, ref64, dtype, graphs):
-    """max|fast - ref64| <= 2 * max|plain PDNet at the same precision on CUDA - ref64| (STYLE.md)."""
-    pt_seg = VideoSegmenter(copy.deepcopy(model).to(dtype), device="cuda", dtype="float32", fast=False)
-    pt_err = (probs(pt_seg, frames) - ref64).abs().max()
-    seg = VideoSegmenter(model, device="cuda", dtype=dtype, cuda_graphs=graphs)
-    assert seg.cuda_graphs == graphs and seg.channels_last
-    out = probs(seg, frames)
-    err = (out - ref64).abs().max()
-    assert err <= 2 * max(float(pt_err), 1e-6), (float(err), float(pt_err))
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_within_twice_the_reference_ops_error(model, frames, ref64, backend, dtype, path):
+    """max|kernels - ref64| <= 2 * max|reference ops at the same precision - ref64| (STYLE.md),
+    on the same inference path; the kernels must have run, and only in the kernel run."""
+    if backend != "auto" and backend not in pdnet.ops.available_backends(DEVICE):
+        pytest.skip(f"the {backend} backend has no CUDA kernels here")
+    plain = segmenter(model, "reference", dtype, path)
+    seg = segmenter(model, backend, dtype, path)
+    assert seg.fast == plain.fast == PATHS[path][0] and seg.cuda_graphs == PATHS[path][1]
+    assert seg.channels_last == seg.fast
+    pt, pt_kernels = kernel_ops_run(probs, plain, frames)
+    assert not pt_kernels, f"the reference run called kernels: {sorted(set(pt_kernels))}"
+    out, ran = kernel_ops_run(probs, seg, frames)  # with CUDA graphs: the ops called while capturing
+    namespaces, needed = KERNELS[backend]
+    called = {name.split("::")[1] for name in ran if name.split("::")[0] in namespaces}
+    assert needed <= called, f"{backend}: kernels run {sorted(set(ran))}, expected {sorted(needed)}"
+    pt_err = float((pt - ref64).abs().max())
+    err = float((out - ref64).abs().max())
+    assert err <= 2 * max(pt_err, 1e-6), f"{backend} {dtype} {path}: error {err:.3e}, reference ops' {pt_err:.3e}"
 
 
 def test_cuda_graph_replay_follows_inputs_and_reference(model, frames):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import pdnet.ops
@@ -310,3 +311,27 @@ def common_tests(*ops: str) -> tuple:
         test_backward_kernels_unless_create_graph,
         test_compile_fullgraph,
     )
+
+
+# --------------------------------------------------------------------------- which kernels ran
+class _OpCalls(TorchFunctionMode):
+    """Records the names of the kernel backends' ops called from Python. A function mode
+    sits above autocast (a dispatch mode would see, and redo, ops that autocast has not
+    yet cast), so it also watches code run under autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = func.name() if isinstance(func, torch._ops.OpOverload) else getattr(func, "_qualified_op_name", "")
+        if name.split("::")[0] in NAMESPACE.values():
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def kernel_ops_run(fn, *args, **kwargs) -> tuple[object, list[str]]:
+    """(``fn(*args, **kwargs)``, the names of the kernel backends' ops it called, in order)."""
+    with _OpCalls() as rec:
+        out = fn(*args, **kwargs)
+    return out, rec.names
