@@ -1,18 +1,18 @@
-// Shared pieces of the CUDA kernels: storage-type mapping, float conversions, grid sizing and
-// launch, and the dtype check and dispatch used by every op (float32, float16, bfloat16).
+// Shared pieces of the CUDA kernels: storage-type mapping, grid sizing and launch, and the dtype
+// check and dispatch used by every op (float32, float16, bfloat16). The float conversions of the
+// device code are in device_math.cuh, which compiles without ATen.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "../common.h"
+#include "device_math.cuh"
 
 namespace pdnet::cuda {
 
@@ -31,31 +31,6 @@ struct DeviceType<at::BFloat16> {
 };
 template <typename scalar_t>
 using device_t = typename DeviceType<scalar_t>::type;
-
-__device__ __forceinline__ float to_float(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_float(__half x) {
-  return __half2float(x);
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 template <typename scalar_t>
 inline const device_t<scalar_t>* dptr(const at::Tensor& t) {
