@@ -1,25 +1,30 @@
-// CUDA forward kernel of pdnet::part_attention: tiled online softmax (flash-attention
-// style), never materialising the Nq x Nk scores.
+// CUDA forward of pdnet::part_attention: tiled online softmax (flash-attention style), never
+// materialising the Nq x Nk scores. float16 / bfloat16 run the tensor-core kernel of
+// part_attention_fwd_mma.cuh; float32 runs attn_fwd_kernel below.
 //
-// One block = one head (b, part) x BM queries; NW = BM / 16 warps, warp w owns query
-// rows 16w .. 16w+15. Per key tile of BN keys, staged with the values in shared memory:
-//   S_w = Q_w K^T (tensor cores via WMMA for float16 / bfloat16, FMA for float32),
-//   online softmax in the log2 domain (two lanes per row, running max m and sum l in
-//   registers; P rounded to the storage type for the tensor cores), O_w = O_w * alpha
-//   + P_w V (O accumulated in float32 in shared memory).
-// Epilogue: out = O / l, lse = (m + log2 l) * ln 2. A row whose scores are all -inf
-// (every key masked) has attention weights 0 (the reference's softmax gives NaN there):
-// out = 0 V (0 for finite V) and lse = -inf. NaN and inf propagate as in the reference:
-// the running max keeps a NaN score (max_nan) and a +inf score gives exp2(inf - inf) =
-// NaN, so the row's sum, output and lse are NaN (as in the CPU kernel).
+// attn_fwd_kernel (float32, FMA): one block = one head (b, part) x BM queries; NW = BM / 16
+// warps, warp w owns query rows 16w .. 16w+15. Per key tile of BN keys, staged with the values
+// in shared memory: S_w = Q_w K^T (WarpTile<float>), online softmax in the log2 domain (two
+// lanes per row, running max m and sum l in registers), O_w = O_w * alpha + P_w V (O
+// accumulated in float32 in shared memory).
+// Epilogue: out = O / l, lse = (m + log2 l) * ln 2. A row whose scores are all -inf (every key
+// masked) has attention weights 0 (the reference's softmax gives NaN there): out = 0 V (0 for
+// finite V) and lse = -inf. NaN and inf propagate as in the reference: the running max keeps a
+// NaN score (max_nan) and a +inf score gives exp2(inf - inf) = NaN, so the row's sum, output
+// and lse are NaN (as in the CPU kernel).
 // The backward is in part_attention_backward_kernel.cu.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "../common.h"
+#include "../kernel_smem.h"
 #include "../ops.h"
+#include "attention_params.cuh"
 #include "attention_tiles.cuh"
+#include "part_attention_fwd_mma.cuh"
 
 namespace pdnet::ops {
 namespace {
@@ -125,6 +130,17 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
   }
 }
 
+// the launch shapes of attn_fwd_kernel<float, D> (kernel_smem.h)
+template <int D>
+bool record_attn_fwd_float() {
+  using Cfg = AttnCfg<float, D>;
+  const std::string name = "attn_fwd_kernel<float, " + std::to_string(D) + ">";
+  record_kernel_smem(name.c_str(), Cfg::FWD_BM * 2, Cfg::FWD_SMEM);
+  return true;
+}
+const bool kAttnFwdFloatRecorded =
+    record_attn_fwd_float<32>() && record_attn_fwd_float<64>() && record_attn_fwd_float<128>();
+
 std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        double scale, const std::optional<at::Tensor>& key_mask) {
   const char* where = "pdnet::part_attention (CUDA)";
@@ -139,20 +155,37 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, cons
   at::Tensor out = at::empty({B, p, Nq, d}, qc.options());
   at::Tensor lse = at::empty({B, p, Nq}, qc.options().dtype(at::kFloat));
   if (BH * Nq == 0) return {out, lse};
-  PDNET_DISPATCH_CUDA_TYPES(qc.scalar_type(), "part_attention_cuda", [&] {
-    using T = device_t<scalar_t>;
+  if (qc.scalar_type() == at::kFloat) {
     dispatch_head_dim(where, d, [&](auto dc) {
       constexpr int D = decltype(dc)::value;
-      using Cfg = AttnCfg<T, D>;
+      using Cfg = AttnCfg<float, D>;
       const bool vec16 = d == D && aligned16(qc, kc, vc);
       const int64_t n_qblocks = (Nq + Cfg::FWD_BM - 1) / Cfg::FWD_BM;
-      launch_with_smem(where, q, attn_fwd_kernel<T, D>, BH * n_qblocks, Cfg::FWD_BM * 2, Cfg::FWD_SMEM,
-                       dptr<scalar_t>(qc), dptr<scalar_t>(kc), dptr<scalar_t>(vc),
-                       mc.defined() ? mc.const_data_ptr<float>() : nullptr, mptr<scalar_t>(out),
+      launch_with_smem(where, q, attn_fwd_kernel<float, D>, BH * n_qblocks, Cfg::FWD_BM * 2, Cfg::FWD_SMEM,
+                       qc.const_data_ptr<float>(), kc.const_data_ptr<float>(), vc.const_data_ptr<float>(),
+                       mc.defined() ? mc.const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
                        lse.mutable_data_ptr<float>(), Nq, Nk, static_cast<int>(d), static_cast<float>(scale) * kLog2e,
                        n_qblocks, vec16);
     });
-  });
+  } else {
+    AttnFwdParams params{qc.const_data_ptr(),
+                         kc.const_data_ptr(),
+                         vc.const_data_ptr(),
+                         mc.defined() ? mc.const_data_ptr<float>() : nullptr,
+                         out.mutable_data_ptr(),
+                         lse.mutable_data_ptr<float>(),
+                         BH,
+                         Nq,
+                         Nk,
+                         static_cast<int>(d),
+                         static_cast<float>(scale) * kLog2e,
+                         aligned16(qc, kc, vc, out)};  // the launcher also requires d == its D
+    if (qc.scalar_type() == at::kHalf) {
+      launch_attn_fwd_mma<__half>(where, q, params);
+    } else {
+      launch_attn_fwd_mma<__nv_bfloat16>(where, q, params);
+    }
+  }
   return {out, lse};
 }
 
