@@ -14,9 +14,10 @@ Triton op):
 
 Every op takes a ``backend`` argument:
 
-* ``"auto"`` (default): the fastest registered backend for the tensors' device (on
-  CUDA, with both kernel backends built, timed once per input signature; see
-  :func:`auto_choices` and :mod:`pdnet.ops._dispatch`);
+* ``"auto"`` (default): the registered backend that the static table of
+  :mod:`pdnet.ops.auto_table` names for the inputs' device, dtype and problem size
+  (``PDNET_AUTO=tune``: timed once per input signature instead; see :func:`auto_choices`
+  and :mod:`pdnet.ops._auto`);
 * ``"reference"``: the pure-PyTorch implementation in :mod:`pdnet.ops.reference`;
 * ``"triton"`` (:mod:`pdnet.kernels`) / ``"cpp"`` (alias ``"cuda"``; ``pdnet._C``): the
   kernel backends, when built.
@@ -30,7 +31,8 @@ reference formula, :mod:`pdnet.ops._higher_order`).
 from __future__ import annotations
 
 from . import _cpp_backend, _library, _triton_backend, reference
-from ._dispatch import KNOWN_BACKENDS, auto_choices, available_backends, register_backend
+from ._auto import auto_choices
+from ._dispatch import KNOWN_BACKENDS, available_backends, register_backend
 from .area_variance import area_variance
 from .assemble_parts import assemble_parts
 from .part_attention import part_attention

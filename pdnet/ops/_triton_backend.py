@@ -8,8 +8,8 @@ fake kernels and the op's autograd formula; :func:`register` then registers the
 backend ``"triton"`` for the devices it runs on: ``cuda`` when a CUDA device is
 present; ``cpu`` only when ``TRITON_INTERPRET=1`` was set before pdnet was imported
 (Triton's interpreter, slow, for tests). Otherwise the backend is marked unavailable
-with the reason. ``backend="auto"`` prefers the C++ extension, then Triton, on CUDA
-(:data:`pdnet.ops._dispatch.AUTO_ORDER`); on CPU it never picks the interpreter.
+with the reason. ``backend="auto"`` takes Triton on CUDA where the table of
+:mod:`pdnet.ops.auto_table` puts it first; on CPU it never picks the interpreter.
 """
 from __future__ import annotations
 
