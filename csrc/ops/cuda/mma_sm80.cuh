@@ -24,8 +24,14 @@
 // four matrices onto the fragments above for the three storage orders the kernels use.
 // Shared-memory tiles are row-major with a leading dimension of D + 8 elements (a 16-byte pad):
 // the 8 row addresses of one 8 x 8 matrix then fall in 8 distinct groups of 4 banks.
+//
+// Compiled as host C++ with PDNET_CUDA_EMULATION defined (tests/cuda_emu), each primitive calls the
+// CPU emulator's version of its instruction instead of the inline PTX.
 #pragma once
 
+#ifdef PDNET_CUDA_EMULATION
+#include "cuda_emu.h"
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -71,7 +77,9 @@ template <typename T>
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
   static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
                 "mma16816: float16 or bfloat16 operands");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(PDNET_CUDA_EMULATION)
+  pdnet_emu::mma16816<T>(c, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (std::is_same<T, __half>::value) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -94,14 +102,22 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
 // ldmatrix
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t addr) {
+#ifdef PDNET_CUDA_EMULATION
+  pdnet_emu::ldmatrix_x4(r, addr, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t addr) {
+#ifdef PDNET_CUDA_EMULATION
+  pdnet_emu::ldmatrix_x4(r, addr, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#endif
 }
 
 // A fragment of the 16 x 16 block at (row0, col0) of a row-major tile: A(m, k) = tile[(row0 + m) * ld + col0 + k].
@@ -146,25 +162,41 @@ __device__ __forceinline__ void load_b_kn(uint32_t b[2][2], const T* tile, int l
 
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool pred) {
   const int bytes = pred ? 16 : 0;
+#ifdef PDNET_CUDA_EMULATION
+  pdnet_emu::cp_async_16(smem_addr(smem_dst), gmem_src, bytes);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
                "r"(bytes));
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef PDNET_CUDA_EMULATION
+  pdnet_emu::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::);
+#endif
 }
 // wait until at most N of this thread's committed groups are still in flight
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef PDNET_CUDA_EMULATION
+  pdnet_emu::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 // ---------------------------------------------------------------------------------
 // 2^x with the multi-function unit (ex2.approx.ftz: 2 ulp; 2^-inf = 0, NaN stays NaN, denormal
 // results flush to 0). Per thread.
 __device__ __forceinline__ float exp2_approx(float x) {
+#ifdef PDNET_CUDA_EMULATION
+  return pdnet_emu::ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 }  // namespace pdnet::cuda::mma
