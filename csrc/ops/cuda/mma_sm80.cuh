@@ -165,8 +165,7 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 #ifdef PDNET_CUDA_EMULATION
   pdnet_emu::cp_async_16(smem_addr(smem_dst), gmem_src, bytes);
 #else
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
-               "r"(bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src), "r"(bytes));
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
