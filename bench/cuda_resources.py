@@ -89,25 +89,25 @@ def find_cuobjdump() -> Path | None:
 _FIELD = re.compile(r"(\w+(?:\[\d+\])?):(\d+)")
 
 
-def parse_res_usage(text: str) -> list[tuple[int, str, dict[str, int]]]:
+def parse_res_usage(text: str, arch: int = 0) -> list[tuple[int, str, dict[str, int]]]:
     """(arch, mangled name, {"REG": .., "STACK": .., "SHARED": .., "LOCAL": .., ...}) per
     kernel of every ELF (cubin) section of ``cuobjdump -res-usage`` output; PTX sections
-    carry no resource usage and are skipped."""
+    carry no resource usage and are skipped. The output for a bare cubin has no section
+    header: its kernels get ``arch``."""
     out = []
-    arch = None
-    in_elf = False
+    in_elf = True
     function = None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("Fatbin "):
             in_elf = stripped.startswith("Fatbin elf code")
-            arch, function = None, None
+            arch, function = 0, None
         elif stripped.startswith("arch = sm_"):
             arch = int(re.match(r"arch = sm_(\d+)", stripped).group(1))
         elif stripped.startswith("Function ") and stripped.endswith(":"):
             function = stripped[len("Function ") : -1]
         elif function is not None and "REG:" in stripped:
-            if in_elf and arch is not None:
+            if in_elf:
                 out.append((arch, function, {k: int(v) for k, v in _FIELD.findall(stripped)}))
             function = None
     return out

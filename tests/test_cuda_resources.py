@@ -56,6 +56,8 @@ def test_parser_reads_each_cubin_and_skips_ptx():
     assert [(arch, name) for arch, name, _ in rows] == [(86, FWD), (86, OTHER), (90, BWD)]
     assert rows[2][2]["REG"] == 255 and rows[2][2]["STACK"] == 16 and rows[2][2]["LOCAL"] == 8
     assert rows[2][2]["SHARED"] == 1024 and rows[1][2]["SHARED"] == 32
+    bare = SAMPLE[SAMPLE.index("Resource usage:") : SAMPLE.index("Fatbin ptx")]  # one cubin's output
+    assert [(arch, name) for arch, name, _ in R.parse_res_usage(bare, 80)] == [(80, FWD), (80, OTHER)]
 
 
 def test_names_demangled_or_from_the_mangled_name():
