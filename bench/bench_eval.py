@@ -35,7 +35,8 @@ Usage::
     python bench/bench_eval.py --threads 2
     python bench/bench_eval.py --device cuda          # on a GPU: the torch engine on CUDA
 
-Every run appends one JSON line per device to bench/results/eval_<cpu|cuda>.jsonl: date,
+Every run appends one JSON line per device to bench/results/eval_<cpu|cuda>.jsonl (``--out``
+names another folder): date,
 device, torch version, git commit, threads, ms/frame of the baseline and of each
 engine, the speed-ups and whether the results are identical.
 """
@@ -165,7 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", nargs="+", default=["cpu"], help="cpu and/or cuda (cuda: the torch engine)")
     ap.add_argument("--threads", type=int, default=1, help="OpenCV and torch threads (default 1)")
     ap.add_argument("--repeats", type=int, default=7, help="rounds (default 7); medians are reported")
-    ap.add_argument("--no-save", action="store_true", help="do not append to bench/results/")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of eval_<cpu|cuda>.jsonl")
+    ap.add_argument("--no-save", action="store_true", help="do not append to --out")
     args = ap.parse_args(argv)
 
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -261,7 +263,7 @@ def main(argv=None) -> int:
     else:
         print("RESULTS DIFFER from the per-frame baseline")
     if rows and not args.no_save:
-        out = ROOT / "bench" / "results"
+        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for kind, r in rows.items():
             with open(out / f"eval_{kind}.jsonl", "a") as fh:

@@ -4,7 +4,10 @@ Cases, inputs and reference are the op tests' (``tests/ops/cases.py``; ``--kinds
 shapes at 480 x 480 input, large, awkward). Backends: ``reference``, ``cpp``, ``triton``
 (on the CPU only when named, in Triton's interpreter) and, for part_attention on CUDA,
 torch's scaled_dot_product_attention as ``sdpa_heads`` (one call, the parts as heads) and
-``sdpa_per_part`` (one call per part, as a direct port of a per-part loop).
+``sdpa_per_part`` (one call per part, as a direct port of a per-part loop). Each model and
+large attention case on a square map is also timed as ``attention_assembly``: the
+attention followed by assemble_parts, a baseline's attention followed by the reference
+assembly (bench/ops_baselines.py; ``--no-assembly`` leaves it out).
 
 Modes: ``fwd``, the forward under ``torch.no_grad()``; ``grad``, forward +
 ``torch.autograd.grad`` of a fixed cotangent for every input that needs a gradient (the
@@ -22,8 +25,11 @@ commit, device, versions, threads, allocator and load average): median, p20, p80
 memory allocated during one call above what was allocated before it (CUDA: the caching
 allocator's peak; CPU: the profiler's allocation events); TFLOP/s (attention: forward
 4*B*p*Nq*Nk*d, backward 2.5x that) and GB/s (the bytes the op must move at least, the
-same for every backend) with their share of the device's peak where known; the ratio
-reference / backend, measured in the same run.
+same for every backend) with their share of the device's peak where known
+(:data:`DEVICE_PEAKS`); the ratios reference / backend and sdpa_per_part / backend,
+measured in the same run. Rows are appended case by case, so a run stopped midway keeps
+what it measured. Last, the attention target's figures (bf16, d=64, N=3600, B*p=40),
+where the run measured them (bench/results_summary.py).
 
 Usage::
 
@@ -50,12 +56,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ops_baselines as baselines  # bench/ops_baselines.py
+import results_summary  # bench/results_summary.py
 from ops import cases as C  # tests/ops/cases.py
+from ops_baselines import ATTENTION_ASSEMBLY, BASELINES, attention_assembly
+from ops_cost import FLOP_FACTOR, case_cost  # bench/ops_cost.py
 
 from pdnet import ops
 
@@ -64,76 +74,54 @@ MODES = ("fwd", "grad", "full", "bwd")
 KINDS = ("model", "large", "awkward")
 DTYPES = {name: getattr(torch, name) for name in ("float32", "float16", "bfloat16", "float64")}
 DTYPES |= {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-#: multiple of the forward's FLOPs per mode
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "grad": 3.5, "full": 3.5}
 
-#: dense peaks: (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s without TF32, memory GB/s), by device name substring
+#: vendor peaks without sparsity, by device name (the longest key contained in torch's device name wins):
+#: (bf16/fp16 tensor-core TFLOP/s with fp32 accumulation, as the kernels accumulate; fp32 TFLOP/s without
+#: tensor cores; memory GB/s)
 DEVICE_PEAKS = {
+    # NVIDIA H200 datasheet (SXM; NVL)
     "H200": (989.0, 67.0, 4800.0),
+    "H200 NVL": (835.0, 60.0, 4800.0),
+    # NVIDIA H100 datasheet (SXM; PCIe; NVL)
+    "H100": (989.0, 67.0, 3350.0),
     "H100 PCIe": (756.0, 51.0, 2000.0),
     "H100 NVL": (835.0, 60.0, 3900.0),
-    "H100": (989.0, 67.0, 3350.0),
-    "A100-SXM4-80GB": (312.0, 19.5, 2039.0),
+    # NVIDIA A100 datasheet (40GB: 1555 GB/s; 80GB SXM4: 2039; 80GB PCIe: 1935)
     "A100": (312.0, 19.5, 1555.0),
+    "A100-SXM4-80GB": (312.0, 19.5, 2039.0),
+    "A100 80GB PCIe": (312.0, 19.5, 1935.0),
+    # NVIDIA Ampere GA102 architecture whitepaper, GeForce RTX 3090: 142 TFLOP/s fp16 tensor with fp16
+    # accumulation, 71 with fp32 accumulation (bf16 too); 35.6 fp32; 936 GB/s
+    "RTX 3090": (71.0, 35.6, 936.0),
+    # NVIDIA L40S datasheet; Ada AD102 architecture whitepaper (RTX 4090, fp32 accumulation)
     "L40S": (362.0, 91.6, 864.0),
     "RTX 4090": (165.0, 82.6, 1008.0),
 }
 
 
-# --------------------------------------------------------------------------- baselines
-def sdpa_heads(q, k, v, scale=1.0, key_mask=None):
-    """part_attention as one scaled_dot_product_attention call, the parts as heads."""
-    mask = None if key_mask is None else key_mask[:, :, None, :].to(q.dtype)  # [B, p, 1, Nk]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-def sdpa_per_part(q, k, v, scale=1.0, key_mask=None):
-    """part_attention as one scaled_dot_product_attention call per part."""
-    parts = range(q.shape[1])
-    masks = [None] * len(parts) if key_mask is None else [key_mask[:, j : j + 1] for j in parts]
-    outs = [sdpa_heads(q[:, j : j + 1], k[:, j : j + 1], v[:, j : j + 1], scale, masks[j]) for j in parts]
-    return torch.cat(outs, dim=1)
-
-
-BASELINES = {"sdpa_heads": sdpa_heads, "sdpa_per_part": sdpa_per_part}
+def device_peaks(name: str, dtype: torch.dtype) -> tuple[float | None, float | None]:
+    """(peak TFLOP/s for ``dtype``, peak GB/s) of the device, None where unknown."""
+    keys = [key for key in DEVICE_PEAKS if key in name]
+    if not keys:
+        return None, None
+    tensor_core, fp32, bandwidth = DEVICE_PEAKS[max(keys, key=len)]
+    return (tensor_core if dtype in C.LOW_PRECISION else fp32), bandwidth
 
 
 def op_function(op: str, backend: str):
     """``fn(*args, **kwargs)`` computing ``op`` with ``backend`` (or a baseline)."""
+    if op == ATTENTION_ASSEMBLY:
+        return attention_assembly(backend)
     if backend in BASELINES:
         return BASELINES[backend]
     return lambda *args, **kwargs: C.call(op, args, kwargs, backend)
 
 
-# --------------------------------------------------------------------------- cost
-def min_bytes(case: C.Case, element_size: int) -> tuple[float, float]:
-    """Bytes the forward and the backward must read and write at least, every backend alike."""
-    d, es = case.dims, element_size
-    if case.op == "part_attention":
-        B, p, Nq, Nk, hd = (d[n] for n in ("B", "p", "Nq", "Nk", "d"))
-        io = es * (2 * B * p * Nq * hd + 2 * B * p * Nk * hd) + 4 * B * p * Nq  # q, k, v, out; fp32 log-sum-exp
-        if case.options.get("key_mask") is not None:
-            io += es * B * p * Nk
-        return io, 2 * io
-    n = d["B"] * d["h"] * d["w"]
-    p = d["p"]
-    if case.op == "part_masks":
-        return es * n * (2 * p + 1), es * n * (3 * p + 2)  # read D, S; write M / read dM, D, S; write dD, dS
-    if case.op == "part_masks_gt":
-        return es * n * (2 * p + 1), es * n * (3 * p + 1 + bool(case.options.get("mask_grad")))
-    if case.op == "assemble_parts":
-        c = d["C"]
-        # read P, Y, R; write out / read dout, P, Y, R; write dP (= dY, one tensor), dR
-        return es * n * (2 * p * c + p + c), es * n * (3 * p * c + 2 * p + c)
-    return es * n * p, 0.0  # area_variance: its backward is one coefficient per (batch, part), broadcast
-
-
-def device_peaks(name: str, dtype: torch.dtype) -> tuple[float | None, float | None]:
-    """(peak TFLOP/s for ``dtype``, peak GB/s) of the device, None where unknown."""
-    for key, (tensor_core, fp32, bandwidth) in DEVICE_PEAKS.items():
-        if key in name:
-            return (tensor_core if dtype in C.LOW_PRECISION else fp32), bandwidth
-    return None, None
+def make_inputs(case: C.Case, device, dtype, requires_grad: bool) -> tuple[tuple, dict]:
+    """The op tests' inputs of ``case`` (of both ops of an attention + assembly case)."""
+    if case.op == ATTENTION_ASSEMBLY:
+        return baselines.make_inputs(case, device, dtype, requires_grad)
+    return C.make_inputs(case, device, dtype, requires_grad=requires_grad)
 
 
 # --------------------------------------------------------------------------- measurement
@@ -296,6 +284,9 @@ def parse_args(argv=None):
                     help="override a Triton part_attention launch config (KIND: fwd, dkdv, dq), for tuning")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSONL results")
     ap.add_argument("--no-save", action="store_true", help="print rows without appending them")
+    ap.add_argument("--no-assembly", action="store_true",
+                    help=f"leave out the {ATTENTION_ASSEMBLY} rows (part_attention's model and large cases "
+                    "followed by assemble_parts, against SDPA per part plus the reference assembly)")
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     args.kinds = args.kinds or (["model", "large"] if cuda else ["model"])
@@ -325,7 +316,9 @@ def setup(args) -> tuple[torch.device, list[str], list[C.Case]]:
             hint = "; Triton runs on the CPU only with TRITON_INTERPRET=1 set" if b == "triton" else ""
             raise BenchError(f"backend {b!r} is not available on {args.device}, only {', '.join(available)}{hint}")
     only = args.only or [""]
-    cases = [c for op in args.ops for c in C.cases(op, *args.kinds) if any(s in c.id for s in only)]
+    cases = [c for op in args.ops for c in C.cases(op, *args.kinds)]
+    cases += baselines.assembly_cases(cases) if not args.no_assembly else []
+    cases = [c for c in cases if any(s in c.id for s in only)]
     if not cases:
         raise BenchError(f"no {' / '.join(args.kinds)} case of {' '.join(args.ops)} matches --only {' '.join(only)}")
     apply_attn_configs(args.attn_config)
@@ -360,7 +353,7 @@ def measure_case(case, mode, dtype, device, backends, args) -> dict:
 
     A backend that cannot run the case (dtype, device, memory) is reported and left out.
     """
-    inputs, kwargs = C.make_inputs(case, device, dtype, requires_grad=mode != "fwd")
+    inputs, kwargs = make_inputs(case, device, dtype, requires_grad=mode != "fwd")
     runs = {}
     for b in backends:
         try:
@@ -386,40 +379,42 @@ def measure_case(case, mode, dtype, device, backends, args) -> dict:
 
 def report(case, mode, dtype, results, meta, args) -> list[dict]:
     """One row per backend of one case and mode, each printed as a line of the table."""
-    ref = results.get("reference")
-    fwd_bytes, bwd_bytes = min_bytes(case, torch.finfo(dtype).bits // 8)
+    ref, sdpa = results.get("reference"), results.get("sdpa_per_part")
+    flops, fwd_bytes, bwd_bytes = case_cost(case, torch.finfo(dtype).bits // 8)
     nbytes = {"fwd": fwd_bytes, "bwd": bwd_bytes}.get(mode, fwd_bytes + bwd_bytes)
-    flops = FLOP_FACTOR[mode] * C.flops(case)
+    flops *= FLOP_FACTOR[mode]
     peak_tflops, peak_gbps = device_peaks(meta["device"], dtype)
     rows = []
     for b, ((med, p20, p80), peak, graphed) in results.items():
         tflops = flops / (med * 1e-3) / 1e12 if flops and med else None
         gbps = nbytes / (med * 1e-3) / 1e9 if nbytes and med else None
         ratio = ref[0][0] / med if ref and med else None
+        tflops_frac = tflops / peak_tflops if tflops and peak_tflops else None
+        gbps_frac = gbps / peak_gbps if gbps and peak_gbps else None
         rows.append(dict(
             meta, case=case.id, op=case.op, kind=case.kind, dims=case.dims, options=case.options,
             dtype=str(dtype).removeprefix("torch."), mode=mode, backend=b, cuda_graph=graphed,
             reps=args.reps if args.device == "cpu" else None, loadavg=load_average(),
             ms_median=med, ms_p20=p20, ms_p80=p80, peak_mem_mib=peak, ratio_to_reference=ratio,
-            tflops=tflops, gbps=gbps,
-            tflops_frac_peak=tflops / peak_tflops if tflops and peak_tflops else None,
-            gbps_frac_peak=gbps / peak_gbps if gbps and peak_gbps else None,
+            ratio_to_sdpa_per_part=sdpa[0][0] / med if sdpa and med else None,
+            tflops=tflops, gbps=gbps, tflops_frac_peak=tflops_frac, gbps_frac_peak=gbps_frac,
         ))
-        rate = (f"{tflops:8.3g}" if tflops else f"{'-':>8s}") + (f" | {gbps:.3g}" if gbps else " | -")
+        rate = " | ".join(f"{x:.3g}" + (f" ({frac:.0%})" if frac else "") if x else "-"
+                          for x, frac in ((tflops, tflops_frac), (gbps, gbps_frac)))
         print(f"{case.id:40s} {rows[-1]['dtype']:8s} {mode:4s} {b:13s} {med:10.3f} {f'[{p20:.3f}, {p80:.3f}]':>20s} "
               f"{peak:9.1f} {f'{ratio:.2f}x' if ratio else '-':>8s} {rate}", flush=True)
     return rows
 
 
-def save(rows: list[dict], device: torch.device, meta: dict, out: str) -> None:
-    """Appends ``rows`` to ``<out>/ops_<device>.jsonl``."""
+def save(rows: list[dict], device: torch.device, meta: dict, out: str) -> Path:
+    """Appends ``rows`` to ``<out>/ops_<device>.jsonl``; returns that path."""
     tag = "cpu" if device.type == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", meta["device"]).strip("_")
     path = Path(out) / f"ops_{tag}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print(f"# appended {len(rows)} rows to {path}")
+    return path
 
 
 def main(argv=None) -> int:
@@ -433,16 +428,21 @@ def main(argv=None) -> int:
     print(f"# {meta['device']}; torch {meta['torch']}; commit {meta['commit']}; {meta['threads']} threads; "
           f"allocator {args.allocator}; load average {load_average()}; backends {', '.join(backends)}")
     print(f"{'case':40s} {'dtype':8s} {'mode':4s} {'backend':13s} {'median ms':>10s} {'[p20, p80]':>20s} "
-          f"{'peak MiB':>9s} {'ref/this':>8s}  TFLOP/s | GB/s")
-    rows = []
+          f"{'peak MiB':>9s} {'ref/this':>8s} TFLOP/s | GB/s (share of peak)")
+    rows, path = [], None
     for dtype in (DTYPES[name] for name in args.dtype):
         for case in cases:
-            usable = [b for b in backends if b not in BASELINES or case.op == "part_attention"]
-            for mode in args.modes:
-                rows += report(case, mode, dtype, measure_case(case, mode, dtype, device, usable, args), meta, args)
+            usable = [b for b in backends if b not in BASELINES or case.op in ("part_attention", ATTENTION_ASSEMBLY)]
+            case_rows = [row for mode in args.modes for row in report(
+                case, mode, dtype, measure_case(case, mode, dtype, device, usable, args), meta, args)]
+            if case_rows and not args.no_save:  # case by case: a run stopped midway keeps what it measured
+                path = save(case_rows, device, meta, args.out)
+            rows += case_rows
     print(f"# load average after: {load_average()}")
-    if rows and not args.no_save:
-        save(rows, device, meta, args.out)
+    if path:
+        print(f"# appended {len(rows)} rows to {path}")
+    for line in results_summary.attention_target_lines(rows):
+        print(f"# {line}")
     return 0
 
 
