@@ -210,7 +210,7 @@ def normalise(name: str) -> str:
     suffixes or casts (``64u``, ``(int)64`` -> ``64``), ``half`` -> ``__half``..."""
     s = re.sub(r"\((?:unsigned |signed )?(?:int|long|short|char|long long)\)(?=-?\d)", "", name)
     s = re.sub(r"(?<![\w.])(-?\d+)(?:[uU]?[lL]{0,2}|[lL]{1,2}[uU])(?!\w)", r"\1", s)
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"\s+", "", s).replace("(anonymousnamespace)::", "")
     s = re.sub(r"\b(?:\w+::)+(?=\w)", "", s)  # c10::Half -> Half, ::__half -> __half
     return re.sub(r"\b\w+\b", lambda m: _SPELLINGS.get(m.group(), m.group()), s)
 

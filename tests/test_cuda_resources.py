@@ -80,6 +80,7 @@ def test_launch_names_normalised():
             "attn_fwd_kernel<__nv_bfloat16, (int)64>"]
     assert {R.normalise(n) for n in same} == {"attn_fwd_kernel<__nv_bfloat16,64>"}
     assert R.normalise("attn_x<c10::Half, 128l, true>") == "attn_x<Half,128,true>"
+    assert R.normalise("attn_y<pdnet::(anonymous namespace)::Cfg<__half, 64> >") == "attn_y<Cfg<__half,64>>"
     assert R.normalise("attn_fwd_kernel<__half, 64>") != R.normalise("attn_fwd_kernel<__half, 128>")
 
 
