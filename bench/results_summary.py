@@ -93,6 +93,26 @@ def attention_target_lines(rows: list[dict]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- other benchmarks
+def ops_lines(rows: list[dict], backends=("cpp", "triton")) -> list[str]:
+    """Per case of bench_ops rows in their first dtype: each kernel backend's median, ratio to the
+    reference and share of the device's peak (TFLOP/s where counted, else GB/s), forward and
+    forward + backward."""
+    dtype = rows[0]["dtype"] if rows else None
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows if r["dtype"] == dtype):
+        parts = []
+        for mode in ("fwd", "full"):
+            found = [r for b in backends for r in rows
+                     if (r["case"], r["dtype"], r["mode"], r["backend"]) == (case, dtype, mode, b)]
+            parts += [f"{mode} {r['backend']} {r['ms_median']:.3g} ms"
+                      + (f" {r['ratio_to_reference']:.2f}x ref" if r.get("ratio_to_reference") else "")
+                      + (f" {share:.0%} of peak" if (share := r.get("tflops_frac_peak") or r.get("gbps_frac_peak"))
+                         else "") for r in found]
+        if parts:
+            lines.append(f"ops {case} {dtype}: " + "; ".join(parts))
+    return lines
+
+
 def fps_lines(rows: list[dict]) -> list[str]:
     """Fast vs reference path per backbone and mode (bench_fps.py rows)."""
     return [f"fps {r['backbone']} {r['size']}x{r['size']} {r['mode']} batch {r['batch']} {r['precision']}: "
@@ -155,7 +175,8 @@ def figures(rows_dir: Path) -> list[str]:
     """The headline figure lines of every row file under ``rows_dir``."""
     lines = []
     for path in sorted(rows_dir.glob("ops_*.jsonl")):
-        lines += attention_target_lines(read_jsonl(path))
+        rows = read_jsonl(path)
+        lines += ops_lines(rows) + attention_target_lines(rows)
     for path in sorted(rows_dir.glob("fps_*.jsonl")):
         lines += fps_lines(read_jsonl(path))
     for path in sorted(rows_dir.glob("train_*.json")):

@@ -213,3 +213,17 @@ def test_pytest_report_counts_and_names_failures(tmp_path):
         '<testcase classname="tests.t" name="d"><skipped/></testcase></testsuite></testsuites>')
     assert rs.pytest_report(tmp_path) == {"pytest": {"tests": 4, "failures": 1, "errors": 0, "skipped": 2,
                                                      "passed": 1, "failed": ["tests.t::b"]}}
+
+
+def test_ops_lines_give_each_kernel_backend_per_case():
+    row = dict(dtype="bfloat16", ratio_to_reference=None, tflops_frac_peak=None, gbps_frac_peak=None)
+    rows = [
+        {**row, "case": "a", "mode": "fwd", "backend": "reference", "ms_median": 2.0},
+        {**row, "case": "a", "mode": "fwd", "backend": "cpp", "ms_median": 0.5, "ratio_to_reference": 4.0,
+         "gbps_frac_peak": 0.71},
+        {**row, "case": "a", "mode": "full", "backend": "triton", "ms_median": 1.25, "tflops_frac_peak": 0.2},
+        {**row, "case": "a", "mode": "fwd", "backend": "cpp", "ms_median": 9.0, "dtype": "float16"},
+        {**row, "case": "b", "mode": "fwd", "backend": "sdpa_heads", "ms_median": 1.0},
+    ]
+    assert rs.ops_lines(rows) == [
+        "ops a bfloat16: fwd cpp 0.5 ms 4.00x ref 71% of peak; full triton 1.25 ms 20% of peak"]
