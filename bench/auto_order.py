@@ -7,7 +7,7 @@ least two backends were measured, the backends fastest first.
 * device: ``"cpu"`` for ``ops_cpu.jsonl`` (or a row's ``device_type``), else the CUDA
   compute capability: a row's ``capability`` (``"sm90"``, ``"9.0"`` or ``[9, 0]``), else
   the device name's (:data:`CAPABILITY_BY_NAME`); rows with neither are left out, named.
-* size class: from the row's ``dims`` (``auto_table.problem_size`` / ``size_class``).
+* size class: from the row's ``dims`` (``auto_table.dims_size`` / ``size_class``).
 * backends: those ``auto`` may take on the device (``auto_table.DEFAULT_ORDER``; the SDPA
   baselines and Triton's CPU interpreter are not candidates).
 * rows: the newest (``date``) per device, case, dtype, mode, CUDA graph or not, backend;
@@ -104,7 +104,7 @@ def rank(rows: list[dict]) -> dict[tuple[str, str, str, str], tuple[tuple[str, .
     groups: dict[tuple, dict[tuple, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
     for row in newest(rows):
         op = OP_OF.get(row["op"], row["op"])
-        size = auto_table.size_class(op, auto_table.problem_size(row["dims"]))
+        size = auto_table.size_class(op, auto_table.dims_size(row["dims"]))
         key = (op, row["key_device"], row["dtype"], size)
         groups[key][(row["case"], row["mode"], bool(row.get("cuda_graph")))][row["backend"]] = row
     table = {}

@@ -1,9 +1,10 @@
 """bench/auto_order.py: the measured order of backend="auto" from benchmark rows."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,10 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "auto_order.py"
 
 @pytest.fixture(scope="module")
 def auto_order():
-    spec = importlib.util.spec_from_file_location("auto_order", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return SimpleNamespace(**runpy.run_path(str(SCRIPT), run_name="auto_order"))
 
 
 def row(backend, ms, *, op="part_attention", mode="grad", dtype="bfloat16", device="NVIDIA H200", date="2026-12-01",

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from ops import cases as C  # tests/ops/cases.py
 
 from pdnet import ops
 from pdnet.ops import _auto, _dispatch, auto_table, reference
@@ -32,6 +33,7 @@ def stand_ins(monkeypatch):
 
     monkeypatch.setattr(_dispatch, "_REGISTRY", dict(_dispatch._REGISTRY))
     monkeypatch.setattr(_auto, "_CHOICES", {})
+    monkeypatch.setattr(_auto, "_PICKS", {})
     monkeypatch.setattr(_auto, "_TUNED", {})
     monkeypatch.setattr(_auto, "TUNE_WARMUP", 1)
     monkeypatch.setattr(_auto, "TUNE_REPS", 3)
@@ -150,19 +152,27 @@ def test_nothing_available_falls_back_to_the_reference():
 
 def test_size_classes_from_the_problem_size():
     def cls(op, *shapes):
-        dims = auto_table.dims_of(op, [torch.empty(s) for s in shapes])
-        return auto_table.size_class(op, auto_table.problem_size(dims))
+        return auto_table.size_class(op, auto_table.problem_size(op, [torch.empty(s) for s in shapes]))
 
     q, q32 = (2, 5, 900, 32), (32, 5, 900, 32)
-    assert auto_table.dims_of("part_attention", [torch.empty(q), torch.empty(2, 5, 700, 32)]) == dict(
-        B=2, p=5, Nq=900, Nk=700, d=32
-    )
     assert cls("part_attention", q, q) == "model" and cls("part_attention", q32, q32) == "large"
     assert cls("part_masks", (2, 5, 480, 480)) == "model" and cls("part_masks", (32, 5, 480, 480)) == "large"
     assert cls("area_variance", (2, 5, 480, 480)) == "model" and cls("area_variance", (32, 5, 480, 480)) == "large"
     assert cls("assemble_parts", (2, 5, 64, 120, 120)) == "model"
     assert cls("assemble_parts", (32, 5, 64, 120, 120)) == "large"
-    assert auto_table.problem_size({"B": 2, "p": 5, "Nq": 900, "Nk": 900, "d": 32}) == 2 * 5 * 900 * 900 * 32
+
+
+@pytest.mark.parametrize("op", C.OPS)
+def test_the_size_of_a_call_is_the_size_of_its_benchmark_row(op):
+    """The table is keyed by the size of the call's tensors; bench/auto_order.py by the rows' dims."""
+    for case in C.cases(op, "awkward", "model", "large"):
+        d = case.dims
+        if op == "part_attention":
+            args = [torch.empty(d["B"], d["p"], d["Nq"], d["d"], device="meta"),
+                    torch.empty(d["B"], d["p"], d["Nk"], d["d"], device="meta")]
+        else:  # the first input's shape: the dims in order (B, p[, C], h, w)
+            args = [torch.empty(*d.values(), device="meta")]
+        assert auto_table.problem_size(op.removesuffix("_gt"), args) == auto_table.dims_size(case.dims), case.id
 
 
 def test_device_keys(monkeypatch):
@@ -299,6 +309,7 @@ def test_tune_on_cuda_times_both_kernel_backends_with_events(monkeypatch):
     if not {"cpp", "triton"} <= set(ops.available_backends("cuda")):
         pytest.skip("needs both kernel backends on CUDA")
     monkeypatch.setattr(_auto, "_CHOICES", {})
+    monkeypatch.setattr(_auto, "_PICKS", {})
     monkeypatch.setattr(_auto, "_TUNED", {})
     monkeypatch.setenv("PDNET_AUTO", "tune")
     x = torch.rand(2, 5, 480, 480, device="cuda")

@@ -42,6 +42,8 @@ TUNE_WARMUP, TUNE_REPS = 2, 10
 
 #: what auto chose, by "op device dtype size-class" (table) or "op signature" (tuned)
 _CHOICES: dict[str, dict[str, Any]] = {}
+#: (op, device, dtype, size class, deterministic, backends) -> (table's backend, kernel candidates)
+_PICKS: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
 #: (op, signature) -> backend chosen by timing
 _TUNED: dict[tuple[str, tuple[Any, ...]], str] = {}
 
@@ -59,7 +61,9 @@ def auto_choices() -> dict[str, dict[str, Any]]:
 
 
 def clear_auto_choices() -> None:
+    """Forget every choice (the table's are looked up again at the next call)."""
     _CHOICES.clear()
+    _PICKS.clear()
     _TUNED.clear()
 
 
@@ -80,16 +84,25 @@ class Auto:
 
     def __call__(self, *args):
         first = args[0]
-        device = auto_table.device_key(first.device)
-        size = auto_table.size_class(self.op, auto_table.problem_size(auto_table.dims_of(self.op, args)))
+        size = auto_table.size_class(self.op, auto_table.problem_size(self.op, args))
         deterministic = torch.are_deterministic_algorithms_enabled()
-        name, why = auto_table.choose(self.op, device, first.dtype, size, self.impls, deterministic)
-        if not torch.compiler.is_compiling():
-            key = f"{self.op} {device} {auto_table.dtype_name(first.dtype)} {size}"
-            _CHOICES[key] = {"backend": name, "source": "table", "why": why}
-            if tune_mode():
-                ranked, _ = auto_table.order(self.op, device, first.dtype, size, deterministic)
-                name = self._tuned(args, [b for b in ranked if b != "reference" and b in self.impls]) or name
+        if torch.compiler.is_compiling():  # traced: the table's choice, nothing recorded
+            device = auto_table.device_key(first.device)
+            name, _ = auto_table.choose(self.op, device, first.dtype, size, self.impls, deterministic)
+            return self.impls[name](*args)
+        key = (self.op, first.device, first.dtype, size, deterministic, tuple(self.impls))
+        picked = _PICKS.get(key)
+        if picked is None:  # first call of this kind: look it up once, say why
+            device = auto_table.device_key(first.device)
+            name, why = auto_table.choose(self.op, device, first.dtype, size, self.impls, deterministic)
+            ranked, _ = auto_table.order(self.op, device, first.dtype, size, deterministic)
+            picked = _PICKS[key] = name, [b for b in ranked if b != "reference" and b in self.impls]
+            _CHOICES[f"{self.op} {device} {auto_table.dtype_name(first.dtype)} {size}"] = {
+                "backend": name, "source": "table", "why": why
+            }
+        name, kernels = picked
+        if tune_mode():
+            name = self._tuned(args, kernels) or name
         return self.impls[name](*args)
 
     def _tuned(self, args, candidates: list[str]) -> str | None:

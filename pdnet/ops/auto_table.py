@@ -11,15 +11,16 @@ Keys:
   capability (``"sm90"``: H100 / H200, ``"sm86"``: RTX 3090, ``"sm80"``: A100), else the
   device type (``"cpu"``);
 * dtype: the inputs' dtype name (``"bfloat16"``, ...);
-* size class: :func:`size_class`, ``"model"`` or ``"large"``, from :func:`problem_size`,
-  the product of the op's dimensions -- part_attention: B * p * Nq * Nk * d, the
-  multiply-adds of one score product; the other ops: the elements of their largest input
-  (part_masks, area_variance: B * p * h * w; assemble_parts: B * p * C * h * w) --
-  against :data:`LARGE_FROM`. The thresholds separate the model's own calls (480 x 480
-  input, batch 2: attention 2.6e8 = 2 * 5 * 900 * 900 * 32; masks 2.3e6; assembly up to
-  9.2e6 at 120 x 120), where launch and host overhead weigh, from batch-32 or
-  high-resolution calls (attention 4.1e9 and up, masks and assembly 3.7e7 and up), where
-  the kernels' throughput decides.
+* size class: :func:`size_class`, ``"model"`` or ``"large"``, from :func:`problem_size`
+  (:func:`dims_size` for a benchmark row's dimensions), the product of the op's
+  dimensions -- part_attention: B * p * Nq * Nk * d, the multiply-adds of one score
+  product; the other ops: the elements of their largest input (part_masks,
+  area_variance: B * p * h * w; assemble_parts: B * p * C * h * w) -- against
+  :data:`LARGE_FROM`. The thresholds separate the model's own calls (480 x 480 input,
+  batch 2: attention 2.6e8 = 2 * 5 * 900 * 900 * 32; masks 2.3e6; assembly up to 9.2e6
+  at 120 x 120), where launch and host overhead weigh, from batch-32 or high-resolution
+  calls (attention 4.1e9 and up, masks and assembly 3.7e7 and up), where the kernels'
+  throughput decides.
 
 Order, for a key:
 
@@ -74,19 +75,18 @@ KERNEL_DTYPES: dict[tuple[str, str], tuple[str, ...]] = {
 NONDETERMINISTIC: tuple[tuple[str, str, str], ...] = (("cpp", "part_attention", "cuda"),)
 
 
-def dims_of(op: str, args) -> dict[str, int]:
-    """The op's dimensions from its arguments (those of its reference function)."""
-    if op == "part_attention":
-        B, p, Nq, d = args[0].shape
-        return {"B": B, "p": p, "Nq": Nq, "Nk": args[1].shape[2], "d": d}
-    names = ("B", "p", "C", "h", "w") if op == "assemble_parts" else ("B", "p", "h", "w")
-    return dict(zip(names, args[0].shape, strict=True))
+def problem_size(op: str, args) -> int:
+    """The product of the op's dimensions, from its arguments (those of its reference
+    function): attention B * p * Nq * Nk * d (q's elements times Nk), else the first
+    input's elements."""
+    size = args[0].numel()
+    return size * args[1].shape[2] if op == "part_attention" else size
 
 
-def problem_size(dims: Mapping[str, int]) -> int:
-    """Product of the op's dimensions (attention: B * p * Nq * Nk * d; else the largest input's elements)."""
+def dims_size(dims: Mapping[str, int]) -> int:
+    """The product of the op's dimensions as a benchmark row gives them (``dims``)."""
     size = 1
-    for n in dims.values():  # a loop, not math.prod: Dynamo traces it (also on symbolic sizes)
+    for n in dims.values():
         size *= n
     return size
 
