@@ -2,7 +2,8 @@
 
 One module per op, each with its forward and backward kernels and plain host functions
 that allocate the outputs and launch them (through ``torch.library.wrap_triton``, so
-that torch.compile can trace into the launches):
+that torch.compile can trace into the launches) on the inputs' device and its current
+stream, whichever device is current (``_common.on_input_device``):
 
 * ``part_attention``: ``part_attention_forward(q, k, v, scale, key_mask) -> (out, lse)``
   and ``part_attention_backward(grad_out, grad_lse, q, k, v, out, lse, scale, key_mask,
