@@ -112,11 +112,13 @@ def launch_device(device: torch.device):
     of cuda:1 while cuda:0 is current would read cuda:1 pointers in cuda:0's context.
     ``torch.cuda.device`` makes the tensors' device current for the launch (and with it
     that device's current stream, the one PyTorch queues the inputs' work on), then
-    restores the previous device. It is also the device guard Dynamo traces (as device
-    switches around the launches), unlike a hand-written ``set_device`` / restore pair;
-    under torch.compile with Inductor the host functions are not run by Dynamo at all:
-    AOTAutograd runs them on fake tensors to record the launches, and Inductor's
-    generated code guards the device itself. CPU tensors (Triton's interpreter): no-op.
+    restores the previous device. Dynamo traces this context manager (its
+    ``torch.cuda.device`` support records the device switches in the graph), so a host
+    function compiled directly keeps the guard; through the ops, torch.compile does not
+    run the host functions in Dynamo at all: AOTAutograd runs them on fake tensors to
+    record the launches (the guard then only switches the process's device while
+    tracing), and Inductor's generated code guards the device itself. CPU tensors
+    (Triton's interpreter): no-op.
     """
     if device.type != "cuda":
         return contextlib.nullcontext()
