@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "../kernel_smem.h"
+#include "attention_mma_io.cuh"
 #include "attention_params.cuh"
 #include "attention_tiles.cuh"
 #include "mma_sm80.cuh"
@@ -88,60 +89,91 @@ __device__ __forceinline__ float mask_log2(const float* mask, int64_t key, int64
   return key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
 }
 
-// dst[r * (D + 8) + c] = src[(row0 + r) * d + c] for r < ROWS, c < D, zero past n rows and d
-// columns. vec16 (d == D, src 16-byte aligned): cp.async of 16-byte chunks, zero-filled past n,
-// completed by the caller's cp_async_wait; otherwise synchronous element-wise loads.
-template <typename T, int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row0, int64_t n, int d, bool vec16) {
-  constexpr int LD = D + 8, kChunks = D * int(sizeof(T)) / 16;  // 16-byte chunks per row
-  constexpr int kE = 16 / int(sizeof(T));                        // elements per chunk
-  static_assert(ROWS * kChunks % THREADS == 0, "whole chunks per thread");
-  if (vec16) {
+// p's arrays moved to head bh: q, dout, dq [Nq, d]; k, v, dk, dv [Nk, d]; lse, delta [Nq];
+// mask, dmask [Nk] or nullptr
+template <typename T>
+struct HeadArrays {
+  const T *q, *k, *v, *dout;
+  T *dq, *dk, *dv;
+  const float *lse, *delta, *mask;
+  float* dmask;
+  __device__ __forceinline__ HeadArrays(const AttnBwdParams& p, int64_t bh)
+      : q(static_cast<const T*>(p.q) + bh * p.Nq * p.d),
+        k(static_cast<const T*>(p.k) + bh * p.Nk * p.d),
+        v(static_cast<const T*>(p.v) + bh * p.Nk * p.d),
+        dout(static_cast<const T*>(p.dout) + bh * p.Nq * p.d),
+        dq(static_cast<T*>(p.dq) + bh * p.Nq * p.d),
+        dk(static_cast<T*>(p.dk) + bh * p.Nk * p.d),
+        dv(static_cast<T*>(p.dv) + bh * p.Nk * p.d),
+        lse(p.lse + bh * p.Nq),
+        delta(p.delta + bh * p.Nq),
+        mask(p.mask != nullptr ? p.mask + bh * p.Nk : nullptr),
+        dmask(p.dmask != nullptr ? p.dmask + bh * p.Nk : nullptr) {}
+};
+
+// The A fragments of a warp's 16 rows (row-major tiles, stride D + 8) of two tiles, all D columns.
+template <typename T, int D>
+__device__ __forceinline__ void load_warp_a(uint32_t (&fx)[D / 16][4], uint32_t (&fy)[D / 16][4], const T* x,
+                                            const T* y) {
 #pragma unroll
-    for (int i = 0; i < ROWS * kChunks / THREADS; ++i) {
-      const int idx = threadIdx.x + i * THREADS;
-      const int r = idx / kChunks, c = (idx % kChunks) * kE;
-      const int64_t row = row0 + r;
-      const bool live = row < n;
-      mma::cp_async_16(dst + r * LD + c, src + (live ? row * D + c : 0), live);  // src: row 0 exists (n >= 1)
-    }
-  } else {
-    load_rows<T, ROWS, D, LD>(dst, src, row0, n, d, false);
+  for (int kd = 0; kd < D / 16; ++kd) {
+    mma::load_a(fx[kd], x, D + 8, 0, kd * 16);
+    mma::load_a(fy[kd], y, D + 8, 0, kd * 16);
   }
 }
 
-// A warp's 16 x D float accumulator (C fragments acc[j] of columns 8j .. 8j+7), times scale and
-// rounded to T, written to rows row0 .. row0+15 (those below n) of the row-major [n, d] array
-// dst, through stage: the warp's own 16 rows of shared memory (row stride D + 8), which no other
-// warp touches. x * 1.f is x exactly, so scale 1 writes the accumulator as it is.
-template <typename T, int D>
-__device__ __forceinline__ void store_warp_rows(const float (&acc)[D / 8][4], float scale, T* stage, T* dst,
-                                                int64_t row0, int64_t n, int d, bool vec16) {
-  constexpr int LD = D + 8;
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  __syncwarp();  // the warp's last reads of stage are done
+// x = X_w B_x^T and y = Y_w B_y^T for one warp, [16 x N] C fragments (n-tile j: columns 8j ..
+// 8j+7). X_w, Y_w: the warp's 16 x D operands, as A fragments fx, fy when KR = D / 16, else (KR = 1)
+// loaded at each k-step from their rows sx, sy in shared memory. B_x, B_y: rows 0 .. N-1 of the
+// row-major [N x D] tiles bx, by (B(k = column, n = row) = b[n][k]: load_b_nk).
+template <typename T, int D, int N, int KR>
+__device__ __forceinline__ void warp_products_nt(float (&x)[N / 8][4], float (&y)[N / 8][4],
+                                                 const uint32_t (&fx)[KR][4], const uint32_t (&fy)[KR][4], const T* sx,
+                                                 const T* sy, const T* bx, const T* by) {
+  static_assert(KR == D / 16 || KR == 1, "fragments of every k-step, or none");
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {  // C layout: c[0], c[1] = (g, 8j + 2t, +1); c[2], c[3] = (g + 8, ...)
-    *reinterpret_cast<uint32_t*>(stage + g * LD + 8 * j + 2 * t) = mma::pack2<T>(acc[j][0] * scale, acc[j][1] * scale);
-    *reinterpret_cast<uint32_t*>(stage + (g + 8) * LD + 8 * j + 2 * t) =
-        mma::pack2<T>(acc[j][2] * scale, acc[j][3] * scale);
-  }
-  __syncwarp();
-  if (vec16) {  // d == D: 16-byte chunks, a warp writes 16 whole rows
-    constexpr int kE = 16 / int(sizeof(T)), kChunks = D / kE;
-    static_assert(16 * kChunks % 32 == 0, "whole chunks per lane");
+  for (int j = 0; j < N / 8; ++j)
 #pragma unroll
-    for (int i = 0; i < 16 * kChunks / 32; ++i) {
-      const int idx = lane + 32 * i;
-      const int r = idx / kChunks, c = (idx % kChunks) * kE;
-      if (row0 + r < n) {
-        *reinterpret_cast<uint4*>(dst + (row0 + r) * D + c) = *reinterpret_cast<const uint4*>(stage + r * LD + c);
-      }
+    for (int i = 0; i < 4; ++i) x[j][i] = y[j][i] = 0.f;
+#pragma unroll
+  for (int kd = 0; kd < D / 16; ++kd) {
+    uint32_t ax[4], ay[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (KR == D / 16) ax[i] = fx[kd][i], ay[i] = fy[kd][i];
     }
-  } else {
-    for (int idx = lane; idx < 16 * d; idx += 32) {
-      const int r = idx / d, c = idx - r * d;
-      if (row0 + r < n) dst[(row0 + r) * d + c] = stage[r * LD + c];
+    if constexpr (KR != D / 16) {
+      mma::load_a(ax, sx, D + 8, 0, kd * 16);
+      mma::load_a(ay, sy, D + 8, 0, kd * 16);
+    }
+#pragma unroll
+    for (int jj = 0; jj < N / 16; ++jj) {
+      uint32_t b[2][2];
+      mma::load_b_nk(b, bx, D + 8, jj * 16, kd * 16);
+      mma::mma16816<T>(x[2 * jj], ax, b[0]);
+      mma::mma16816<T>(x[2 * jj + 1], ax, b[1]);
+      mma::load_b_nk(b, by, D + 8, jj * 16, kd * 16);
+      mma::mma16816<T>(y[2 * jj], ay, b[0]);
+      mma::mma16816<T>(y[2 * jj + 1], ay, b[1]);
+    }
+  }
+}
+
+// acc += A B for one warp: A = the [16 x N] C fragments a rounded to T (the A fragment of columns
+// 16kk .. 16kk+15 is c_to_a of n-tiles 2kk, 2kk+1), B = rows 0 .. N-1 of the row-major [N x D]
+// tile b (B(k = row, n = column) = b[k][n]: load_b_kn); acc: [16 x D] C fragments.
+template <typename T, int D, int N>
+__device__ __forceinline__ void warp_product_nn(float (&acc)[D / 8][4], const float (&a)[N / 8][4], const T* b) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    uint32_t af[4];
+    mma::c_to_a<T>(af, a[2 * kk], a[2 * kk + 1]);
+#pragma unroll
+    for (int jj = 0; jj < D / 16; ++jj) {
+      uint32_t bf[2][2];
+      mma::load_b_kn(bf, b, D + 8, kk * 16, jj * 16);
+      mma::mma16816<T>(acc[2 * jj], af, bf[0]);
+      mma::mma16816<T>(acc[2 * jj + 1], af, bf[1]);
     }
   }
 }
@@ -157,58 +189,44 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::KV_THREADS)
   constexpr int BN = Cfg::KV_BN, BM = Cfg::KV_BM, LD = Cfg::LD, THREADS = Cfg::KV_THREADS;
   constexpr int KR = Cfg::KV_FRAGS_IN_REGS ? D / 16 : 1;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* sK = reinterpret_cast<T*>(smem + Cfg::KV_K);               // [BN, LD]
-  T* sV = reinterpret_cast<T*>(smem + Cfg::KV_V);               // [BN, LD]
-  T* sQ = reinterpret_cast<T*>(smem + Cfg::KV_Q);               // [2][BM, LD]
-  T* sdO = reinterpret_cast<T*>(smem + Cfg::KV_DO);             // [2][BM, LD]
-  float* sLse = reinterpret_cast<float*>(smem + Cfg::KV_LSE);   // [2][BM] lse_log2
+  T* sK = reinterpret_cast<T*>(smem + Cfg::KV_K);                  // [BN, LD]
+  T* sV = reinterpret_cast<T*>(smem + Cfg::KV_V);                  // [BN, LD]
+  T* sQ = reinterpret_cast<T*>(smem + Cfg::KV_Q);                  // [2][BM, LD]
+  T* sdO = reinterpret_cast<T*>(smem + Cfg::KV_DO);                // [2][BM, LD]
+  float* sLse = reinterpret_cast<float*>(smem + Cfg::KV_LSE);      // [2][BM] lse_log2
   float* sDelta = reinterpret_cast<float*>(smem + Cfg::KV_DELTA);  // [2][BM]
 
   const int64_t Nq = p.Nq, Nk = p.Nk;
-  const int d = p.d;
   const int64_t bh = blockIdx.x / n_kblocks;
   const int64_t n0 = (blockIdx.x % n_kblocks) * BN;
-  const T* q = static_cast<const T*>(p.q) + bh * Nq * d;        // [Nq, d]
-  const T* dout = static_cast<const T*>(p.dout) + bh * Nq * d;  // [Nq, d]
-  const T* k = static_cast<const T*>(p.k) + bh * Nk * d;        // [Nk, d]
-  const T* v = static_cast<const T*>(p.v) + bh * Nk * d;        // [Nk, d]
-  T* dk = static_cast<T*>(p.dk) + bh * Nk * d;                  // [Nk, d]
-  T* dv = static_cast<T*>(p.dv) + bh * Nk * d;                  // [Nk, d]
-  const float* lse = p.lse + bh * Nq;                           // [Nq]
-  const float* delta = p.delta + bh * Nq;                       // [Nq]
-  const float* mask = p.mask != nullptr ? p.mask + bh * Nk : nullptr;  // [Nk]
+  const attn_bwd::HeadArrays<T> h(p, bh);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;  // C fragments: rows g, g + 8; columns 2t, 2t + 1 of each 8
+  T* sKw = sK + warp * 16 * LD;           // the warp's keys
+  T* sVw = sV + warp * 16 * LD;
 
-  attn_bwd::load_tile<T, BN, D, THREADS>(sK, k, n0, Nk, d, p.vec16);
-  attn_bwd::load_tile<T, BN, D, THREADS>(sV, v, n0, Nk, d, p.vec16);
-  attn_bwd::load_tile<T, BM, D, THREADS>(sQ, q, 0, Nq, d, p.vec16);
-  attn_bwd::load_tile<T, BM, D, THREADS>(sdO, dout, 0, Nq, d, p.vec16);
+  mma_io::load_tile<T, BN, D, THREADS>(sK, h.k, n0, Nk, p.d, p.vec16);
+  mma_io::load_tile<T, BN, D, THREADS>(sV, h.v, n0, Nk, p.d, p.vec16);
+  mma_io::load_tile<T, BM, D, THREADS>(sQ, h.q, 0, Nq, p.d, p.vec16);
+  mma_io::load_tile<T, BM, D, THREADS>(sdO, h.dout, 0, Nq, p.d, p.vec16);
   mma::cp_async_commit();
   if (threadIdx.x < BM) {
     const int i = threadIdx.x;
-    sLse[i] = attn_bwd::lse_log2(i < Nq ? lse[i] : -INFINITY);
-    sDelta[i] = i < Nq ? delta[i] : 0.f;
+    sLse[i] = attn_bwd::lse_log2(i < Nq ? h.lse[i] : -INFINITY);
+    sDelta[i] = i < Nq ? h.delta[i] : 0.f;
   }
-  // the lane's two keys: rows g and g + 8 of the warp's C fragments
-  bool key_live[2];
+  bool key_live[2];  // the lane's keys: rows g and g + 8 of the warp's C fragments
   float mk[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t key = n0 + warp * 16 + g + 8 * h;
-    key_live[h] = key < Nk;
-    mk[h] = attn_bwd::mask_log2(mask, key, Nk);
+  for (int r = 0; r < 2; ++r) {
+    const int64_t key = n0 + warp * 16 + g + 8 * r;
+    key_live[r] = key < Nk;
+    mk[r] = attn_bwd::mask_log2(h.mask, key, Nk);
   }
   mma::cp_async_wait<0>();
   __syncthreads();
-  uint32_t kf[KR][4], vf[KR][4];  // A fragments of K_w, V_w (16 x D) when kept in registers
-  if constexpr (Cfg::KV_FRAGS_IN_REGS) {
-#pragma unroll
-    for (int kd = 0; kd < D / 16; ++kd) {
-      mma::load_a(kf[kd], sK, LD, warp * 16, kd * 16);
-      mma::load_a(vf[kd], sV, LD, warp * 16, kd * 16);
-    }
-  }
+  uint32_t kf[KR][4], vf[KR][4];  // A fragments of K_w, V_w when kept in registers
+  if constexpr (KR == D / 16) attn_bwd::load_warp_a<T, D>(kf, vf, sKw, sVw);
 
   float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};  // [16 keys x D] each, C fragments
   float dmask_acc[2] = {0.f, 0.f};                      // keys g, g + 8
@@ -219,84 +237,42 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::KV_THREADS)
     mma::cp_async_wait<0>();
     __syncthreads();  // tile it is in stage s for every thread; stage s ^ 1 is free (tile it - 1 consumed)
     const bool next = it + 1 < n_tiles;
-    float lse_next = 0.f, delta_next = 0.f;  // this thread's row of tile it + 1, stored after the compute
+    float lse_next = -INFINITY, delta_next = 0.f;  // this thread's row of tile it + 1, stored after the compute
     if (next) {
-      attn_bwd::load_tile<T, BM, D, THREADS>(sQ + (s ^ 1) * BM * LD, q, m0 + BM, Nq, d, p.vec16);
-      attn_bwd::load_tile<T, BM, D, THREADS>(sdO + (s ^ 1) * BM * LD, dout, m0 + BM, Nq, d, p.vec16);
-      if (threadIdx.x < BM) {
-        const int64_t row = m0 + BM + threadIdx.x;
-        lse_next = row < Nq ? lse[row] : -INFINITY;
-        delta_next = row < Nq ? delta[row] : 0.f;
-      }
+      mma_io::load_tile<T, BM, D, THREADS>(sQ + (s ^ 1) * BM * LD, h.q, m0 + BM, Nq, p.d, p.vec16);
+      mma_io::load_tile<T, BM, D, THREADS>(sdO + (s ^ 1) * BM * LD, h.dout, m0 + BM, Nq, p.d, p.vec16);
+      const int64_t row = m0 + BM + threadIdx.x;
+      if (threadIdx.x < BM && row < Nq) lse_next = h.lse[row], delta_next = h.delta[row];
     }
     mma::cp_async_commit();
     const T* cQ = sQ + s * BM * LD;
     const T* cdO = sdO + s * BM * LD;
-    const float* cLse = sLse + s * BM;
-    const float* cDelta = sDelta + s * BM;
 
-    // S^T_w = K_w Q^T and dP^T_w = V_w dO^T, [16 keys x BM queries]; n-tile j = queries 8j .. 8j+7.
-    // B(k = head column, n = query) = Q[query][column]: an [n][k] tile, load_b_nk.
-    float st[BM / 8][4] = {}, dpt[BM / 8][4] = {};
-#pragma unroll
-    for (int kd = 0; kd < D / 16; ++kd) {
-      uint32_t ak[4], av[4];
-      if constexpr (Cfg::KV_FRAGS_IN_REGS) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) ak[i] = kf[kd][i], av[i] = vf[kd][i];
-      } else {
-        mma::load_a(ak, sK, LD, warp * 16, kd * 16);
-        mma::load_a(av, sV, LD, warp * 16, kd * 16);
-      }
-#pragma unroll
-      for (int jj = 0; jj < BM / 16; ++jj) {
-        uint32_t b[2][2];
-        mma::load_b_nk(b, cQ, LD, jj * 16, kd * 16);
-        mma::mma16816<T>(st[2 * jj], ak, b[0]);
-        mma::mma16816<T>(st[2 * jj + 1], ak, b[1]);
-        mma::load_b_nk(b, cdO, LD, jj * 16, kd * 16);
-        mma::mma16816<T>(dpt[2 * jj], av, b[0]);
-        mma::mma16816<T>(dpt[2 * jj + 1], av, b[1]);
-      }
-    }
-    // P^T and dS^T in place of S^T and dP^T. C element e of n-tile j: key g + 8 (e / 2), query
-    // 8j + 2t + e % 2 of the tile. Dead keys and queries (padding) give exactly 0.
+    // S^T_w = K_w Q^T, dP^T_w = V_w dO^T: [16 keys x BM queries]
+    float st[BM / 8][4], dpt[BM / 8][4];
+    attn_bwd::warp_products_nt<T, D, BM, KR>(st, dpt, kf, vf, sKw, sVw, cQ, cdO);
+    // P^T and dS^T in their place. C element e of n-tile j: key g + 8 (e / 2), query 8j + 2t + e % 2
+    // of the tile. Dead keys and queries (padding) give exactly 0.
     const int m_live = Nq - m0 < BM ? static_cast<int>(Nq - m0) : BM;
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j) {
       const int col = 8 * j + 2 * t;
-      const float2 L = *reinterpret_cast<const float2*>(cLse + col);
-      const float2 Dl = *reinterpret_cast<const float2*>(cDelta + col);
+      const float2 L = *reinterpret_cast<const float2*>(sLse + s * BM + col);
+      const float2 Dl = *reinterpret_cast<const float2*>(sDelta + s * BM + col);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
-        const bool live = key_live[h] && col + (e & 1) < m_live;
-        const float pv = live ? mma::exp2_approx(fmaf(st[j][e], p.scale_log2, mk[h]) - ((e & 1) ? L.y : L.x)) : 0.f;
+        const int r = e >> 1;
+        const bool live = key_live[r] && col + (e & 1) < m_live;
+        const float pv = live ? mma::exp2_approx(fmaf(st[j][e], p.scale_log2, mk[r]) - ((e & 1) ? L.y : L.x)) : 0.f;
         const float ds = live ? pv * (dpt[j][e] - ((e & 1) ? Dl.y : Dl.x)) : 0.f;
         st[j][e] = pv;
         dpt[j][e] = ds;
-        dmask_acc[h] += ds;
+        dmask_acc[r] += ds;
       }
     }
-    // dV_w += P^T_w dO, dK_w += dS^T_w Q: A = 16 queries kk of P^T / dS^T (c_to_a of n-tiles
-    // 2kk, 2kk+1); B(k = query, n = head column) = dO[query][column]: a [k][n] tile, load_b_kn.
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) {
-      uint32_t ap[4], as[4];
-      mma::c_to_a<T>(ap, st[2 * kk], st[2 * kk + 1]);
-      mma::c_to_a<T>(as, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-      for (int jj = 0; jj < D / 16; ++jj) {
-        uint32_t b[2][2];
-        mma::load_b_kn(b, cdO, LD, kk * 16, jj * 16);
-        mma::mma16816<T>(dv_acc[2 * jj], ap, b[0]);
-        mma::mma16816<T>(dv_acc[2 * jj + 1], ap, b[1]);
-        mma::load_b_kn(b, cQ, LD, kk * 16, jj * 16);
-        mma::mma16816<T>(dk_acc[2 * jj], as, b[0]);
-        mma::mma16816<T>(dk_acc[2 * jj + 1], as, b[1]);
-      }
-    }
-    if (next && threadIdx.x < BM) {  // stage s ^ 1 is read only after the next barrier
+    attn_bwd::warp_product_nn<T, D, BM>(dv_acc, st, cdO);  // dV_w += P^T_w dO
+    attn_bwd::warp_product_nn<T, D, BM>(dk_acc, dpt, cQ);  // dK_w += dS^T_w Q
+    if (next && threadIdx.x < BM) {                         // stage s ^ 1 is read after the next barrier
       sLse[(s ^ 1) * BM + threadIdx.x] = attn_bwd::lse_log2(lse_next);
       sDelta[(s ^ 1) * BM + threadIdx.x] = delta_next;
     }
@@ -304,15 +280,15 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::KV_THREADS)
 
   // dmask: a key's row of dS^T lives in the 4 lanes of group g; one block owns the key
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sum = dmask_acc[h];
+  for (int r = 0; r < 2; ++r) {
+    float sum = dmask_acc[r];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (p.dmask != nullptr && t == 0 && key_live[h]) p.dmask[bh * Nk + n0 + warp * 16 + g + 8 * h] = sum;
+    if (h.dmask != nullptr && t == 0 && key_live[r]) h.dmask[n0 + warp * 16 + g + 8 * r] = sum;
   }
   // the warp's own rows of sK and sV (read by no other warp) stage dK and dV
-  attn_bwd::store_warp_rows<T, D>(dv_acc, 1.f, sV + warp * 16 * LD, dv, n0 + warp * 16, Nk, d, vec16_out);
-  attn_bwd::store_warp_rows<T, D>(dk_acc, p.scale, sK + warp * 16 * LD, dk, n0 + warp * 16, Nk, d, vec16_out);
+  mma_io::store_warp_rows<T, D>(dv_acc, 1.f, sVw, h.dv, n0 + warp * 16, Nk, p.d, vec16_out);
+  mma_io::store_warp_rows<T, D>(dk_acc, p.scale, sKw, h.dk, n0 + warp * 16, Nk, p.d, vec16_out);
 }
 
 // dQ of Q_BM queries of one head. Grid: BH * n_qblocks blocks; vec16_out: d == D and dq starts
@@ -330,41 +306,33 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::Q_THREADS)
   float* sMask = reinterpret_cast<float*>(smem + Cfg::Q_MASK);  // [2][BN] mask_log2
 
   const int64_t Nq = p.Nq, Nk = p.Nk;
-  const int d = p.d;
   const int64_t bh = blockIdx.x / n_qblocks;
   const int64_t m0 = (blockIdx.x % n_qblocks) * BM;
-  const T* q = static_cast<const T*>(p.q) + bh * Nq * d;        // [Nq, d]
-  const T* dout = static_cast<const T*>(p.dout) + bh * Nq * d;  // [Nq, d]
-  const T* k = static_cast<const T*>(p.k) + bh * Nk * d;        // [Nk, d]
-  const T* v = static_cast<const T*>(p.v) + bh * Nk * d;        // [Nk, d]
-  T* dq = static_cast<T*>(p.dq) + bh * Nq * d;                  // [Nq, d]
-  const float* mask = p.mask != nullptr ? p.mask + bh * Nk : nullptr;  // [Nk]
+  const attn_bwd::HeadArrays<T> h(p, bh);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;  // C fragments: rows g, g + 8; columns 2t, 2t + 1 of each 8
+  T* sQw = sQ + warp * 16 * LD;           // the warp's queries
+  T* sdOw = sdO + warp * 16 * LD;
 
-  attn_bwd::load_tile<T, BM, D, THREADS>(sQ, q, m0, Nq, d, p.vec16);
-  attn_bwd::load_tile<T, BM, D, THREADS>(sdO, dout, m0, Nq, d, p.vec16);
-  attn_bwd::load_tile<T, BN, D, THREADS>(sK, k, 0, Nk, d, p.vec16);
-  attn_bwd::load_tile<T, BN, D, THREADS>(sV, v, 0, Nk, d, p.vec16);
+  mma_io::load_tile<T, BM, D, THREADS>(sQ, h.q, m0, Nq, p.d, p.vec16);
+  mma_io::load_tile<T, BM, D, THREADS>(sdO, h.dout, m0, Nq, p.d, p.vec16);
+  mma_io::load_tile<T, BN, D, THREADS>(sK, h.k, 0, Nk, p.d, p.vec16);
+  mma_io::load_tile<T, BN, D, THREADS>(sV, h.v, 0, Nk, p.d, p.vec16);
   mma::cp_async_commit();
-  if (threadIdx.x < BN) sMask[threadIdx.x] = attn_bwd::mask_log2(mask, threadIdx.x, Nk);
-  // the lane's two queries: rows g and g + 8 of the warp's C fragments (rows past Nq are computed
-  // from zero rows of Q and dO and never stored)
+  if (threadIdx.x < BN) sMask[threadIdx.x] = attn_bwd::mask_log2(h.mask, threadIdx.x, Nk);
+  // the lane's queries: rows g and g + 8 of the warp's C fragments (rows past Nq are computed from
+  // zero rows of Q and dO and never stored)
   float lse_r[2], delta_r[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t row = m0 + warp * 16 + g + 8 * h;
-    lse_r[h] = attn_bwd::lse_log2(row < Nq ? p.lse[bh * Nq + row] : -INFINITY);
-    delta_r[h] = row < Nq ? p.delta[bh * Nq + row] : 0.f;
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = m0 + warp * 16 + g + 8 * r;
+    lse_r[r] = attn_bwd::lse_log2(row < Nq ? h.lse[row] : -INFINITY);
+    delta_r[r] = row < Nq ? h.delta[row] : 0.f;
   }
   mma::cp_async_wait<0>();
   __syncthreads();
-  uint32_t qf[D / 16][4], of[D / 16][4];  // A fragments of Q_w and dO_w (16 x D)
-#pragma unroll
-  for (int kd = 0; kd < D / 16; ++kd) {
-    mma::load_a(qf[kd], sQ, LD, warp * 16, kd * 16);
-    mma::load_a(of[kd], sdO, LD, warp * 16, kd * 16);
-  }
+  uint32_t qf[D / 16][4], of[D / 16][4];  // A fragments of Q_w and dO_w
+  attn_bwd::load_warp_a<T, D>(qf, of, sQw, sdOw);
 
   float dq_acc[D / 8][4] = {};  // [16 queries x D], C fragments
   const int64_t n_tiles = (Nk + BN - 1) / BN;
@@ -376,99 +344,58 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::Q_THREADS)
     const bool next = it + 1 < n_tiles;
     float mask_next = 0.f;  // this thread's key of tile it + 1, stored after the compute
     if (next) {
-      attn_bwd::load_tile<T, BN, D, THREADS>(sK + (s ^ 1) * BN * LD, k, n0 + BN, Nk, d, p.vec16);
-      attn_bwd::load_tile<T, BN, D, THREADS>(sV + (s ^ 1) * BN * LD, v, n0 + BN, Nk, d, p.vec16);
-      if (threadIdx.x < BN) mask_next = attn_bwd::mask_log2(mask, n0 + BN + threadIdx.x, Nk);
+      mma_io::load_tile<T, BN, D, THREADS>(sK + (s ^ 1) * BN * LD, h.k, n0 + BN, Nk, p.d, p.vec16);
+      mma_io::load_tile<T, BN, D, THREADS>(sV + (s ^ 1) * BN * LD, h.v, n0 + BN, Nk, p.d, p.vec16);
+      if (threadIdx.x < BN) mask_next = attn_bwd::mask_log2(h.mask, n0 + BN + threadIdx.x, Nk);
     }
     mma::cp_async_commit();
     const T* cK = sK + s * BN * LD;
-    const T* cV = sV + s * BN * LD;
-    const float* cMask = sMask + s * BN;
 
-    // S_w = Q_w K^T and dP_w = dO_w V^T, [16 queries x BN keys]; n-tile j = keys 8j .. 8j+7.
-    // B(k = head column, n = key) = K[key][column]: an [n][k] tile, load_b_nk.
-    float sc[BN / 8][4] = {}, dp[BN / 8][4] = {};
-#pragma unroll
-    for (int kd = 0; kd < D / 16; ++kd) {
-#pragma unroll
-      for (int jj = 0; jj < BN / 16; ++jj) {
-        uint32_t b[2][2];
-        mma::load_b_nk(b, cK, LD, jj * 16, kd * 16);
-        mma::mma16816<T>(sc[2 * jj], qf[kd], b[0]);
-        mma::mma16816<T>(sc[2 * jj + 1], qf[kd], b[1]);
-        mma::load_b_nk(b, cV, LD, jj * 16, kd * 16);
-        mma::mma16816<T>(dp[2 * jj], of[kd], b[0]);
-        mma::mma16816<T>(dp[2 * jj + 1], of[kd], b[1]);
-      }
-    }
+    // S_w = Q_w K^T, dP_w = dO_w V^T: [16 queries x BN keys]
+    float sc[BN / 8][4], dp[BN / 8][4];
+    attn_bwd::warp_products_nt<T, D, BN, D / 16>(sc, dp, qf, of, sQw, sdOw, cK, sV + s * BN * LD);
     // dS in place of S. C element e of n-tile j: query g + 8 (e / 2), key 8j + 2t + e % 2 of the
     // tile. Keys past Nk give exactly 0.
     const int n_live = Nk - n0 < BN ? static_cast<int>(Nk - n0) : BN;
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
       const int col = 8 * j + 2 * t;
-      const float2 M = *reinterpret_cast<const float2*>(cMask + col);
+      const float2 M = *reinterpret_cast<const float2*>(sMask + s * BN + col);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int h = e >> 1;
+        const int r = e >> 1;
         const bool live = col + (e & 1) < n_live;
-        const float pv = live ? mma::exp2_approx(fmaf(sc[j][e], p.scale_log2, (e & 1) ? M.y : M.x) - lse_r[h]) : 0.f;
-        sc[j][e] = live ? pv * (dp[j][e] - delta_r[h]) : 0.f;
+        const float pv = live ? mma::exp2_approx(fmaf(sc[j][e], p.scale_log2, (e & 1) ? M.y : M.x) - lse_r[r]) : 0.f;
+        sc[j][e] = live ? pv * (dp[j][e] - delta_r[r]) : 0.f;
       }
     }
-    // dQ_w += dS_w K: A = 16 keys kk of dS (c_to_a of n-tiles 2kk, 2kk+1); B(k = key, n = head
-    // column) = K[key][column]: a [k][n] tile, load_b_kn.
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      uint32_t a[4];
-      mma::c_to_a<T>(a, sc[2 * kk], sc[2 * kk + 1]);
-#pragma unroll
-      for (int jj = 0; jj < D / 16; ++jj) {
-        uint32_t b[2][2];
-        mma::load_b_kn(b, cK, LD, kk * 16, jj * 16);
-        mma::mma16816<T>(dq_acc[2 * jj], a, b[0]);
-        mma::mma16816<T>(dq_acc[2 * jj + 1], a, b[1]);
-      }
-    }
+    attn_bwd::warp_product_nn<T, D, BN>(dq_acc, sc, cK);  // dQ_w += dS_w K
     if (next && threadIdx.x < BN) sMask[(s ^ 1) * BN + threadIdx.x] = mask_next;  // read after the next barrier
   }
   // the warp's own rows of sQ (read by no other warp, and no longer by this one) stage dQ
-  attn_bwd::store_warp_rows<T, D>(dq_acc, p.scale, sQ + warp * 16 * LD, dq, m0 + warp * 16, Nq, d, vec16_out);
+  mma_io::store_warp_rows<T, D>(dq_acc, p.scale, sQw, h.dq, m0 + warp * 16, Nq, p.d, vec16_out);
 }
 
-namespace attn_bwd {
+// ---------------------------------------------------------------------------------
+// Host side (not compiled in the CPU emulator of the kernels)
+#ifndef PDNET_CUDA_EMULATION
 
+// records the launch shapes of both kernels of every D for T (kernel_smem.h)
 template <typename T>
-constexpr const char* type_name() {
-  return std::is_same<T, __half>::value ? "__half" : "__nv_bfloat16";
-}
-
-// the launch shapes of both kernels of (T, D)
-template <typename T, int D>
-void record_launch() {
-  using Cfg = AttnBwdMmaCfg<T, D>;
-  const std::string args = std::string("<") + type_name<T>() + ", " + std::to_string(D) + ">";
-  pdnet::ops::record_kernel_smem(("attn_bwd_dkdv_mma_kernel" + args).c_str(), Cfg::KV_THREADS, Cfg::KV_SMEM);
-  pdnet::ops::record_kernel_smem(("attn_bwd_dq_mma_kernel" + args).c_str(), Cfg::Q_THREADS, Cfg::Q_SMEM);
-}
-
-// every instantiation launch_attn_bwd_mma can launch, recorded when the library loads
-inline bool record_launches() {
-  record_launch<__half, 32>();
-  record_launch<__half, 64>();
-  record_launch<__half, 128>();
-  record_launch<__nv_bfloat16, 32>();
-  record_launch<__nv_bfloat16, 64>();
-  record_launch<__nv_bfloat16, 128>();
+bool record_attn_bwd_mma() {
+  auto one = [](auto dc) {
+    constexpr int D = decltype(dc)::value;
+    using Cfg = AttnBwdMmaCfg<T, D>;
+    const std::string args = std::string("<") + mma_io::type_name<T>() + ", " + std::to_string(D) + ">";
+    pdnet::ops::record_kernel_smem(("attn_bwd_dkdv_mma_kernel" + args).c_str(), Cfg::KV_THREADS, Cfg::KV_SMEM);
+    pdnet::ops::record_kernel_smem(("attn_bwd_dq_mma_kernel" + args).c_str(), Cfg::Q_THREADS, Cfg::Q_SMEM);
+  };
+  one(std::integral_constant<int, 32>{});
+  one(std::integral_constant<int, 64>{});
+  one(std::integral_constant<int, 128>{});
   return true;
 }
-[[maybe_unused]] const bool kLaunchesRecorded = record_launches();
-
-inline bool aligned16(const void* ptr) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
-}
-
-}  // namespace attn_bwd
+inline const bool kAttnBwdMmaRecorded = record_attn_bwd_mma<__half>() && record_attn_bwd_mma<__nv_bfloat16>();
 
 // dq, dk, dv (every element written) and dmask (when non-null) of the float16 / bfloat16 backward
 // on the current stream: attn_bwd_dkdv_mma_kernel, then attn_bwd_dq_mma_kernel. p.delta is
@@ -481,15 +408,19 @@ void launch_attn_bwd_mma(const char* where, const at::Tensor& what, const AttnBw
   dispatch_head_dim(where, p.d, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     using Cfg = AttnBwdMmaCfg<T, D>;
-    const bool vec16_out =
-        p.d == D && attn_bwd::aligned16(p.dq) && attn_bwd::aligned16(p.dk) && attn_bwd::aligned16(p.dv);
+    AttnBwdParams pd = p;
+    pd.vec16 = p.vec16 && p.d == D;
+    const auto a16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    const bool vec16_out = p.d == D && a16(p.dq) && a16(p.dk) && a16(p.dv);
     const int64_t n_kblocks = (p.Nk + Cfg::KV_BN - 1) / Cfg::KV_BN;
-    launch_with_smem(where, what, attn_bwd_dkdv_mma_kernel<T, D>, p.BH * n_kblocks, Cfg::KV_THREADS, Cfg::KV_SMEM, p,
+    launch_with_smem(where, what, attn_bwd_dkdv_mma_kernel<T, D>, p.BH * n_kblocks, Cfg::KV_THREADS, Cfg::KV_SMEM, pd,
                      n_kblocks, vec16_out);
     const int64_t n_qblocks = (p.Nq + Cfg::Q_BM - 1) / Cfg::Q_BM;
-    launch_with_smem(where, what, attn_bwd_dq_mma_kernel<T, D>, p.BH * n_qblocks, Cfg::Q_THREADS, Cfg::Q_SMEM, p,
+    launch_with_smem(where, what, attn_bwd_dq_mma_kernel<T, D>, p.BH * n_qblocks, Cfg::Q_THREADS, Cfg::Q_SMEM, pd,
                      n_qblocks, vec16_out);
   });
 }
+
+#endif  // PDNET_CUDA_EMULATION
 
 }  // namespace pdnet::cuda
