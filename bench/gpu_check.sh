@@ -117,16 +117,17 @@ step_build() {
   if [[ $DEVICE == cuda ]]; then # installed in place: the tests and benchmarks import this build
     TORCH_CUDA_ARCH_LIST=$GPU_ARCH MAX_JOBS=$NPROC PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
       "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . || return
+    "$PY" -c "import sys, pdnet.ops as ops; from pdnet import _C
+print(f'pdnet._C with_cuda={_C.with_cuda}; backends on cuda: {ops.available_backends(\"cuda\")}')
+sys.exit(0 if _C.with_cuda else 1)"
   else # compiled (objects in build/, shared with the install) and linked into RESULTS_DIR/build only
     MAX_JOBS=$NPROC "$PY" setup.py -q build_ext --build-lib "$RESULTS/build" || return
+    "$PY" -c "import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location('pdnet._C', sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(f'{sys.argv[1]} loads; with_cuda={module.with_cuda}')" "$RESULTS"/build/pdnet/_C*.so
   fi
-  "$PY" - "$DEVICE" <<'EOF'
-import sys
-import pdnet.ops as ops
-from pdnet import _C
-print(f"pdnet._C with_cuda={_C.with_cuda}; backends on {sys.argv[1]}: {ops.available_backends(sys.argv[1])}")
-sys.exit(1 if sys.argv[1] == "cuda" and not _C.with_cuda else 0)
-EOF
 }
 
 pytest_step() { # $1: report name, then pytest's own arguments
