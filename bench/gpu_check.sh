@@ -22,7 +22,7 @@
 #
 # Without a CUDA device the benchmarks run tiny CPU stand-ins (the plumbing, not figures)
 # and the CUDA tests skip. Each step runs under `timeout`, for what is left of the budget
-# (default 540 s) less the minimum kept for each later step, and at most its own cap (or
+# (default 530 s) less the minimum kept for each later step, and at most its own cap (or
 # --step-cap); a step that fails or runs out of time is recorded and the next one runs.
 # Rows go to RESULTS_DIR/rows/ (on a GPU, or with --copy-rows, they are also appended to
 # bench/results/ at the end), logs to RESULTS_DIR/logs/. After every step steps.tsv,
@@ -40,7 +40,7 @@ ALL_STEPS=(env build tests tests_slow ops_large ops_model fps train eval)
 usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
-RESULTS="" BUDGET=540 STEP_CAP="" ONLY="" SKIP="" BUNDLE="" COPY=auto DRY=0
+RESULTS="" BUDGET=530 STEP_CAP="" ONLY="" SKIP="" BUNDLE="" COPY=auto DRY=0
 while (($#)); do
   case "$1" in
     -h | --help) usage; exit 0 ;;
