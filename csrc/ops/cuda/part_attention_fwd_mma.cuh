@@ -27,6 +27,7 @@
 #include <string>
 
 #include "../kernel_smem.h"
+#include "attention_mma_io.cuh"
 #include "attention_params.cuh"
 #include "attention_tiles.cuh"
 #include "mma_sm80.cuh"
@@ -47,7 +48,7 @@ struct FwdMmaCfg {
   static constexpr bool kQRegs = D <= 64;        // Q's A fragments held in registers
   static constexpr int kMinBlocks = 2;           // __launch_bounds__: at most 255 registers
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int LD = D + 8;  // leading dim of the tiles (elements): a 16-byte pad, ldmatrix conflict free
+  static constexpr int LD = D + 8;  // row stride of the tiles (elements; mma_io's): a 16-byte pad
   static constexpr int kQBytes = BM * LD * sizeof(T);
   static constexpr int kKVBytes = BN * LD * sizeof(T);  // one K or V buffer
   static constexpr int Q_OFF = 0;
@@ -63,30 +64,6 @@ struct FwdMmaCfg {
 };
 
 namespace fwd_mma {
-
-// The [ROWS x D] tile at rows row0 .. of a row-major [n x d] array into dst (leading dim LD), zero
-// past the n rows and d columns. vec16 (d == D, 16-byte aligned rows): asynchronous 16-byte cp.async
-// copies of this thread (completed by mma::cp_async_wait); else synchronous element copies.
-template <typename T, int ROWS, int D, int LD, int THREADS>
-__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row0, int64_t n, int d, bool vec16) {
-  if (vec16) {
-    constexpr int kPerRow = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per row
-    constexpr int kChunks = ROWS * kPerRow;
-    constexpr int kE = 16 / sizeof(T);
-#pragma unroll
-    for (int i = 0; i < (kChunks + THREADS - 1) / THREADS; ++i) {
-      const int idx = static_cast<int>(threadIdx.x) + i * THREADS;
-      if (kChunks % THREADS == 0 || idx < kChunks) {
-        const int r = idx / kPerRow, c = (idx % kPerRow) * kE;
-        const bool live = row0 + r < n;
-        // a row past n is zero-filled; the source address must still be valid: the array's start
-        mma::cp_async_16(dst + r * LD + c, live ? src + (row0 + r) * D + c : src, live);
-      }
-    }
-  } else {
-    load_rows<T, ROWS, D, LD>(dst, src, row0, n, d, false);
-  }
-}
 
 // s (C fragments of the [16 kMT x BN] score tile) -> the log2 domain: s scale_log2 + mask. Lane (g, t)
 // holds columns 8 nt + 2t, 8 nt + 2t + 1 of n-tile nt (C layout, mma_sm80.cuh) for both of its rows;
@@ -186,12 +163,12 @@ __global__ void __launch_bounds__(FwdMmaCfg<T, D>::kThreads, FwdMmaCfg<T, D>::kM
     return (mask != nullptr && threadIdx.x < BN && key < Nk) ? mask[key] : 0.f;
   };
   auto load_kv = [&](int buf, int64_t n0) {
-    fwd_mma::load_tile<T, BN, D, LD, THREADS>(sK + buf * BN * LD, k, n0, Nk, d, vec16);
-    fwd_mma::load_tile<T, BN, D, LD, THREADS>(sV + buf * BN * LD, v, n0, Nk, d, vec16);
+    mma_io::load_tile<T, BN, D, THREADS>(sK + buf * BN * LD, k, n0, Nk, d, vec16);
+    mma_io::load_tile<T, BN, D, THREADS>(sV + buf * BN * LD, v, n0, Nk, d, vec16);
   };
 
   // prologue: Q (group 1), then key tile 0 (group 2)
-  fwd_mma::load_tile<T, BM, D, LD, THREADS>(sQ, q, m0, Nq, d, vec16);
+  mma_io::load_tile<T, BM, D, THREADS>(sQ, q, m0, Nq, d, vec16);
   mma::cp_async_commit();
   load_kv(0, 0);
   mma::cp_async_commit();
@@ -293,8 +270,8 @@ __global__ void __launch_bounds__(FwdMmaCfg<T, D>::kThreads, FwdMmaCfg<T, D>::kM
     if (has_next && threadIdx.x < BN) sMask[(buf ^ 1) * BN + threadIdx.x] = mask_next * kLog2e;
   }
 
-  // epilogue: the row sums of the 4 lanes of each row, lse, then out = O / l through shared memory
-  __syncwarp();  // the warp's reads of its Q rows are done: they stage its output rows
+  // epilogue: the row sums of the 4 lanes of each row, lse, then out = O / l, staged in the warp's
+  // own rows of the Q tile (no other warp reads them; store_warp_rows waits for this warp's reads)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -303,49 +280,21 @@ __global__ void __launch_bounds__(FwdMmaCfg<T, D>::kThreads, FwdMmaCfg<T, D>::kM
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const bool live = l != 0.f;  // 0 only when every key is masked; NaN stays NaN
-      const int r = wrow + 16 * mt + g + 8 * h;
-      if (t == 0 && m0 + r < Nq) lse[m0 + r] = live ? (m_run[mt][h] + log2f(l)) * kLn2 : -INFINITY;
+      const int64_t row = m0 + wrow + 16 * mt + g + 8 * h;
+      if (t == 0 && row < Nq) lse[row] = live ? (m_run[mt][h] + log2f(l)) * kLn2 : -INFINITY;
       const float inv = live ? 1.f / l : 0.f;
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {  // C layout: row r, columns 8 dt + 2t, 8 dt + 2t + 1
-        *reinterpret_cast<uint32_t*>(sQ + r * LD + 8 * dt + 2 * t) =
-            mma::pack2<T>(o[mt][dt][2 * h] * inv, o[mt][dt][2 * h + 1] * inv);
+      for (int dt = 0; dt < DT; ++dt) {  // C layout: c[2h], c[2h + 1] are row g + 8h
+        o[mt][dt][2 * h] *= inv;
+        o[mt][dt][2 * h + 1] *= inv;
       }
     }
-  }
-  __syncwarp();
-  constexpr int kRows = 16 * MT;  // the warp's rows
-  if (vec16) {
-    constexpr int kE = 16 / sizeof(T), kPerRow = D / kE;
-#pragma unroll
-    for (int idx = lane; idx < kRows * kPerRow; idx += 32) {
-      const int r = wrow + idx / kPerRow, c = (idx % kPerRow) * kE;
-      if (m0 + r < Nq) {
-        *reinterpret_cast<uint4*>(out + (m0 + r) * D + c) = *reinterpret_cast<const uint4*>(sQ + r * LD + c);
-      }
-    }
-  } else {
-    for (int idx = lane; idx < kRows * d; idx += 32) {
-      const int rr = idx / d, c = idx - rr * d;
-      const int r = wrow + rr;
-      if (m0 + r < Nq) out[(m0 + r) * d + c] = sQ[r * LD + c];
-    }
+    mma_io::store_warp_rows<T, D>(o[mt], 1.f, sQ + (wrow + 16 * mt) * LD, out, m0 + wrow + 16 * mt, Nq, d, vec16);
   }
 }
 
 // ---------------------------------------------------------------------------------
 // Host side
-
-template <typename T>
-const char* fwd_mma_type_name();
-template <>
-inline const char* fwd_mma_type_name<__half>() {
-  return "__half";
-}
-template <>
-inline const char* fwd_mma_type_name<__nv_bfloat16>() {
-  return "__nv_bfloat16";
-}
 
 // records the launch shape of attn_fwd_mma_kernel<T, D> for every D (kernel_smem.h)
 template <typename T>
@@ -353,7 +302,7 @@ bool record_attn_fwd_mma() {
   auto one = [](auto dc) {
     constexpr int D = decltype(dc)::value;
     const std::string name =
-        std::string("attn_fwd_mma_kernel<") + fwd_mma_type_name<T>() + ", " + std::to_string(D) + ">";
+        std::string("attn_fwd_mma_kernel<") + mma_io::type_name<T>() + ", " + std::to_string(D) + ">";
     pdnet::ops::record_kernel_smem(name.c_str(), FwdMmaCfg<T, D>::kThreads, FwdMmaCfg<T, D>::kSmem);
   };
   one(std::integral_constant<int, 32>{});

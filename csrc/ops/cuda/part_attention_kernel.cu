@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <type_traits>
 
 #include "../common.h"
 #include "../kernel_smem.h"
@@ -31,8 +32,10 @@ namespace {
 
 using namespace pdnet::cuda;
 
+// float32 only (T = float). At least 2 blocks per SM in __launch_bounds__ (255 registers at most):
+// ptxas then allocates every D without a spill (with no minimum it spilled at sm_90, D = 32).
 template <typename T, int D>
-__global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
+__global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2, 2)
     attn_fwd_kernel(const T* __restrict__ q,        // [BH, Nq, d]
                     const T* __restrict__ k,        // [BH, Nk, d]
                     const T* __restrict__ v,        // [BH, Nk, d]
@@ -42,13 +45,13 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
                     int64_t Nq, int64_t Nk, int d, float scale_log2, int64_t n_qblocks, bool vec16) {
   using Cfg = AttnCfg<T, D>;
   constexpr int BM = Cfg::FWD_BM, BN = Cfg::FWD_BN;
-  constexpr int LDT = Cfg::LDT, LDS = Cfg::FWD_LDS, LDP = Cfg::FWD_LDP, LDO = Cfg::LDD;
+  static_assert(std::is_same<T, float>::value, "attn_fwd_kernel: float32 (float16 / bfloat16: attn_fwd_mma_kernel)");
+  constexpr int LDT = Cfg::LDT, LDS = Cfg::FWD_LDS, LDO = Cfg::LDD;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + Cfg::FWD_Q);          // [BM, LDT]
   T* sK = reinterpret_cast<T*>(smem + Cfg::FWD_K);          // [BN, LDT]
   T* sV = reinterpret_cast<T*>(smem + Cfg::FWD_V);          // [BN, LDT]
-  float* sS = reinterpret_cast<float*>(smem + Cfg::FWD_S);  // [BM, LDS] scores
-  T* sP = Cfg::kMma ? reinterpret_cast<T*>(smem + Cfg::FWD_P) : reinterpret_cast<T*>(sS);  // [BM, LDP]
+  float* sS = reinterpret_cast<float*>(smem + Cfg::FWD_S);  // [BM, LDS] scores, then probabilities
   float* sO = reinterpret_cast<float*>(smem + Cfg::FWD_O);        // [BM, LDO] accumulator
   float* sMask = reinterpret_cast<float*>(smem + Cfg::FWD_MASK);  // [BN] mask * log2(e)
   float* sRow = reinterpret_cast<float*>(smem + Cfg::FWD_ROW);    // [BM] 1 / l
@@ -80,8 +83,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
       st.store(sS + warp * 16 * LDS, LDS);
     }
     __syncwarp();
-    const float* srow = sS + (warp * 16 + r) * LDS;
-    T* prow = sP + (warp * 16 + r) * LDP;  // float32: the same memory as srow, same lane
+    float* srow = sS + (warp * 16 + r) * LDS;  // the row's scores, overwritten by its probabilities
     // scores in the log2 domain; keys past Nk are -inf even where q is not finite
     const int n_live = Nk - n0 < BN ? static_cast<int>(Nk - n0) : BN;
     auto score = [&](int c) { return c < n_live ? fmaf(srow[c], scale_log2, sMask[c]) : -INFINITY; };
@@ -91,12 +93,12 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
     const float m_new = max_nan(m_i, mx);  // NaN once a score is NaN: l, out, lse NaN
     float alpha = 1.f, sum = 0.f;
     if (m_new == -INFINITY) {  // every key so far is masked
-      for (int c = h; c < BN; c += 2) prow[c] = from_float<T>(0.f);
+      for (int c = h; c < BN; c += 2) srow[c] = 0.f;
     } else {
       alpha = exp2f(m_i - m_new);  // 0 on the first live tile
       for (int c = h; c < BN; c += 2) {
         const float pv = exp2f(score(c) - m_new);
-        prow[c] = from_float<T>(pv);
+        srow[c] = pv;  // score(c) was read just above, by this lane only
         sum += pv;
       }
     }
@@ -111,7 +113,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::FWD_BM * 2)
     {  // O_w += P_w V  [16 x D]
       WarpTile<T, D> ot;
       ot.load(sOw, LDO);
-      ot.template mma<BN, false, false>(sP + warp * 16 * LDP, LDP, sV, LDT);
+      ot.template mma<BN, false, false>(sS + warp * 16 * LDS, LDS, sV, LDT);
       ot.store(sOw, LDO);
     }
   }
