@@ -84,6 +84,8 @@ def read_rows(paths: list[Path]) -> tuple[list[dict], list[str]]:
                 unknown.add(f"{path.name}: {row.get('device')!r}")
                 continue
             allowed = auto_table.DEFAULT_ORDER.get(auto_table.device_type(device), ())
+            if OP_OF.get(row["op"], row["op"]) not in auto_table.LARGE_FROM:
+                continue  # composites and baselines (attention_assembly, sdpa_*): not an op auto picks for
             if row["mode"] in MODES and row["backend"] in allowed and row.get("ms_median"):
                 rows.append(dict(row, key_device=device, file=path.name))
     return rows, [f"left out, no compute capability known for {u}" for u in sorted(unknown)]

@@ -38,6 +38,7 @@ def results(tmp_path):
         row("cpp", 1.0, mode="fwd"), row("triton", 0.8, mode="fwd"), row("reference", 4.0, mode="fwd"),
         row("triton", 9.0, date="2026-11-01"),  # older: superseded by the 1.0 above
         row("sdpa_heads", 0.1), row("cpp", 0.1, mode="full"),  # a baseline, a mode auto does not rank
+        row("cpp", 0.1, op="attention_assembly"), row("triton", 0.2, op="attention_assembly"),  # a composite
         row("cpp", 3.0, case="part_attention-N3600", dims=big), row("triton", 4.0, case="part_attention-N3600",
                                                                     dims=big),
         row("cpp", 1.0, case="part_attention-alone", dims={"B": 1, "p": 1, "Nq": 8, "Nk": 8, "d": 8},
