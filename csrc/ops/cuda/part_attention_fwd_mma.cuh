@@ -7,7 +7,7 @@
 //                        ldmatrix (held in registers for the whole key loop when kQRegs, else
 //                        reloaded from shared memory per tile), K's B fragments by ldmatrix (load_b_nk)
 //   x = S scale log2(e) + mask log2(e)   (the log2 domain; -inf for keys past Nk)
-//   online softmax per row, in registers: running max m (max_nan), alpha = 2^(m_old - m_new),
+//   online softmax per row, in registers: running max m, alpha = 2^(m_old - m_new),
 //   p = 2^(x - m_new); each lane keeps the partial row sum l of its own columns (the 4 lanes of a
 //   row are summed once, in the epilogue)
 //   O = O alpha + P V    P's A fragments straight from the S accumulators (c_to_a), V's B fragments
@@ -17,12 +17,10 @@
 // the warp's own rows of the Q tile for 16-byte global stores; lse = (m + log2 l) ln 2.
 //
 // Semantics (as the float32 kernel and the reference): a row whose scores are all -inf has weights 0:
-// out = 0 V, l = 0, lse = -inf. A NaN score reaches the running max (max_nan), a +inf score gives
-// 2^(inf - inf) = NaN: l, out and lse are NaN. Keys past Nk get -inf whatever q holds, and their K
+// out = 0 V, l = 0, lse = -inf. A NaN score gives p = NaN, a +inf score p = 2^(inf - inf) = NaN: the
+// row's l, out and lse are NaN. Keys past Nk get -inf whatever q holds, and their K
 // and V rows are zero, so padding contributes exactly 0; query rows past Nq are never stored.
 #pragma once
-
-#include <ATen/core/Tensor.h>
 
 #include <string>
 
@@ -89,6 +87,8 @@ __device__ __forceinline__ void scores_log2(float (&s)[MT][NT][4], const float* 
 // Online softmax of one tile for the lane's 2 MT rows (h = 0: row g, c[0..1]; h = 1: row g + 8,
 // c[2..3]): the row max over the tile (the lane's columns, then the 4 lanes of the group: xor 1, 2),
 // the running max m, alpha rescaling O and the lane's partial sum l, and s -> p = 2^(s - m).
+// The max is fmaxf's, which skips NaN (one instruction; max_nan takes two): a NaN score still makes
+// its row NaN, as max_nan would, because its p = 2^(NaN - m) is NaN, and so are l, O and lse.
 template <int MT, int NT, int DT>
 __device__ __forceinline__ void online_softmax(float (&s)[MT][NT][4], float (&m)[MT][2], float (&l)[MT][2],
                                                float (&o)[MT][DT][4]) {
@@ -98,10 +98,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[MT][NT][4], float (&m)
     for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = max_nan(mx, max_nan(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-      mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = max_nan(m[mt][h], mx);  // NaN once a score is NaN: l, out, lse NaN
+      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[mt][h], mx);  // never NaN
       // every key so far masked (m_new = -inf): subtract 0, so that p = 2^-inf = 0 (not 2^NaN)
       const float m_sub = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = mma::exp2_approx(m[mt][h] - m_sub);  // 0 on the first live tile
