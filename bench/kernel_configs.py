@@ -10,9 +10,9 @@ not among them, so a configuration function that gains a branch the grid misses 
 (tests/test_triton_compile.py). :func:`jobs` turns the selections into compile jobs with
 every combination of the kernels' flags (bench/compile_kernels.py compiles them).
 
-Bounds: head dims 1..128 (part_attention.MAX_HEAD_DIM), 1..65535 heads, up to 64 parts
-(part_masks pads the part count to a power of two; the model uses 5); the key mask has
-the inputs' dtype. Needs Triton without TRITON_INTERPRET (the interpreter has its own tiles).
+Bounds: head dims and heads up to part_attention's MAX_HEAD_DIM and MAX_HEADS, up to 64
+parts (part_masks pads the part count to a power of two; the model uses 5); the key mask
+has the inputs' dtype. Needs Triton without TRITON_INTERPRET (the interpreter has its own tiles).
 """
 from __future__ import annotations
 
@@ -28,8 +28,6 @@ FAMILIES = ("attention", "part_masks", "assemble_parts", "area_variance")
 #: integer arguments whose names start with an uppercase letter (the rest of those are pointers)
 SCALARS = {"P", "HW", "C", "Nq", "Nk", "d", "n_chunks"}
 MAX_PARTS = 64
-MAX_HEADS = 65535
-MAX_HEAD_DIM = 128
 #: tile of the attention backward's preprocess kernel, fixed in part_attention_backward
 PRE_BLOCK_M = 64
 
@@ -37,7 +35,7 @@ PRE_BLOCK_M = 64
 _POW = [1 << i for i in range(25)]
 SIZES = sorted({n + e for n in _POW for e in (-1, 0, 1) if n + e >= 1} | {900, 3600, 14400, 230400})
 ATTN_SIZES = (1, 128, 129, 3600, 1 << 17)
-ATTN_HEADS = (1, 40, 1000, MAX_HEADS)
+ATTN_HEADS = (1, 40, 1000)  # and part_attention.MAX_HEADS
 SM_COUNTS = (1, 82, 132, 1024)
 
 
@@ -156,7 +154,9 @@ def area_selection(HW: int) -> tuple:
 
 def selections(dtypes=DTYPES, head_dims=None) -> dict[str, set]:
     """Family -> the distinct answers of its configuration function over the grid."""
-    head_dims = head_dims or range(1, MAX_HEAD_DIM + 1)
+    PA = _modules()[0]
+    head_dims = head_dims or range(1, PA.MAX_HEAD_DIM + 1)
+    heads = (*ATTN_HEADS, PA.MAX_HEADS)
     attn = set()
     for tf32 in (False, True):
         for sms in SM_COUNTS:
@@ -165,7 +165,7 @@ def selections(dtypes=DTYPES, head_dims=None) -> dict[str, set]:
                     if dtype != "fp32" and not tf32:
                         continue  # the flag concerns fp32 only
                     for d in head_dims:
-                        attn |= _attention_answers(dtype, d, ATTN_SIZES, ATTN_HEADS, tf32)
+                        attn |= _attention_answers(dtype, d, ATTN_SIZES, heads, tf32)
     return {
         "attention": attn,
         "part_masks": {masks_selection(P, HW, 1) for P in range(1, MAX_PARTS + 1) for HW in SIZES},
@@ -178,13 +178,15 @@ def uncovered(samples: int, seed: int = 0) -> list[str]:
     """Random inputs (per family ``samples`` of them) whose selection the grid misses."""
     rng = random.Random(seed)
     found = selections()
+    PA = _modules()[0]
 
     def size(top):
         return max(1, int(2 ** rng.uniform(0, top)))
 
     draws = {
-        "attention": lambda: attention_selection(rng.choice(DTYPES), rng.randint(1, MAX_HEAD_DIM), size(20), size(20),
-                                                 min(size(16), MAX_HEADS), rng.randint(1, 4096), rng.random() < 0.5),
+        "attention": lambda: attention_selection(rng.choice(DTYPES), rng.randint(1, PA.MAX_HEAD_DIM), size(20),
+                                                 size(20), min(size(16), PA.MAX_HEADS), rng.randint(1, 4096),
+                                                 rng.random() < 0.5),
         "part_masks": lambda: masks_selection(rng.randint(1, MAX_PARTS), size(25), rng.randint(1, 64)),
         "assemble_parts": lambda: assemble_selection(size(25), size(16)),
         "area_variance": lambda: area_selection(size(30)),

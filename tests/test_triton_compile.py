@@ -92,6 +92,7 @@ def test_config_grid_finds_every_selectable_configuration():
     assert re.search(r"attention: \d+ configuration", out) and "(16384, 2048)" in out
 
 
+@pytest.mark.slow  # a subprocess enumerating the grid again
 def test_config_grid_check_catches_a_branch_the_grid_misses():
     """The completeness check can fail: a tile branch for 1000 < Nq < 3000 (between grid points)."""
     code = (
