@@ -252,17 +252,26 @@ def test_cuda_cpp_float64_is_a_clear_error():
 
 
 @pytest.mark.cuda
-def test_cuda_cpp_backward_is_flagged_nondeterministic():
-    """dq is summed with float atomics: torch.use_deterministic_algorithms must hear of it."""
-    if "cpp" not in pdnet.ops.available_backends("cuda"):
-        pytest.skip("the cpp backend has no CUDA kernels here")
-    q = torch.randn(1, 2, 40, 32, device="cuda", requires_grad=True)
+@pytest.mark.parametrize("backend,device", checks.cuda_params())
+def test_cuda_backward_is_deterministic(backend, device):
+    """No float atomics: the backward runs under torch.use_deterministic_algorithms(True)
+    and gives bitwise the same gradients each time (many key and query tiles, a key mask)."""
+    gen = torch.Generator(device=device).manual_seed(5)
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        out = pdnet.ops.part_attention(q, q, q, backend="cpp")  # the forward is deterministic
-        with pytest.raises(RuntimeError, match="part_attention_backward"):
-            out.sum().backward()
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (torch.randn(2, 5, 1000, 64, device=device, generator=gen).to(dtype).requires_grad_()
+                       for _ in range(3))
+            mask = torch.randn(2, 5, 1000, device=device, generator=gen).requires_grad_()
+            cot = torch.randn(q.shape, device=device, generator=gen).to(dtype)
+            runs = []
+            for _ in range(3):
+                out = pdnet.ops.part_attention(q, k, v, 0.125, mask, backend=backend)
+                runs.append(torch.autograd.grad(out, (q, k, v, mask), cot))
+            for run in runs[1:]:
+                for i, (a, b) in enumerate(zip(run, runs[0], strict=True)):
+                    assert torch.equal(a, b), f"{backend} {dtype}: gradient {i} differs between runs"
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
