@@ -412,7 +412,7 @@ inline int warp_exchange(const char* op, const uint32_t* words, int n) {
   const int buf = static_cast<int>(t.collectives++ & 1);
   if (w.arrivals[buf] == lanes_in_warp(g->current / 32)) w.arrivals[buf] = 0;
   if (w.arrivals[buf]++ == 0) w.decoded[buf] = false;
-  std::memcpy(w.data[buf][lane], words, sizeof(uint32_t) * n);
+  if (n > 0) std::memcpy(w.data[buf][lane], words, sizeof(uint32_t) * n);
   w.op[buf][lane] = op;
   wait_at(State::WarpWait, op);
   for (int l = 0; l < lanes_in_warp(g->current / 32); ++l)
@@ -506,43 +506,6 @@ inline V __shfl_down_sync(unsigned mask, V v, unsigned delta, int width = 32) {
 template <typename V>
 inline V __shfl_up_sync(unsigned mask, V v, unsigned delta, int width = 32) {
   return pdnet_emu::shuffle("__shfl_up_sync", mask, v, pdnet_emu::src_up, static_cast<int>(delta), width);
-}
-
-inline float __int_as_float(int x) {
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-inline int __float_as_int(float x) {
-  int i;
-  std::memcpy(&i, &x, 4);
-  return i;
-}
-inline float __uint_as_float(unsigned x) {
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-inline unsigned __float_as_uint(float x) {
-  unsigned i;
-  std::memcpy(&i, &x, 4);
-  return i;
-}
-template <typename V>
-inline V __ldg(const V* p) {
-  return *p;
-}
-inline float __fdividef(float a, float b) {
-  return a / b;
-}
-inline float __expf(float x) {
-  return std::exp(x);
-}
-inline float __logf(float x) {
-  return std::log(x);
-}
-inline float __log2f(float x) {
-  return std::log2(x);
 }
 
 #include "cuda_emu_ptx.h"

@@ -3,6 +3,14 @@
 // device code are in device_math.cuh, which compiles without ATen.
 #pragma once
 
+#ifdef PDNET_CUDA_EMULATION
+// host C++ for the CPU emulator of the kernels (tests/cuda_emu): the device helpers, and its
+// stand-ins for the launch path instead of ATen
+#include "cuda_emu_host.h"
+#include "device_math.cuh"
+#endif
+#ifndef PDNET_CUDA_EMULATION
+
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -73,3 +81,5 @@ inline void check_cuda_dtype(const char* where, const at::Tensor& t) {
   AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
   AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__)
 #define PDNET_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) AT_DISPATCH_SWITCH(TYPE, NAME, PDNET_CUDA_TYPE_CASES(__VA_ARGS__))
+
+#endif  // PDNET_CUDA_EMULATION

@@ -101,24 +101,25 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const 
 // ---------------------------------------------------------------------------------
 // ldmatrix
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t addr) {
 #ifdef PDNET_CUDA_EMULATION
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t addr) {
   pdnet_emu::ldmatrix_x4(r, addr, false);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t addr) {
+  pdnet_emu::ldmatrix_x4(r, addr, true);
+}
 #else
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
-#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t addr) {
-#ifdef PDNET_CUDA_EMULATION
-  pdnet_emu::ldmatrix_x4(r, addr, true);
-#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
-#endif
 }
+#endif
 
 // A fragment of the 16 x 16 block at (row0, col0) of a row-major tile: A(m, k) = tile[(row0 + m) * ld + col0 + k].
 // Matrices: 0 = rows 0-7 / cols 0-7, 1 = rows 8-15 / cols 0-7, 2 = rows 0-7 / cols 8-15, 3 = rows 8-15 / cols 8-15.
