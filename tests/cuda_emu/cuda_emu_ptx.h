@@ -82,12 +82,47 @@ inline uint16_t smem_u16(uint32_t addr) {
   return v;
 }
 
+// Races through shared memory between warps, at 16-byte granularity (one ldmatrix row, one
+// cp.async): a warp's ldmatrix of a chunk another warp's cp.async has not retired, or retired
+// after the last __syncthreads (read after write), and a cp.async into a chunk another warp read
+// since the last __syncthreads (write after read). Plain loads and stores are not tracked.
+inline void check_read(uint32_t addr, const char* op) {
+  Chunk& c = g->chunks[addr / 16];
+  const int w = g->current / 32;
+  if (c.pending)
+    fail(
+        "%s reads shared bytes %u..%u while warp %d's cp.async into them is in flight (not retired by a "
+        "wait_group yet)",
+        op, addr, addr + 15, c.writer_warp);
+  if (c.writer_warp >= 0 && c.writer_warp != w && c.write_epoch == g->epoch)
+    fail("%s reads shared bytes %u..%u, which warp %d's cp.async landed in after the last __syncthreads", op, addr,
+         addr + 15, c.writer_warp);
+  if (c.read_epoch != g->epoch) {
+    c.read_epoch = g->epoch;
+    c.read_warps = 0;
+  }
+  c.read_warps |= uint64_t(1) << w;
+}
+inline void check_write(uint32_t addr) {
+  Chunk& c = g->chunks[addr / 16];
+  const int w = g->current / 32;
+  if (c.read_epoch == g->epoch && (c.read_warps & ~(uint64_t(1) << w)) != 0)
+    fail(
+        "cp.async into shared bytes %u..%u, which another warp read by ldmatrix since the last __syncthreads (a "
+        "__syncthreads missing after those reads, or before them and after the copies)",
+        addr, addr + 15);
+  c.writer_warp = w;
+  c.pending = true;
+}
+
 inline void ldmatrix_x4(uint32_t r[4], uint32_t addr, bool trans) {
   const char* op = trans ? "ldmatrix.x4.trans" : "ldmatrix.x4";
   check_smem_range(op, addr, 16);
   const int buf = warp_exchange(op, &addr, 1);
   if (lanes_in_warp(g->current / 32) != 32) fail("%s in a warp of %d lanes", op, lanes_in_warp(g->current / 32));
   const int lane = lane_id();
+  if ((lane & 7) == 0)  // the 8 row addresses of matrix lane / 8: one check per row
+    for (int k = 0; k < 8; ++k) check_read(lane_word(buf, lane + k), op);
   for (int i = 0; i < 4; ++i) {
     if (!trans) {  // row lane / 4, elements 2 (lane % 4) .. + 1
       const uint32_t row = lane_word(buf, 8 * i + (lane >> 2));
@@ -105,6 +140,14 @@ inline void do_copy(const CpCopy& c) {
   std::memcpy(g->smem + c.dst, c.src, c.bytes);
   std::memset(g->smem + c.dst + c.bytes, 0, 16 - c.bytes);
 }
+inline void retire(const CpCopy& c) {
+  if (g->late_copies) do_copy(c);
+  Chunk& ch = g->chunks[c.dst / 16];
+  if (ch.writer_warp == g->current / 32) {  // not overwritten by another warp's copy since
+    ch.pending = false;
+    ch.write_epoch = g->epoch;
+  }
+}
 
 inline void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
   check_smem_range("cp.async", dst, 16);
@@ -114,6 +157,7 @@ inline void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
     check_global_read(src, 16, "cp.async");
   }
   const CpCopy c{dst, src, src_bytes};
+  check_write(dst);
   if (!g->late_copies) do_copy(c);
   self().open.push_back(c);
 }
@@ -127,8 +171,7 @@ inline void cp_async_commit() {
 inline void cp_async_wait(int n) {
   Thread& t = self();
   while (static_cast<int>(t.groups.size()) > n) {
-    if (g->late_copies)
-      for (const CpCopy& c : t.groups.front()) do_copy(c);
+    for (const CpCopy& c : t.groups.front()) retire(c);
     t.groups.pop_front();
   }
 }

@@ -8,7 +8,7 @@
 // load_b_nk, the same product through load_b_kn of B^T's transpose, P = 2^(S - rowmax) (row max
 // by __shfl_xor_sync within the 4 lanes of a group), then O = P V with P as an A fragment
 // (c_to_a) and V through load_b_kn: the loaders' layouts, c_to_a and the shuffles.
-// Cases that must be caught (exit status 3 from the emulator, or 1 from a wrong result):
+// Cases that must be caught (exit status 3 from the emulator):
 // "no_wait" (no cp.async.wait_group), "no_sync" (no __syncthreads after the copies),
 // "divergent" (lanes of a warp at different collectives), "deadlock" (a lane exits before a
 // warp collective), "mismatched" (one warp at a __syncthreads the others skip), "misaligned"
