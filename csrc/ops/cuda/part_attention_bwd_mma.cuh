@@ -368,8 +368,7 @@ __global__ void __launch_bounds__(AttnBwdMmaCfg<T, D>::Q_THREADS)
 }
 
 // ---------------------------------------------------------------------------------
-// Host side (not compiled in the CPU emulator of the kernels)
-#ifndef PDNET_CUDA_EMULATION
+// Host side
 
 // records the launch shapes of both kernels of every D for T (kernel_smem.h)
 template <typename T>
@@ -409,7 +408,5 @@ void launch_attn_bwd_mma(const char* where, const at::Tensor& what, const AttnBw
                      n_qblocks, vec16_out);
   });
 }
-
-#endif  // PDNET_CUDA_EMULATION
 
 }  // namespace pdnet::cuda
