@@ -19,6 +19,7 @@ Usage::
 
     python bench/cuda_resources.py          # table of the attention kernels, then the check
     python bench/cuda_resources.py --all    # every kernel of the extension
+    python bench/cuda_resources.py --binary part_attention_kernel.o   # one file built with nvcc -c
 
 It exits 1 when a check fails. tests/test_cuda_resources.py runs the same checks.
 """
@@ -340,23 +341,29 @@ def load_extension():
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--all", action="store_true", help="list every kernel, not only the attention kernels")
+    ap.add_argument("--binary", type=Path, default=None,
+                    help="read this object, cubin or library (e.g. one .cu compiled with nvcc -c) instead of the "
+                    "installed extension: the static checks only, its launches are unknown")
     args = ap.parse_args(argv)
-    module = load_extension()
-    if not getattr(module, "with_cuda", 0):
-        print(f"{module.__file__}: built without CUDA kernels, nothing to check")
-        return 0
     tool = find_cuobjdump()
     if tool is None:
         print("cuobjdump not found (Triton's package, PATH, $CUDA_HOME/bin)", file=sys.stderr)
         return 2
-    usage = read_usage(Path(module.__file__), tool)
+    module = None
+    if args.binary is None:
+        module = load_extension()
+        if not getattr(module, "with_cuda", 0):
+            print(f"{module.__file__}: built without CUDA kernels, nothing to check")
+            return 0
+    usage = read_usage(args.binary or Path(module.__file__), tool)
     problems = static_problems(usage)
     launches = None
-    try:
-        launches = read_launches(module)
-        problems += launch_problems(usage, launches)
-    except RuntimeError as exc:
-        problems.insert(0, str(exc))
+    if module is not None:
+        try:
+            launches = read_launches(module)
+            problems += launch_problems(usage, launches)
+        except RuntimeError as exc:
+            problems.insert(0, str(exc))
     print(table(usage, launches, everything=args.all))
     print(f"\n{len(problems)} problem(s)" + "".join(f"\n  {p}" for p in problems))
     return 1 if problems else 0
