@@ -1,21 +1,20 @@
-// Building blocks of the part_attention CUDA kernels.
+// Building blocks of the part_attention CUDA kernels: the float32 kernels' tiles (FMA), and what
+// every attention kernel shares (the float16 / bfloat16 tensor-core kernels of
+// part_attention_fwd_mma.cuh and part_attention_bwd_mma.cuh use max_nan, round128, load_rows
+// and the host helpers at the end).
 //
-// * WarpTile<T, N>: a 16 x N float32 accumulator owned by one warp, updated with
-//   C += op(A)[16 x K] * op(B)[K x N] from operands in shared memory. For float16 and
-//   bfloat16 it is a row of 16x16 WMMA accumulator fragments (tensor cores, m16n16k16,
-//   fp32 accumulate); for float32 it is plain FMA, lane (rh, cl) holding rows
-//   rh*8 .. rh*8+7 and columns cl, cl+16, ...
+// * WarpTile<float, N>: a 16 x N float32 accumulator owned by one warp, updated with
+//   C += op(A)[16 x K] * op(B)[K x N] (plain FMA) from operands in shared memory; lane
+//   (rh, cl) = (lane / 16, lane % 16) holds rows rh*8 .. rh*8+7 and columns cl, cl+16, ...
 //   Layouts: A(m, k) = a[m * lda + k] (row-major), or a[k * lda + m] when TA;
 //            B(k, n) = b[k * ldb + n] (row-major), or b[n * ldb + k] when TB.
-// * AttnCfg<T, D>: tile sizes and shared-memory layouts per storage type and head dim
-//   (D = 32, 64, 128: the head dim rounded up; padding columns are zero), chosen so
-//   that every configuration fits the 99 KB a block may use on sm_86.
+// * AttnCfg<float, D>: the float32 kernels' tile sizes and shared-memory layouts per head dim
+//   (D = 32, 64, 128: the head dim rounded up; padding columns are zero), chosen so that every
+//   configuration fits the 99 KB a block may use on sm_86.
 // * load_rows: a [ROWS x D] tile from a row-major [n x d] global array into shared
 //   memory, zero-filled past the n rows and d columns, 16-byte loads when possible;
 //   load_mask_tile: the key mask of a tile, in the log2 domain.
 #pragma once
-
-#include <mma.h>
 
 #include <type_traits>
 
@@ -26,9 +25,6 @@ namespace pdnet::cuda {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-template <typename T>
-constexpr bool kUseMma = !std::is_same<T, float>::value;
-
 // max(a, b) that returns NaN when either is NaN (fmaxf returns the other operand), so
 // that a NaN score reaches the row's running max, sum and output as in the reference
 __device__ __forceinline__ float max_nan(float a, float b) {
@@ -38,55 +34,11 @@ __device__ __forceinline__ float max_nan(float a, float b) {
 // ---------------------------------------------------------------------------------
 // WarpTile
 
-template <typename T, int N, bool MMA = kUseMma<T>>
-struct WarpTile;
-
-// tensor cores (T = __half or __nv_bfloat16)
 template <typename T, int N>
-struct WarpTile<T, N, true> {
+struct WarpTile {
+  static_assert(std::is_same<T, float>::value, "WarpTile: float32 (float16 / bfloat16 run on tensor cores)");
   static_assert(N % 16 == 0, "WarpTile: N must be a multiple of 16");
-  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c[N / 16];
-
-  __device__ __forceinline__ void zero() {
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::fill_fragment(c[n], 0.f);
-  }
-  __device__ __forceinline__ void load(const float* p, int ld) {
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::load_matrix_sync(c[n], p + 16 * n, ld, nvcuda::wmma::mem_row_major);
-  }
-  __device__ __forceinline__ void store(float* p, int ld) const {
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) nvcuda::wmma::store_matrix_sync(p + 16 * n, c[n], ld, nvcuda::wmma::mem_row_major);
-  }
-  template <int K, bool TA, bool TB>
-  __device__ __forceinline__ void mma(const T* a, int lda, const T* b, int ldb) {
-    static_assert(K % 16 == 0, "WarpTile::mma: K must be a multiple of 16");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-    __trap();  // built for sm_80+ only (bf16 WMMA); the host side checks the device
-#else
-    using LA = typename std::conditional<TA, nvcuda::wmma::col_major, nvcuda::wmma::row_major>::type;
-    using LB = typename std::conditional<TB, nvcuda::wmma::col_major, nvcuda::wmma::row_major>::type;
-#pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) {
-      nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T, LA> fa;
-      nvcuda::wmma::load_matrix_sync(fa, TA ? a + kk * 16 * lda : a + kk * 16, lda);
-#pragma unroll
-      for (int n = 0; n < N / 16; ++n) {
-        nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T, LB> fb;
-        nvcuda::wmma::load_matrix_sync(fb, TB ? b + n * 16 * ldb + kk * 16 : b + kk * 16 * ldb + n * 16, ldb);
-        nvcuda::wmma::mma_sync(c[n], fa, fb, c[n]);
-      }
-    }
-#endif
-  }
-};
-
-// plain FMA (T = float)
-template <typename T, int N>
-struct WarpTile<T, N, false> {
-  static_assert(N % 16 == 0, "WarpTile: N must be a multiple of 16");
-  float c[8][N / 16];
+  float c[8][N / 16];  // c[i][j] = C(row0() + i, col0() + 16 j)
 
   __device__ __forceinline__ int row0() const { return (threadIdx.x & 31) >> 4 << 3; }
   __device__ __forceinline__ int col0() const { return threadIdx.x & 15; }
@@ -110,6 +62,20 @@ struct WarpTile<T, N, false> {
     for (int i = 0; i < 8; ++i)
 #pragma unroll
       for (int j = 0; j < N / 16; ++j) p[(r0 + i) * ld + c0 + 16 * j] = c[i][j];
+  }
+  // dst[(first_row + r) * d + c] = C(r, c) * scale for the rows with first_row + r < n and the
+  // columns c < d of a row-major [n x d] global array (x * 1.f is x exactly)
+  __device__ __forceinline__ void store_rows(float* dst, int64_t first_row, int64_t n, int d, float scale) const {
+    const int r0 = row0(), c0 = col0();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t row = first_row + r0 + i;
+      if (row >= n) continue;
+#pragma unroll
+      for (int j = 0; j < N / 16; ++j) {
+        if (c0 + 16 * j < d) dst[row * d + c0 + 16 * j] = c[i][j] * scale;
+      }
+    }
   }
   template <int K, bool TA, bool TB>
   __device__ __forceinline__ void mma(const float* a, int lda, const float* b, int ldb) {
@@ -136,52 +102,84 @@ __host__ __device__ constexpr int round128(int bytes) {
   return (bytes + 127) / 128 * 128;
 }
 
+// Shared memory of a float32 backward kernel, and its tiles once bound to the block's memory:
+// q and dO tiles of BM rows and k and v tiles of BN rows ([rows, D + 1]: odd strides, see AttnCfg),
+// NS float tiles of SR x SC (stride SC + 1), and lse * log2 e, delta per query and mask * log2 e
+// per key.
+template <int D, int BM, int BN, int NS, int SR, int SC>
+struct AttnBwdSmem {
+  static constexpr int LDT = D + 1, LDS = SC + 1;
+  static constexpr int kQ = 0;
+  static constexpr int kDO = kQ + round128(BM * LDT * 4);
+  static constexpr int kK = kDO + round128(BM * LDT * 4);
+  static constexpr int kV = kK + round128(BN * LDT * 4);
+  static constexpr int kS = kV + round128(BN * LDT * 4);
+  static constexpr int kSBytes = round128(SR * LDS * 4);  // per float tile
+  static constexpr int kLse = kS + NS * kSBytes;
+  static constexpr int kDelta = kLse + round128(BM * 4);
+  static constexpr int kMask = kDelta + round128(BM * 4);
+  static constexpr int kBytes = kMask + round128(BN * 4);
+
+  float *q, *dout, *k, *v;  // [BM, LDT], [BM, LDT], [BN, LDT], [BN, LDT]
+  float* s[NS];             // [SR, LDS] each
+  float *lse, *delta, *mask;  // [BM], [BM], [BN]
+  __device__ __forceinline__ explicit AttnBwdSmem(unsigned char* smem)
+      : q(reinterpret_cast<float*>(smem + kQ)),
+        dout(reinterpret_cast<float*>(smem + kDO)),
+        k(reinterpret_cast<float*>(smem + kK)),
+        v(reinterpret_cast<float*>(smem + kV)),
+        lse(reinterpret_cast<float*>(smem + kLse)),
+        delta(reinterpret_cast<float*>(smem + kDelta)),
+        mask(reinterpret_cast<float*>(smem + kMask)) {
+#pragma unroll
+    for (int i = 0; i < NS; ++i) s[i] = reinterpret_cast<float*>(smem + kS + i * kSBytes);
+  }
+};
+
 template <typename T, int D>
 struct AttnCfg {
-  static constexpr bool kMma = kUseMma<T>;
-  static constexpr int kT = sizeof(T);
-  // leading dims: 16-byte multiples for WMMA; odd (bank-conflict free) for the FMA path
-  static constexpr int LDT = kMma ? D + 8 : D + 1;  // rows of q, k, v, dO tiles (T)
-  static constexpr int LDD = kMma ? D + 4 : D + 1;  // float rows of D columns (O, dQ, dK, dV)
+  static_assert(std::is_same<T, float>::value, "AttnCfg: float32 (float16 / bfloat16: the *_mma.cuh kernels)");
+  // odd leading dims (in floats): a warp's column walks hit 32 distinct banks
+  static constexpr int LDT = D + 1;  // rows of the q, k, v, dO tiles
+  static constexpr int LDD = D + 1;  // rows of the forward's O accumulator
+  static constexpr int kT = sizeof(float);
 
-  // forward: BM queries per block (NW = BM / 16 warps, a warp owns 16 query rows), key tiles of BN
-  static constexpr int FWD_BM = (!kMma && D == 128) ? 32 : 64;
-  static constexpr int FWD_BN = (D == 128 || (!kMma && D == 64)) ? 32 : 64;
-  static constexpr int FWD_LDS = kMma ? FWD_BN + 4 : FWD_BN + 1;  // scores (float)
-  static constexpr int FWD_LDP = kMma ? FWD_BN + 8 : FWD_LDS;     // probabilities (T; float: in place)
+  // forward: BM queries per block (NW = BM / 16 warps, a warp owns 16 query rows), key tiles of BN;
+  // the probabilities overwrite the scores
+  static constexpr int FWD_BM = D == 128 ? 32 : 64;
+  static constexpr int FWD_BN = D >= 64 ? 32 : 64;
+  static constexpr int FWD_LDS = FWD_BN + 1;  // scores, then probabilities (float)
   static constexpr int FWD_Q = 0;
   static constexpr int FWD_K = FWD_Q + round128(FWD_BM * LDT * kT);
   static constexpr int FWD_V = FWD_K + round128(FWD_BN * LDT * kT);
   static constexpr int FWD_S = FWD_V + round128(FWD_BN * LDT * kT);
-  static constexpr int FWD_P = FWD_S + round128(FWD_BM * FWD_LDS * 4);
-  static constexpr int FWD_O = FWD_P + (kMma ? round128(FWD_BM * FWD_LDP * kT) : 0);
+  static constexpr int FWD_O = FWD_S + round128(FWD_BM * FWD_LDS * 4);
   static constexpr int FWD_MASK = FWD_O + round128(FWD_BM * LDD * 4);
   static constexpr int FWD_ROW = FWD_MASK + round128(FWD_BN * 4);
   static constexpr int FWD_SMEM = FWD_ROW + round128(FWD_BM * 4);
 
-  // backward: BN keys per block (NW = BN / 16 warps, a warp owns 16 keys), query tiles of BM
+  // backward: two kernels, each on an AttnBwdSmem layout.
+  // dK / dV (attn_bwd_dkdv_kernel): BN keys per block, a warp owns 16 keys (BWD_THREADS = 2 BN),
+  // query tiles of BM; S^T and dP^T [BN x BM] go through shared memory, P^T and dS^T in their place.
   static constexpr int BWD_BN = D == 128 ? 32 : 64;
   static constexpr int BWD_BM = D >= 64 ? 32 : 64;
-  static constexpr int BWD_LDS = kMma ? BWD_BM + 4 : BWD_BM + 1;  // S^T, dP^T (float)
-  static constexpr int BWD_LDP = kMma ? BWD_BM + 8 : BWD_LDS;     // P^T, dS^T (T; float: in place)
-  static constexpr int BWD_K = 0;
-  static constexpr int BWD_V = BWD_K + round128(BWD_BN * LDT * kT);
-  static constexpr int BWD_Q = BWD_V + round128(BWD_BN * LDT * kT);
-  static constexpr int BWD_DO = BWD_Q + round128(BWD_BM * LDT * kT);
-  static constexpr int BWD_S = BWD_DO + round128(BWD_BM * LDT * kT);
-  static constexpr int BWD_DP = BWD_S + round128(BWD_BN * BWD_LDS * 4);
-  static constexpr int BWD_PT = BWD_DP + round128(BWD_BN * BWD_LDS * 4);
-  static constexpr int BWD_DST = BWD_PT + (kMma ? round128(BWD_BN * BWD_LDP * kT) : 0);
-  static constexpr int BWD_DQ = BWD_DST + (kMma ? round128(BWD_BN * BWD_LDP * kT) : 0);
-  static constexpr int BWD_LSE = BWD_DQ + round128(BWD_BM * LDD * 4);
-  static constexpr int BWD_DELTA = BWD_LSE + round128(BWD_BM * 4);
-  static constexpr int BWD_MASK = BWD_DELTA + round128(BWD_BM * 4);
-  static constexpr int BWD_LOOP_SMEM = BWD_MASK + round128(BWD_BN * 4);
-  static constexpr int BWD_EPI_SMEM = round128(BWD_BN * LDD * 4);  // dK / dV staging
-  static constexpr int BWD_SMEM = BWD_LOOP_SMEM > BWD_EPI_SMEM ? BWD_LOOP_SMEM : BWD_EPI_SMEM;
+  static constexpr int BWD_THREADS = BWD_BN * 2;
+  using BwdSmem = AttnBwdSmem<D, BWD_BM, BWD_BN, 2, BWD_BN, BWD_BM>;
+  static constexpr int BWD_SMEM = BwdSmem::kBytes;
 
-  static_assert(FWD_SMEM <= 101376 && BWD_SMEM <= 101376, "tiles must fit sm_86's 99 KB");
-  static_assert(FWD_BM % 16 == 0 && FWD_BN % 16 == 0 && BWD_BM % 16 == 0 && BWD_BN % 16 == 0, "");
+  // dQ (attn_bwd_dq_kernel): DQ_BM queries per block, a warp owns 16 queries (DQ_THREADS =
+  // 2 DQ_BM), key tiles of DQ_BN; S, dP and dS stay in registers, dS [DQ_BM x DQ_BN] goes through
+  // shared memory as the A operand of dS K.
+  static constexpr int DQ_BM = D == 128 ? 32 : 64;
+  static constexpr int DQ_BN = D == 32 ? 64 : 32;
+  static constexpr int DQ_THREADS = DQ_BM * 2;
+  using DqSmem = AttnBwdSmem<D, DQ_BM, DQ_BN, 1, DQ_BM, DQ_BN>;
+  static constexpr int DQ_SMEM = DqSmem::kBytes;
+
+  static_assert(FWD_SMEM <= 101376 && BWD_SMEM <= 101376 && DQ_SMEM <= 101376, "tiles must fit sm_86's 99 KB");
+  static_assert(FWD_BM % 16 == 0 && FWD_BN % 16 == 0 && BWD_BM % 16 == 0 && BWD_BN % 16 == 0 && DQ_BM % 16 == 0 &&
+                    DQ_BN % 16 == 0,
+                "tiles are whole 16-row warp slabs");
 };
 
 // ---------------------------------------------------------------------------------
