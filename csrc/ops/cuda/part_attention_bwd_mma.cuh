@@ -88,23 +88,16 @@ __device__ __forceinline__ float key_mask(const float* mask, int64_t key, int64_
   return key < Nk ? (mask != nullptr ? mask[key] * kLog2e : 0.f) : -INFINITY;
 }
 
-// One block's view of p: the arrays of its head bh (q, dout, dq [Nq, d]; k, v, dk, dv [Nk, d];
-// lse, delta [Nq]; mask, dmask [Nk] or nullptr), its first resident row row0 (a key in the dK / dV
-// kernel, a query in the dQ kernel) and the warp's, wrow = row0 + 16 warp; the lane's C fragment
-// coordinates (rows g, g + 8; columns 2t, 2t + 1 of each 8-column n-tile, mma_sm80.cuh).
+// p's arrays moved to head bh: q, dout, dq [Nq, d]; k, v, dk, dv [Nk, d]; lse, delta [Nq];
+// mask, dmask [Nk] or nullptr
 template <typename T>
-struct BlockView {
-  int64_t bh, row0, wrow;
+struct HeadArrays {
   const T *q, *k, *v, *dout;
   T *dq, *dk, *dv;
   const float *lse, *delta, *mask;
   float* dmask;
-  int warp, g, t;
-  __device__ __forceinline__ BlockView(const AttnBwdParams& p, int64_t n_blocks, int rows)
-      : bh(blockIdx.x / n_blocks),
-        row0((blockIdx.x % n_blocks) * rows),
-        wrow(row0 + 16 * (threadIdx.x >> 5)),
-        q(static_cast<const T*>(p.q) + bh * p.Nq * p.d),
+  __device__ __forceinline__ HeadArrays(const AttnBwdParams& p, int64_t bh)
+      : q(static_cast<const T*>(p.q) + bh * p.Nq * p.d),
         k(static_cast<const T*>(p.k) + bh * p.Nk * p.d),
         v(static_cast<const T*>(p.v) + bh * p.Nk * p.d),
         dout(static_cast<const T*>(p.dout) + bh * p.Nq * p.d),
@@ -114,7 +107,21 @@ struct BlockView {
         lse(p.lse + bh * p.Nq),
         delta(p.delta + bh * p.Nq),
         mask(p.mask != nullptr ? p.mask + bh * p.Nk : nullptr),
-        dmask(p.dmask != nullptr ? p.dmask + bh * p.Nk : nullptr),
+        dmask(p.dmask != nullptr ? p.dmask + bh * p.Nk : nullptr) {}
+};
+
+// One block's view of p: the arrays of its head (blockIdx.x / n_blocks), its first resident row
+// row0 (a key in the dK / dV kernel, a query in the dQ kernel) and the warp's, wrow = row0 +
+// 16 warp; the lane's C fragment coordinates (rows g, g + 8; columns 2t, 2t + 1 of each 8-column
+// n-tile, mma_sm80.cuh).
+template <typename T>
+struct BlockView : HeadArrays<T> {
+  int64_t row0, wrow;
+  int warp, g, t;
+  __device__ __forceinline__ BlockView(const AttnBwdParams& p, int64_t n_blocks, int rows)
+      : HeadArrays<T>(p, blockIdx.x / n_blocks),
+        row0((blockIdx.x % n_blocks) * rows),
+        wrow(row0 + 16 * (threadIdx.x >> 5)),
         warp(threadIdx.x >> 5),
         g((threadIdx.x & 31) >> 2),
         t(threadIdx.x & 3) {}
