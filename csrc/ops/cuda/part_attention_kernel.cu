@@ -13,16 +13,19 @@
 // NaN score (max_nan) and a +inf score gives exp2(inf - inf) = NaN, so the row's sum, output
 // and lse are NaN (as in the CPU kernel).
 // The backward is in part_attention_backward_kernel.cu.
+#include <string>
+#include <type_traits>
+
+#ifndef PDNET_CUDA_EMULATION  // the CPU emulator (tests/cuda_emu) compiles the kernels and launchers only
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <string>
-#include <type_traits>
-
 #include "../common.h"
-#include "../kernel_smem.h"
 #include "../ops.h"
+#endif
+
+#include "../kernel_smem.h"
 #include "attention_params.cuh"
 #include "attention_tiles.cuh"
 #include "part_attention_fwd_mma.cuh"
@@ -143,6 +146,7 @@ bool record_attn_fwd_float() {
 const bool kAttnFwdFloatRecorded =
     record_attn_fwd_float<32>() && record_attn_fwd_float<64>() && record_attn_fwd_float<128>();
 
+#ifndef PDNET_CUDA_EMULATION
 std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        double scale, const std::optional<at::Tensor>& key_mask) {
   const char* where = "pdnet::part_attention (CUDA)";
@@ -190,11 +194,14 @@ std::tuple<at::Tensor, at::Tensor> part_attention_cuda(const at::Tensor& q, cons
   }
   return {out, lse};
 }
+#endif  // PDNET_CUDA_EMULATION
 
 }  // namespace
 
+#ifndef PDNET_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(pdnet, CUDA, m) {
   m.impl("part_attention", &part_attention_cuda);
 }
+#endif  // PDNET_CUDA_EMULATION
 
 }  // namespace pdnet::ops
