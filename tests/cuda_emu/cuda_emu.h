@@ -31,6 +31,7 @@
 #include <ucontext.h>
 #include <vector_types.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdarg>
@@ -51,6 +52,8 @@
 #include <sanitizer/common_interface_defs.h>
 #define PDNET_EMU_ASAN 1
 #endif
+
+#include "cuda_emu_races.h"
 
 #undef __global__
 #undef __device__
@@ -142,12 +145,16 @@ struct Launch {
   long unretired_copies = 0;
   uint64_t epoch = 0;
   std::vector<Chunk> chunks;  // smem_bytes / 16
+  std::vector<races::Word> words;  // smem_bytes / 4, with PDNET_EMU_RACES
   const void* sched_stack_bottom = nullptr;
   size_t sched_stack_size = 0;
   void* sched_fake_stack = nullptr;
 };
 
 inline Launch* g = nullptr;
+// 8 x 8 matrices loaded by ldmatrix so far, and the extra shared-memory wavefronts their bank
+// conflicts cost (0 when the 8 rows of every matrix fall in distinct groups of 4 banks)
+inline long g_ldmatrix_matrices = 0, g_ldmatrix_conflicts = 0;
 inline std::vector<std::pair<const unsigned char*, size_t>> g_global_buffers;
 
 [[noreturn]] inline void fail(const char* fmt, ...) {
@@ -165,6 +172,11 @@ inline std::vector<std::pair<const unsigned char*, size_t>> g_global_buffers;
   std::fprintf(stderr, "\n");
   std::fflush(stderr);
   std::_Exit(3);
+}
+
+[[noreturn]] inline void races::report(const char* what, size_t offset, int other) {
+  if (other >= 0) fail("shared-memory race: %s (byte %zu, thread %d)", what, offset, other);
+  fail("shared-memory race: %s (byte %zu)", what, offset);
 }
 
 // a global buffer that cp.async may read (the driver registers its inputs)

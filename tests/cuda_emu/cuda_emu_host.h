@@ -49,6 +49,7 @@ struct LaunchRecord {
   std::string kernel;
   int64_t blocks;
   int threads, smem_bytes;
+  long ldmatrix_matrices, ldmatrix_conflicts;
 };
 inline std::vector<LaunchRecord>& launches() {
   static std::vector<LaunchRecord> all;
@@ -108,9 +109,11 @@ inline void launch_with_smem(const char* where, const at::Tensor&, void (*kernel
                       threads, smem_bytes, k.threads, k.smem_bytes);
   }
   if (!recorded) pdnet_emu::fail("%s: %s is launched but its launch shape is not recorded", where, name.c_str());
-  pdnet_emu::launches().push_back({name, blocks, threads, smem_bytes});
+  const long matrices = pdnet_emu::g_ldmatrix_matrices, conflicts = pdnet_emu::g_ldmatrix_conflicts;
   pdnet_emu::launch(name.c_str(), kernel, dim3(static_cast<unsigned>(blocks)), dim3(threads),
                     static_cast<size_t>(smem_bytes), named->second.smem, args...);
+  pdnet_emu::launches().push_back({name, blocks, threads, smem_bytes, pdnet_emu::g_ldmatrix_matrices - matrices,
+                                   pdnet_emu::g_ldmatrix_conflicts - conflicts});
 }
 
 }  // namespace pdnet::cuda

@@ -122,7 +122,15 @@ inline void ldmatrix_x4(uint32_t r[4], uint32_t addr, bool trans) {
   if (lanes_in_warp(g->current / 32) != 32) fail("%s in a warp of %d lanes", op, lanes_in_warp(g->current / 32));
   const int lane = lane_id();
   if ((lane & 7) == 0)  // the 8 row addresses of matrix lane / 8: one check per row
-    for (int k = 0; k < 8; ++k) check_read(lane_word(buf, lane + k), op);
+  {
+    int per_group[8] = {};  // rows per group of 4 banks (16 bytes of each 128): a row each is one wavefront
+    for (int k = 0; k < 8; ++k) {
+      check_read(lane_word(buf, lane + k), op);
+      ++per_group[lane_word(buf, lane + k) / 16 % 8];
+    }
+    ++g_ldmatrix_matrices;
+    g_ldmatrix_conflicts += *std::max_element(per_group, per_group + 8) - 1;
+  }
   for (int i = 0; i < 4; ++i) {
     if (!trans) {  // row lane / 4, elements 2 (lane % 4) .. + 1
       const uint32_t row = lane_word(buf, 8 * i + (lane >> 2));

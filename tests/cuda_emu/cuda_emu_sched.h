@@ -51,6 +51,7 @@ inline void set_thread_index() {
 
 inline void resume(int i) {
   g->current = i;
+  races::current = i;
   set_thread_index();
   Thread& t = g->threads[i];
 #ifdef PDNET_EMU_ASAN
@@ -61,6 +62,7 @@ inline void resume(int i) {
   __sanitizer_finish_switch_fiber(g->sched_fake_stack, nullptr, nullptr);
 #endif
   g->current = -1;
+  races::current = -1;
 }
 
 // "warp 0: lanes 0-31 at X" lines for a deadlock report
@@ -122,6 +124,14 @@ inline void run_block() {
   std::memset(L.smem, 0xff, L.smem_bytes);  // unwritten shared memory reads as NaN
   L.chunks.assign((L.smem_bytes + 15) / 16, Chunk{});
   L.epoch = 0;
+  if (races::kRaces) {
+    L.words.assign(L.smem_bytes / 4, races::Word{-1, 0, 0, ~uint64_t(0), 0});
+    races::base = L.smem;
+    races::bytes = L.smem_bytes;
+    races::words = L.words.data();
+    races::epoch = 0;
+    std::fill(std::begin(races::warp_sync), std::end(races::warp_sync), 0u);
+  }
   std::deque<int> ready;
   std::vector<int> all(L.nthreads);
   for (int i = 0; i < L.nthreads; ++i) all[i] = i;
@@ -148,6 +158,7 @@ inline void run_block() {
       std::vector<int> lanes;
       for (int l = 0; l < lanes_in_warp(w); ++l) lanes.push_back(32 * w + l);
       warp_waiting[w] = 0;
+      ++races::warp_sync[w];
       make_ready(ready, lanes, true);
     }
     if (at_block > 0 && at_block + done == L.nthreads) {
@@ -162,7 +173,7 @@ inline void run_block() {
           fail("__syncthreads: thread %d waits at %s:%d, thread %d at %s:%d", ids[0], L.threads[ids[0]].at,
                L.threads[ids[0]].line, j, L.threads[j].at, L.threads[j].line);
       at_block = 0;
-      ++L.epoch;
+      races::epoch = ++L.epoch;
       make_ready(ready, ids, false);
     }
   }

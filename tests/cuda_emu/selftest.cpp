@@ -12,7 +12,8 @@
 // "no_wait" (no cp.async.wait_group), "no_sync" (no __syncthreads after the copies),
 // "divergent" (lanes of a warp at different collectives), "deadlock" (a lane exits before a
 // warp collective), "mismatched" (one warp at a __syncthreads the others skip), "misaligned"
-// (ldmatrix of an address off 16 bytes).
+// (ldmatrix of an address off 16 bytes), "plain_race" (a plain store read by another warp with no
+// barrier in between: caught when built with cuda_emu_races.h's race detection).
 // Exit status: 0 when the results match, 1 when they do not, 3 when the emulator stops.
 #include "../../csrc/ops/cuda/device_math.cuh"
 #include "../../csrc/ops/cuda/mma_sm80.cuh"
@@ -30,7 +31,7 @@ using namespace pdnet::cuda::mma;
 
 constexpr int M = 64, N = 32, K = 32, DV = 32;   // rows (4 warps x 16), keys, head dim, value dim
 constexpr int LDA = K + 8, LDN = N + 8, LDV = DV + 8;  // padded leading dims (16-byte multiples)
-enum Case { kGemm, kNoWait, kNoSync, kDivergent, kDeadlock, kMismatched, kMisaligned };
+enum Case { kGemm, kNoWait, kNoSync, kDivergent, kDeadlock, kMismatched, kMisaligned, kPlainRace };
 
 template <typename T>
 uint16_t bits(T x) {
@@ -67,6 +68,12 @@ __global__ void gemm_kernel(const T* a, const T* bnk, const T* bkn, const T* v, 
   T* sBnk = sA + M * LDA;
   T* sBkn = sBnk + N * LDA;
   T* sV = sBkn + K * LDN;
+  if (mode == kPlainRace) {  // a plain store read by another warp with no barrier in between
+    float* words = reinterpret_cast<float*>(smem);
+    words[threadIdx.x] = 1.f;
+    if (words[(threadIdx.x + 32) % blockDim.x] == 2.f) o[0] = 0.f;
+    __syncthreads();
+  }
   auto load = [&](T* dst, const T* src, int rows, int cols, int ld) {
     for (int i = threadIdx.x; i < rows * cols / 8; i += blockDim.x) {
       const int r = i / (cols / 8), c = (i % (cols / 8)) * 8;
@@ -230,17 +237,18 @@ int run_gemm(int mode) {
 
 int main(int argc, char** argv) {
   if (argc != 3) {
-    std::fprintf(
-        stderr,
-        "usage: selftest <f16|bf16> <fragments|gemm|no_wait|no_sync|divergent|deadlock|mismatched|misaligned>\n");
+    std::fprintf(stderr,
+                 "usage: selftest <f16|bf16> "
+                 "<fragments|gemm|no_wait|no_sync|divergent|deadlock|mismatched|misaligned|plain_race>\n");
     return 2;
   }
   const std::string type = argv[1], which = argv[2];
   const bool bf16 = type == "bf16";
   if (!bf16 && type != "f16") return 2;
   if (which == "fragments") return bf16 ? run_fragments<__nv_bfloat16>() : run_fragments<__half>();
-  const char* names[] = {"gemm", "no_wait", "no_sync", "divergent", "deadlock", "mismatched", "misaligned"};
-  for (int mode = 0; mode < 7; ++mode)
+  const char* names[] = {"gemm",     "no_wait",    "no_sync",    "divergent",
+                         "deadlock", "mismatched", "misaligned", "plain_race"};
+  for (int mode = 0; mode < 8; ++mode)
     if (which == names[mode]) return bf16 ? run_gemm<__nv_bfloat16>(mode) : run_gemm<__half>(mode);
   std::fprintf(stderr, "selftest: unknown case %s\n", which.c_str());
   return 2;
