@@ -260,6 +260,7 @@ inline bool aligned16(const Tensors&... ts) {
   return ((reinterpret_cast<uintptr_t>(ts.const_data_ptr()) % 16 == 0) && ...);
 }
 
+#ifndef PDNET_CUDA_EMULATION  // the CPU emulator has its own (tests/cuda_emu/cuda_emu_host.h)
 // kernel<<<blocks, threads, smem_bytes>>>(args...) on the current stream, then the launch check:
 // after checking the grid size (`what` names the tensor it comes from, for the error), the
 // device's compute capability and its shared memory, and opting the kernel into smem_bytes of
@@ -279,5 +280,6 @@ inline void launch_with_smem(const char* where, const at::Tensor& what, void (*k
   kernel<<<static_cast<unsigned>(blocks), threads, smem_bytes, at::cuda::getCurrentCUDAStream()>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+#endif
 
 }  // namespace pdnet::cuda

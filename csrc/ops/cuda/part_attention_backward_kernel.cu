@@ -15,15 +15,18 @@
 //      S_w = Q_w K^T, dP_w = dO_w V^T, P and dS as above, dQ_w += dS_w K; dQ = scale * dQ_w.
 //    P is 0 for rows whose keys are all masked (lse = -inf) and NaN for NaN rows (lse = NaN);
 //    P and dS are exactly 0 on the padding past Nq and Nk, even next to a NaN or inf.
+#include <string>
+
+#ifndef PDNET_CUDA_EMULATION  // the CPU emulator (tests/cuda_emu) compiles the kernels and launchers only
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <string>
-
 #include "../common.h"
-#include "../kernel_smem.h"
 #include "../ops.h"
+#endif
+
+#include "../kernel_smem.h"
 #include "attention_params.cuh"
 #include "attention_tiles.cuh"
 #include "part_attention_bwd_mma.cuh"
@@ -244,23 +247,6 @@ void launch_attn_bwd_float(const char* where, const at::Tensor& q, const at::Ten
   });
 }
 
-// delta (into prm.delta), then the gradient kernels of the storage type T
-template <typename T>
-void launch_backward(const char* where, const at::Tensor& q, const at::Tensor& k, const at::Tensor& dout,
-                     const at::Tensor& out, const float* dlse, float* delta, const AttnBwdParams& prm) {
-  const int64_t rows = prm.BH * prm.Nq;
-  const int64_t delta_blocks = std::min<int64_t>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32), 65535LL * 32);
-  attn_delta_kernel<T><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      static_cast<const T*>(dout.const_data_ptr()), static_cast<const T*>(out.const_data_ptr()), dlse, delta, rows,
-      prm.d);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if constexpr (std::is_same<T, float>::value) {
-    launch_attn_bwd_float(where, q, k, prm);
-  } else {
-    launch_attn_bwd_mma<T>(where, q, prm);
-  }
-}
-
 // The launch shapes of this file's kernels, recorded at library load for the resource test.
 bool record_launch_shapes() {
   record_kernel_smem("attn_delta_kernel<float>", kDeltaThreads, 0);
@@ -278,6 +264,25 @@ bool record_launch_shapes() {
   return true;
 }
 [[maybe_unused]] const bool kLaunchShapesRecorded = record_launch_shapes();
+
+#ifndef PDNET_CUDA_EMULATION
+
+// delta (into prm.delta), then the gradient kernels of the storage type T
+template <typename T>
+void launch_backward(const char* where, const at::Tensor& q, const at::Tensor& k, const at::Tensor& dout,
+                     const at::Tensor& out, const float* dlse, float* delta, const AttnBwdParams& prm) {
+  const int64_t rows = prm.BH * prm.Nq;
+  const int64_t delta_blocks = std::min<int64_t>((rows + kDeltaThreads / 32 - 1) / (kDeltaThreads / 32), 65535LL * 32);
+  attn_delta_kernel<T><<<static_cast<unsigned>(delta_blocks), kDeltaThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      static_cast<const T*>(dout.const_data_ptr()), static_cast<const T*>(out.const_data_ptr()), dlse, delta, rows,
+      prm.d);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (std::is_same<T, float>::value) {
+    launch_attn_bwd_float(where, q, k, prm);
+  } else {
+    launch_attn_bwd_mma<T>(where, q, prm);
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backward_cuda(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_lse, const at::Tensor& q, const at::Tensor& k,
@@ -337,10 +342,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> part_attention_backwa
   return {dq, dk, dv, want_dmask ? dmask.to(mask_dtype) : dmask};
 }
 
+#endif  // PDNET_CUDA_EMULATION
+
 }  // namespace
 
+#ifndef PDNET_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(pdnet, CUDA, m) {
   m.impl("part_attention_backward", &part_attention_backward_cuda);
 }
+#endif
 
 }  // namespace pdnet::ops
