@@ -1,7 +1,7 @@
 // Building blocks of the part_attention CUDA kernels: the float32 kernels' tiles (FMA), and what
 // every attention kernel shares (the float16 / bfloat16 tensor-core kernels of
-// part_attention_fwd_mma.cuh and part_attention_bwd_mma.cuh use max_nan, round128, load_rows
-// and the host helpers at the end).
+// part_attention_fwd_mma.cuh and part_attention_bwd_mma.cuh use kLog2e, kLn2, max_nan, round128,
+// load_rows and the host helpers at the end).
 //
 // * WarpTile<float, N>: a 16 x N float32 accumulator owned by one warp, updated with
 //   C += op(A)[16 x K] * op(B)[K x N] (plain FMA) from operands in shared memory; lane
