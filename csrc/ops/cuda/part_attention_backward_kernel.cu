@@ -54,39 +54,16 @@ __global__ void attn_delta_kernel(const T* __restrict__ dout,      // [rows, d]
   }
 }
 
-// prm's arrays moved to head bh: q, dout, dq [Nq, d]; k, v, dk, dv [Nk, d]; lse, delta [Nq];
-// mask, dmask [Nk] or nullptr
-template <typename T>
-struct HeadArrays {
-  const T *q, *k, *v, *dout;
-  T *dq, *dk, *dv;
-  const float *lse, *delta, *mask;
-  float* dmask;
-  __device__ __forceinline__ HeadArrays(const AttnBwdParams& p, int64_t bh)
-      : q(static_cast<const T*>(p.q) + bh * p.Nq * p.d),
-        k(static_cast<const T*>(p.k) + bh * p.Nk * p.d),
-        v(static_cast<const T*>(p.v) + bh * p.Nk * p.d),
-        dout(static_cast<const T*>(p.dout) + bh * p.Nq * p.d),
-        dq(static_cast<T*>(p.dq) + bh * p.Nq * p.d),
-        dk(static_cast<T*>(p.dk) + bh * p.Nk * p.d),
-        dv(static_cast<T*>(p.dv) + bh * p.Nk * p.d),
-        lse(p.lse + bh * p.Nq),
-        delta(p.delta + bh * p.Nq),
-        mask(p.mask != nullptr ? p.mask + bh * p.Nk : nullptr),
-        dmask(p.dmask != nullptr ? p.dmask + bh * p.Nk : nullptr) {}
-};
-
-// sLse[i] = lse * log2(e) and sDelta[i] = delta of the query rows m0 + i of a tile of BM rows;
-// a row with no live key (lse = -inf) gets +inf, which makes its P = 0; padding rows get
+// sLse[i], sDelta[i] = attn_bwd::query_stats of the query rows m0 + i of a tile of BM rows: lse * log2(e)
+// (+inf for a row with no live key, lse = -inf, which makes its P = 0) and delta; padding rows get
 // +inf and 0.
 template <int BM>
 __device__ __forceinline__ void load_row_stats(float* sLse, float* sDelta, const float* lse, const float* delta,
                                                int64_t m0, int64_t Nq) {
   for (int i = threadIdx.x; i < BM; i += blockDim.x) {
-    const int64_t row = m0 + i;
-    const float L = row < Nq ? lse[row] : -INFINITY;
-    sLse[i] = L == -INFINITY ? INFINITY : L * kLog2e;
-    sDelta[i] = row < Nq ? delta[row] : 0.f;
+    const float2 st = attn_bwd::query_stats(lse, delta, m0 + i, Nq);
+    sLse[i] = st.x;
+    sDelta[i] = st.y;
   }
 }
 
@@ -115,7 +92,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::BWD_THREADS)
   const int64_t Nq = prm.Nq, Nk = prm.Nk;
   const int d = prm.d;
   const int64_t n0 = (blockIdx.x % n_kblocks) * BN;
-  const HeadArrays<T> a(prm, blockIdx.x / n_kblocks);
+  const attn_bwd::HeadArrays<T> a(prm, blockIdx.x / n_kblocks);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = lane >> 1, h = lane & 1;  // two lanes per key row of the warp
 
@@ -187,7 +164,7 @@ __global__ void __launch_bounds__(AttnCfg<T, D>::DQ_THREADS)
   const int64_t Nq = prm.Nq, Nk = prm.Nk;
   const int d = prm.d;
   const int64_t m0 = (blockIdx.x % n_qblocks) * BM;
-  const HeadArrays<T> a(prm, blockIdx.x / n_qblocks);
+  const attn_bwd::HeadArrays<T> a(prm, blockIdx.x / n_qblocks);
   const int warp = threadIdx.x >> 5;
 
   load_rows<T, BM, D, LDT>(sm.q, a.q, m0, Nq, d, prm.vec16);
