@@ -271,6 +271,12 @@ def test_attention(emulated, case, dtype):
     against_reference(emulated, case, dtype)
 
 
+@pytest.mark.slow
+def test_attention_model_shape(emulated):
+    """The model's shapes (B = 2, p = 5, 900 queries and keys, d = 32, a key mask): about a minute."""
+    against_reference(emulated, C.cases("part_attention", "model")[-1], torch.bfloat16)
+
+
 @pytest.mark.parametrize(
     "case, dtype", _params(C.cases("part_attention", "nonfinite"), (torch.bfloat16, torch.float32))
 )
