@@ -55,7 +55,7 @@ def _sources() -> list[Path]:
         [
             *EMU.glob("*.h"),
             *EMU.glob("*.cpp"),
-            *(ROOT / "csrc" / "ops" / "cuda").glob("*.cuh"),
+            *(ROOT / "csrc" / "ops" / "cuda").glob("*.cu*"),  # the drivers include the attention .cu files
             ROOT / "csrc" / "ops" / "kernel_smem.h",
         ]
     )
