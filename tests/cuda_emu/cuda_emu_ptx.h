@@ -12,10 +12,16 @@
 //   2(l % 4) + 1 (low half first); with .trans, rows 2(l % 4) and 2(l % 4) + 1 of column l / 4.
 // * cp.async.cg.shared.global [dst], [src], 16, src_size: 16 bytes, src_size of them read from
 //   src and the rest zero-filled; commit_group / wait_group N per thread.
-// * ex2.approx.ftz.f32: 2^x with denormal results flushed to zero.
+// * ex2.approx.ftz.f32: 2^x with denormal results flushed to zero, and an error of about 2 ulp.
 #pragma once
 
 namespace pdnet_emu {
+
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
 
 template <typename T>
 inline float bits_to_float(uint16_t h) {
@@ -184,8 +190,11 @@ inline void cp_async_wait(int n) {
   }
 }
 
+// The hardware's approximation is off by up to about 2 ulp: a non-integer x gets 2^x moved by
+// 2^-22 of itself up or down (by a bit of x), so that results must hold with that error too.
 inline float ex2_approx_ftz(float x) {
-  const float y = std::exp2(x);
+  float y = std::exp2(x);
+  if (std::isfinite(y) && x != std::nearbyint(x)) y *= (float_bits(x) & 1) ? 1.f + 0x1p-22f : 1.f - 0x1p-22f;
   return std::fabs(y) < FLT_MIN ? 0.f * y : y;  // flush denormal results (NaN stays NaN)
 }
 
