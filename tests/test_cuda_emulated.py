@@ -140,13 +140,16 @@ def test_emulator_catches(selftest, case, status, message):
     assert message in res.stderr
 
 
-def test_race_detection():
-    """Built with race detection, a plain store read by another warp with no barrier is caught."""
-    _require_toolchain()
+def test_race_detection(selftest):
+    """Built with race detection, a plain store read by another warp with no barrier, and an output
+    byte written by two blocks, are caught."""
     raced = _build("selftest", RACES)
     assert _run([raced, "bf16", "gemm"]).returncode == 0
     res = _run([raced, "bf16", "plain_race"])
     assert res.returncode == 3 and "shared-memory race" in res.stderr, res.stdout + res.stderr
+    res = _run([raced, "bf16", "two_owners"])
+    assert res.returncode == 3 and "written by block 0 and by this block" in res.stderr, res.stdout + res.stderr
+    assert _run([selftest, "bf16", "two_owners"]).returncode == 0  # not checked without race detection
 
 
 # --------------------------------------------------------------------------- the attention kernels

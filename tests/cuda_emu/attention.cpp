@@ -75,6 +75,8 @@ struct Run {
     if (got != b.bytes || extra) pdnet_emu::fail("%s: expected %zu bytes", path.c_str(), b.bytes);
     pdnet_emu::global_buffer(b.data, b.bytes);
   }
+  // an output of the kernels: with race checks, each word written by one block per launch
+  static void output(Buffer& b) { pdnet_emu::output_buffer(b.data, b.bytes); }
   void write(const Buffer& b, const char* name) const {
     const std::string path = dir + "/" + name;
     FILE* f = std::fopen(path.c_str(), "wb");
@@ -127,6 +129,8 @@ void forward(const Run& r) {
   r.read(k, "k");
   r.read(v, "v");
   if (r.mask) r.read(mask, "mask");
+  Run::output(out);
+  Run::output(lse);
   const char* where = "pdnet::part_attention (CUDA, emulated)";
   const float* m = r.mask ? mask.as<float>() : nullptr;
   const float scale_log2 = static_cast<float>(r.scale) * pdnet::cuda::kLog2e;
@@ -164,6 +168,7 @@ void backward(const Run& r) {
     r.read(*b, name);
   if (r.mask) r.read(mask, "mask");
   if (r.dlse) r.read(dlse, "dlse");
+  for (Buffer* b : {&delta, &dq, &dk, &dv, &dmask}) Run::output(*b);
   const char* where = "pdnet::part_attention_backward (CUDA, emulated)";
   AttnBwdParams prm{};
   prm.q = q.data;

@@ -155,6 +155,7 @@ inline Launch* g = nullptr;
 // 8 x 8 matrices loaded by ldmatrix so far, and the extra shared-memory wavefronts their bank
 // conflicts cost (0 when the 8 rows of every matrix fall in distinct groups of 4 banks)
 inline long g_ldmatrix_matrices = 0, g_ldmatrix_conflicts = 0;
+inline uint64_t g_launches = 0;  // launches so far
 inline std::vector<std::pair<const unsigned char*, size_t>> g_global_buffers;
 
 [[noreturn]] inline void fail(const char* fmt, ...) {
@@ -177,6 +178,20 @@ inline std::vector<std::pair<const unsigned char*, size_t>> g_global_buffers;
 [[noreturn]] inline void races::report(const char* what, size_t offset, int other) {
   if (other >= 0) fail("shared-memory race: %s (byte %zu, thread %d)", what, offset, other);
   fail("shared-memory race: %s (byte %zu)", what, offset);
+}
+
+[[noreturn]] inline void races::report_output(int output, size_t offset, uint64_t owner) {
+  fail("output %d, byte %zu: written by block %llu and by this block in one launch", output, offset,
+       static_cast<unsigned long long>((owner & 0xffffffffu) - 1));
+}
+
+// an output array of the launches to come: with PDNET_EMU_RACES, each of its bytes may be written
+// by one block per launch
+inline void output_buffer(void* p, size_t bytes) {
+  if (!races::kRaces || bytes == 0) return;
+  if (races::n_outputs == 16) fail("more than 16 output buffers");
+  auto* owner = new uint64_t[bytes]();
+  races::outputs[races::n_outputs++] = {static_cast<const unsigned char*>(p), bytes, owner};
 }
 
 // a global buffer that cp.async may read (the driver registers its inputs)

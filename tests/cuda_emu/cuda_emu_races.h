@@ -7,6 +7,9 @@
 // * a read of a word another warp wrote since the last __syncthreads, or another lane of the same
 //   warp wrote with no warp synchronisation (__syncwarp or a warp collective) in between;
 // * a write of a word another warp read since the last __syncthreads.
+// In the global arrays the driver registers as outputs (output_buffer), each byte may be written
+// by one block per launch: a second block writing it stops the run (two owners of an
+// output element: a race between blocks, or a result that depends on their order).
 // Part of cuda_emu.h (include that).
 #pragma once
 
@@ -37,11 +40,38 @@ inline int current = -1;           // the running CUDA thread, -1 in the schedul
 inline uint64_t epoch = 0;         // block barriers so far
 inline uint32_t warp_sync[32] = {};  // per warp: synchronisations so far
 
+// registered outputs: per byte, the (launch, block) that wrote it, launch << 32 | block + 1
+struct Output {
+  const unsigned char* base;
+  size_t bytes;
+  uint64_t* owner;
+};
+inline Output outputs[16] = {};
+inline int n_outputs = 0;
+inline uint64_t launch_block = 0;  // the running block: launch << 32 | (block + 1)
+
 [[noreturn]] inline void report(const char* what, size_t offset, int other);
+[[noreturn]] inline void report_output(int output, size_t offset, uint64_t owner);
+
+// a write to a registered output by a block other than the one that wrote it in this launch
+__attribute__((no_sanitize_thread)) inline void output_write(const void* p, size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (int o = 0; o < n_outputs; ++o) {
+    const Output& out = outputs[o];
+    const auto off = static_cast<size_t>(b - out.base);
+    if (b < out.base || off >= out.bytes) continue;
+    for (size_t i = off; i < off + n && i < out.bytes; ++i) {
+      if (out.owner[i] >> 32 == launch_block >> 32 && out.owner[i] != launch_block) report_output(o, i, out.owner[i]);
+      out.owner[i] = launch_block;
+    }
+  }
+}
 
 __attribute__((no_sanitize_thread)) inline void access(const void* p, size_t n, bool write) {
   const auto off = static_cast<size_t>(static_cast<const unsigned char*>(p) - base);
-  if (current < 0 || words == nullptr || off >= bytes) return;
+  if (current < 0) return;
+  if (write && n_outputs > 0) output_write(p, n);
+  if (words == nullptr || off >= bytes) return;
   const int w = current / 32;
   for (size_t i = off / 4; i <= (off + n - 1) / 4 && i < bytes / 4; ++i) {
     Word& word = words[i];

@@ -227,12 +227,14 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
   ASAN_POISON_MEMORY_REGION(smem + smem_bytes, kSmemCapacity - smem_bytes);
 #endif
   g = &L;
+  const uint64_t launch_count = ++g_launches;
   gridDim = grid;
   blockDim = block;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = uint3{x, y, z};
+        races::launch_block = (launch_count << 32) | (((uint64_t(z) * grid.y + y) * grid.x + x) + 1);
         run_block();
       }
   if (L.unretired_copies > 0)

@@ -13,7 +13,8 @@
 // "divergent" (lanes of a warp at different collectives), "deadlock" (a lane exits before a
 // warp collective), "mismatched" (one warp at a __syncthreads the others skip), "misaligned"
 // (ldmatrix of an address off 16 bytes), "plain_race" (a plain store read by another warp with no
-// barrier in between: caught when built with cuda_emu_races.h's race detection).
+// barrier in between), "two_owners" (two blocks write the same output element): both caught when
+// built with cuda_emu_races.h's race detection.
 // Exit status: 0 when the results match, 1 when they do not, 3 when the emulator stops.
 #include "../../csrc/ops/cuda/device_math.cuh"
 #include "../../csrc/ops/cuda/mma_sm80.cuh"
@@ -58,6 +59,11 @@ __global__ void fragments_kernel(const T* A, const T* B, const float* C, float* 
   for (int i = 0; i < 4; ++i) c[i] = C[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)];
   mma16816<T>(c, a, b);
   for (int i = 0; i < 4; ++i) D[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = c[i];
+}
+
+// every block writes the same words: two owners of an output element
+__global__ void two_owners_kernel(float* out) {
+  out[threadIdx.x] = static_cast<float>(blockIdx.x);
 }
 
 template <typename T>
@@ -239,13 +245,20 @@ int main(int argc, char** argv) {
   if (argc != 3) {
     std::fprintf(stderr,
                  "usage: selftest <f16|bf16> "
-                 "<fragments|gemm|no_wait|no_sync|divergent|deadlock|mismatched|misaligned|plain_race>\n");
+                 "<fragments|gemm|no_wait|no_sync|divergent|deadlock|mismatched|misaligned|plain_race|two_owners>\n");
     return 2;
   }
   const std::string type = argv[1], which = argv[2];
   const bool bf16 = type == "bf16";
   if (!bf16 && type != "f16") return 2;
   if (which == "fragments") return bf16 ? run_fragments<__nv_bfloat16>() : run_fragments<__half>();
+  if (which == "two_owners") {
+    std::vector<float> out(32);
+    pdnet_emu::output_buffer(out.data(), out.size() * sizeof(float));
+    pdnet_emu::launch("two_owners_kernel", emu_selftest::two_owners_kernel, dim3(2), dim3(32), 0, emu_selftest::smem,
+                      out.data());
+    return 0;
+  }
   const char* names[] = {"gemm",     "no_wait",    "no_sync",    "divergent",
                          "deadlock", "mismatched", "misaligned", "plain_race"};
   for (int mode = 0; mode < 8; ++mode)
