@@ -311,13 +311,21 @@ def test_attention_misaligned(attention, tmp_path, dtype):
         against_reference(emu, case, dtype)
 
 
-@pytest.mark.parametrize("schedule, copies", [("reverse", "early"), ("random:1", "late"), ("random:2", "early")])
+SCHEDULES = [("reverse", "early"), ("random:1", "late"), ("random:2", "early")] + [
+    pytest.param(f"random:{seed}", copies, marks=pytest.mark.slow)
+    for seed in range(3, 11)
+    for copies in ("late", "early")
+]
+
+
+@pytest.mark.parametrize("schedule, copies", SCHEDULES)
 def test_attention_schedules(attention, tmp_path, schedule, copies):
     """Other orders of the threads and of the cp.async copies: a missing barrier or wait shows
-    under one of them."""
+    under one of them (inputs drawn from the seed too)."""
     emu = Emulated(attention, tmp_path, env={"PDNET_EMU_SCHEDULE": schedule, "PDNET_EMU_CP_ASYNC": copies})
-    for case in (BOUNDARY[1], BOUNDARY[4]):
-        against_reference(emu, case, torch.bfloat16)
+    seed = int(schedule.split(":")[1]) if ":" in schedule else 0
+    for case in (BOUNDARY[1], BOUNDARY[4], BOUNDARY[6]):
+        against_reference(emu, case, torch.bfloat16, seed=seed)
 
 
 @pytest.mark.slow
