@@ -285,13 +285,19 @@ def _configs(Nq: int, Nk: int, heads: int, d: int, dtype: torch.dtype, device: t
     if dtype == torch.float32:
         return {"fwd": (64, 32, 4, 2), "dkdv": (16, 64, 4, 2), "dq": (64, 16, 4, 2)}
     sms = num_sms(device)
-    warps = 8 if d > 64 else 4
     q_tile = 128 if triton.cdiv(Nq, 128) * heads >= sms else 64
     k_tile = 128 if d <= 64 and triton.cdiv(Nk, 128) * heads >= sms else 64
+    dq_tile = q_tile if d <= 64 else 64
+
+    def warps(rows: int) -> int:
+        # 8 warps where a program owns 128 rows or d > 64: with 4, the fp32 accumulators of
+        # such a tile (dK and dV of 128 keys above all) spill registers on sm_86 and sm_90
+        return 8 if d > 64 or rows >= 128 else 4
+
     return {
-        "fwd": (q_tile, 64, warps, 3),
-        "dkdv": (32, k_tile, warps, 3),
-        "dq": (q_tile if d <= 64 else 64, 32, warps, 3),
+        "fwd": (q_tile, 64, warps(q_tile), 3),
+        "dkdv": (32, k_tile, warps(k_tile), 3),
+        "dq": (dq_tile, 32, warps(dq_tile), 3),
     }
 
 
