@@ -1,6 +1,6 @@
 # Set-up and everyday commands. Every target creates (or reuses) the virtual
 # environment .venv and installs torch 2.14.1 / torchvision 0.29.1 and pdnet
-# (editable, compiled against that torch, with its test, data, train and lint extras)
+# (editable, compiled against that torch, with its test, data, train, lint and deploy extras)
 # into it.
 #
 # The extension compiles once per change: its objects stay in build/ (setup.py), so
@@ -33,7 +33,7 @@ $(STAMP): $(INSTALL_DEPS)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q "setuptools>=70" wheel ninja
-	$(PIP) install -q --no-build-isolation -e ".[test,data,train,lint]"
+	$(PIP) install -q --no-build-isolation -e ".[test,data,train,lint,deploy]"
 	touch $(STAMP)
 
 DEMO_ARGS ?=

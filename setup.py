@@ -179,6 +179,8 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless"],
         "data": ["scikit-image", "av"],
         "train": ["tensorboard"],
+        # pdnet export --format onnx, the onnxruntime engine, the int8 (PT2E) path
+        "deploy": ["onnx>=1.17", "onnxscript>=0.3", "onnxruntime>=1.20", "torchao>=0.12"],
         # pinned: `make lint` must give the same verdict everywhere
         "lint": ["ruff==0.16.9", "clang-format==23.1.1"],
     },
