@@ -156,7 +156,15 @@ def to_uint8(probs: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the folder
-def _read_meta(folder: Path) -> dict[str, Any]:
+def read_export(folder: PathLike) -> dict[str, Any]:
+    """``folder/export.json``, checked (format, version, input size, normalisation, the
+    graphs the engine runs); no graph is opened.
+
+    Raises:
+        FileNotFoundError: no folder or no export.json.
+        OnnxFolderError: anything else, in one line naming the file.
+    """
+    folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder (an ONNX export: pdnet export CHECKPOINT --format onnx)")
     if not folder.is_dir():
@@ -263,7 +271,7 @@ class OnnxSegmenter:
         session_options: ort.SessionOptions | None = None,
     ) -> None:
         self.folder = Path(folder)
-        meta = _read_meta(self.folder)
+        meta = read_export(self.folder)
         self.meta = meta
         self.input_size: tuple[int, int] = (int(meta["input_size"][0]), int(meta["input_size"][1]))
         self.mean = np.asarray(meta["normalisation"]["mean"], dtype=np.float32)  # [3]
@@ -440,3 +448,26 @@ class OnnxSegmenter:
     def __repr__(self) -> str:
         return (f"OnnxSegmenter({str(self.folder)!r}, input {self.input_size[0]}x{self.input_size[1]}, "
                 f"providers={self.providers})")
+
+
+def providers_for_device(spec: str | None, name: str = "device") -> list[str | tuple[str, dict]]:
+    """ONNX Runtime providers for a device string as ``--device`` takes it.
+
+    ``None`` / ``"auto"``: :func:`default_providers`; ``"cpu"``: CPUExecutionProvider;
+    ``"cuda"`` / ``"cuda:N"``: CUDAExecutionProvider (device N), then the CPU for any
+    node it lacks. A CUDA device with an onnxruntime without CUDA (the ``onnxruntime``
+    wheel rather than ``onnxruntime-gpu``) is a ValueError, as is any other string.
+    """
+    if spec is None or spec == "auto":
+        return default_providers()
+    text = str(spec).strip().lower()
+    if text in ("cpu", "cpu:0"):
+        return ["CPUExecutionProvider"]
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"{name} {spec}: not a device this engine runs on; expected auto, cpu, cuda or cuda:N")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ValueError(f"{name} {spec}: this onnxruntime has no CUDAExecutionProvider (it has "
+                         f"{', '.join(available)}; the onnxruntime-gpu package has it)")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]

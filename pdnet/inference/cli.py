@@ -5,6 +5,12 @@ is a one-line error naming it (exit code 2): the numbers and choices first (no t
 import), then the input, the background, the checkpoint's path, the output files (see
 :mod:`pdnet.inference.segment`: nothing that exists is overwritten unless
 ``--overwrite``, an input never), then the device and precision.
+
+Two engines: ``--engine torch`` (the default) runs ``--checkpoint`` with
+:class:`pdnet.inference.VideoSegmenter`; ``--engine onnxruntime`` runs the graphs
+``pdnet export --format onnx`` wrote to ``--onnx DIR`` with
+:class:`pdnet.deploy.OnnxSegmenter` (float32, the export's input size; ``--device``
+picks the execution provider). The options of one engine are errors with the other.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from ..cli import UserError, add_command
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("torch", "onnxruntime")
 MAX_INPUT_SIZE = 8192  # per side; far beyond what the model is trained for (480)
 
 
@@ -55,8 +62,33 @@ def parse_fps(text: str) -> float:
     return value
 
 
+def _check_engine(args: argparse.Namespace) -> None:
+    """Each engine's own options, and none of the other's."""
+    if args.engine not in ENGINES:
+        raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, got {args.engine!r}")
+    if args.engine == "torch":
+        if args.onnx is not None:
+            raise UserError("--onnx: only with --engine onnxruntime (the torch engine runs --checkpoint)")
+        if args.checkpoint is None:
+            raise UserError("--checkpoint FILE is required (or --engine onnxruntime --onnx DIR)")
+        return
+    if args.onnx is None:
+        raise UserError("--engine onnxruntime: --onnx DIR is required (a folder written by pdnet export --format onnx)")
+    torch_only = [
+        ("--checkpoint", args.checkpoint is not None, "the weights are in the --onnx export"),
+        ("--backbone", args.backbone is not None, "the export's model is fixed"),
+        ("--parts", args.parts is not None, "the export's model is fixed"),
+        ("--reference-path", args.reference_path, "it selects the torch engine's plain PDNet"),
+        (f"--dtype {args.dtype}", args.dtype not in ("auto", "float32"), "ONNX Runtime runs the export in float32"),
+    ]
+    for flag, given, why in torch_only:
+        if given:
+            raise UserError(f"{flag}: not an option of --engine onnxruntime ({why})")
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """The checks that need neither torch nor a file: values become their types in ``args``."""
+    _check_engine(args)
     if args.backbone is not None and args.backbone not in BACKBONES:
         raise UserError(f"--backbone: expected one of {', '.join(BACKBONES)}, got {args.backbone!r}")
     if args.dtype not in DTYPES:
@@ -68,19 +100,45 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.input_size = parse_input_size(args.input_size)
     if args.fps is not None:
         args.fps = parse_fps(args.fps)
-    for flag, value in (("INPUT", args.input), ("--checkpoint", args.checkpoint), ("--out", args.out),
-                        ("--composite", args.composite), ("--device", args.device)):
+    for flag, value in (("INPUT", args.input), ("--checkpoint", args.checkpoint), ("--onnx", args.onnx),
+                        ("--out", args.out), ("--composite", args.composite), ("--device", args.device)):
         if value is not None and not value.strip():
             raise UserError(f"{flag}: empty value {value!r}")
 
 
+def _onnx_inputs(args: argparse.Namespace) -> list[Path]:
+    """--engine onnxruntime: read DIR/export.json (no session yet): the export's files, after
+    checking --input-size against the export's."""
+    try:
+        from ..deploy import runtime
+    except ImportError as exc:
+        raise UserError(f"--engine onnxruntime: {exc}") from None
+    folder = Path(args.onnx)
+    try:
+        meta = runtime.read_export(folder)
+    except (FileNotFoundError, runtime.OnnxFolderError) as exc:
+        raise UserError(f"--onnx: {exc}") from None
+    size = tuple(meta["input_size"])
+    if args.input_size is not None and tuple(args.input_size) != size:
+        raise UserError(
+            f"--input-size {args.input_size[0]}x{args.input_size[1]}: the export {folder} runs at {size[0]}x{size[1]} "
+            "(fixed when exported: pdnet export --input-size)"
+        )
+    return [folder / runtime.META_FILE, *(folder / g["file"] for g in meta["graphs"].values()
+                                          if isinstance(g, dict) and isinstance(g.get("file"), str))]
+
+
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        raise UserError(f"checkpoint {checkpoint} does not exist")
-    if checkpoint.is_dir():
-        raise UserError(f"checkpoint {checkpoint} is a directory, not a file")
+    if args.engine == "onnxruntime":
+        checkpoint, inputs = None, _onnx_inputs(args)
+    else:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.exists():
+            raise UserError(f"checkpoint {checkpoint} does not exist")
+        if checkpoint.is_dir():
+            raise UserError(f"checkpoint {checkpoint} is a directory, not a file")
+        inputs = [checkpoint]
 
     import warnings
 
@@ -89,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # input and output problems: no torch needed yet
         src = FrameSource(args.input, fps=args.fps, allow_truncated=args.allow_truncated)
-        inputs = [checkpoint]
         if args.composite is not None:
             background_array(args.composite, (1, 1))  # a bad colour or an unreadable image, before the model
             if Path(args.composite).is_file():
@@ -101,36 +158,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .._device import parse_device
-    from .checkpoint import CheckpointError
-    from .loading import load
     from .segment import segment_video
-    from .segmenter import VideoSegmenter, parse_dtype
 
-    try:
-        device = parse_device(args.device, name="--device")
-        dtype = parse_dtype(args.dtype, device)
-        model = load(checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
-    except (FileNotFoundError, CheckpointError) as exc:
-        raise UserError(str(exc)) from None
-    except ValueError as exc:  # parse_device / parse_dtype
-        raise UserError(str(exc)) from None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed frame size: pick the fastest conv algorithms once
-    try:
-        seg = VideoSegmenter(
-            model, device=device, dtype=dtype, fast=not args.reference_path,
-            cuda_graphs=False if args.no_cuda_graphs else None, input_size=args.input_size,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    cfg = model.config
-    if not args.quiet:
-        print(
-            f"PDNet {cfg.backbone}, p={cfg.parts}, input {seg.input_size[0]}x{seg.input_size[1]}; "
-            f"{device}, {str(seg.dtype).replace('torch.', '')}, {'fast' if seg.fast else 'reference'} path"
-            f"{', CUDA graphs' if seg.cuda_graphs else ''}, batch {args.batch_size}"
-        )
+    if args.engine == "onnxruntime":
+        seg, device = _onnx_segmenter(args), "onnxruntime"
+    else:
+        seg, device = _torch_segmenter(args, checkpoint)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(f"pdnet segment: warning: {message}", file=sys.stderr)
@@ -158,6 +191,61 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_segmenter(args: argparse.Namespace):
+    """--engine onnxruntime: the OnnxSegmenter of --onnx on --device's execution provider."""
+    from ..deploy.runtime import OnnxFolderError, OnnxSegmenter, providers_for_device
+
+    try:
+        seg = OnnxSegmenter(args.onnx, providers=providers_for_device(args.device, name="--device"))
+    except (FileNotFoundError, OnnxFolderError) as exc:
+        raise UserError(f"--onnx: {exc}") from None
+    except ValueError as exc:  # the device
+        raise UserError(str(exc)) from None
+    if not args.quiet:
+        cfg = seg.meta.get("model_config") or {}
+        print(
+            f"PDNet {cfg.get('backbone', '?')}, p={cfg.get('parts', '?')}, input {seg.input_size[0]}x"
+            f"{seg.input_size[1]}; onnxruntime ({', '.join(seg.providers)}), float32, batch {args.batch_size}"
+        )
+    return seg
+
+
+def _torch_segmenter(args: argparse.Namespace, checkpoint: Path):
+    """--engine torch: the VideoSegmenter of --checkpoint on --device in --dtype, and the device."""
+    import torch
+
+    from .._device import parse_device
+    from .checkpoint import CheckpointError
+    from .loading import load
+    from .segmenter import VideoSegmenter, parse_dtype
+
+    try:
+        device = parse_device(args.device, name="--device")
+        dtype = parse_dtype(args.dtype, device)
+        model = load(checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:  # parse_device / parse_dtype
+        raise UserError(str(exc)) from None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed frame size: pick the fastest conv algorithms once
+    try:
+        seg = VideoSegmenter(
+            model, device=device, dtype=dtype, fast=not args.reference_path,
+            cuda_graphs=False if args.no_cuda_graphs else None, input_size=args.input_size,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cfg = model.config
+    if not args.quiet:
+        print(
+            f"PDNet {cfg.backbone}, p={cfg.parts}, input {seg.input_size[0]}x{seg.input_size[1]}; "
+            f"{device}, {str(seg.dtype).replace('torch.', '')}, {'fast' if seg.fast else 'reference'} path"
+            f"{', CUDA graphs' if seg.cuda_graphs else ''}, batch {args.batch_size}"
+        )
+    return seg, device
+
+
 def add_parser(sub) -> None:
     p = add_command(
         sub, "segment",
@@ -175,8 +263,14 @@ def add_parser(sub) -> None:
     )
     p.add_argument("input", metavar="INPUT",
                    help="video file (mp4, mov, mkv, ...) or folder of frames (sorted by name)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="a pdnet checkpoint (e.g. RUN/last.pt) or a release state_dict file")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="a pdnet checkpoint (e.g. RUN/last.pt) or a release state_dict file (--engine torch)")
+    p.add_argument("--engine", default="torch", metavar="{" + ",".join(ENGINES) + "}",
+                   help="torch (default: --checkpoint with PyTorch) or onnxruntime (--onnx DIR: the graphs of "
+                        "pdnet export --format onnx, run in float32 at the export's input size; --device picks "
+                        "the execution provider)")
+    p.add_argument("--onnx", metavar="DIR", help="an ONNX export folder (export.json and graphs), with --engine "
+                                                 "onnxruntime")
     p.add_argument("--backbone", metavar="{" + ",".join(BACKBONES) + "}",
                    help="override the backbone (release files: inferred from the weights)")
     p.add_argument("--parts", metavar="P", help="override the number of parts, >= 1 (release files: inferred)")

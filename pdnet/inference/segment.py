@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from .video import (
 if TYPE_CHECKING:  # torch and the model are imported by segment_video itself: checking outputs needs neither
     import torch
 
+    from ..deploy.runtime import OnnxSegmenter
     from ..model import PDNet
     from .segmenter import VideoSegmenter
 
@@ -161,8 +163,44 @@ def _blend(frames: torch.Tensor, probs: torch.Tensor, other: torch.Tensor, alpha
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # [B, H, W, 3]
 
 
+class _OnnxEngine:
+    """The interface :func:`segment_video` drives (that of :class:`VideoSegmenter`) over an
+    :class:`pdnet.deploy.OnnxSegmenter`: frames and probabilities are CPU tensors, the
+    network runs in ONNX Runtime on numpy arrays."""
+
+    cuda_graphs = False
+
+    def __init__(self, seg: OnnxSegmenter) -> None:
+        import torch
+
+        self.seg = seg
+        self.device = torch.device("cpu")  # where the frames and results live (not the ORT provider)
+        self.dtype = torch.float32
+
+    def to_device(self, frames: np.ndarray) -> torch.Tensor:
+        from .segmenter import as_frame_batch
+
+        return as_frame_batch(frames)  # [B, 3, H, W] uint8, a view of the [B, H, W, 3] array
+
+    def encode_reference(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        return self.seg.encode_reference(frame)
+
+    def predict(self, frames: torch.Tensor, state: dict[str, np.ndarray]) -> torch.Tensor:
+        """frames [B, 3, H, W] uint8 (from :meth:`to_device`) -> probabilities Tensor[B, 1, H, W]."""
+        import torch
+
+        return torch.from_numpy(self.seg.predict(frames.permute(0, 2, 3, 1).numpy(), state))
+
+
+def _is_onnx_segmenter(model: Any) -> bool:
+    """Whether ``model`` is a :class:`pdnet.deploy.OnnxSegmenter` (without importing onnxruntime
+    when pdnet.deploy.runtime was never imported: then it cannot be one)."""
+    runtime = sys.modules.get("pdnet.deploy.runtime")
+    return runtime is not None and isinstance(model, runtime.OnnxSegmenter)
+
+
 def segment_video(
-    model: PDNet | VideoSegmenter | PathLike,
+    model: PDNet | VideoSegmenter | OnnxSegmenter | PathLike,
     source: PathLike | FrameSource,
     output: PathLike,
     *,
@@ -185,9 +223,11 @@ def segment_video(
     In the spirit of RobustVideoMatting's ``convert_video``: one call, explicit outputs.
 
     Args:
-        model: a PDNet, a checkpoint path (see :func:`pdnet.load`), or a ready
+        model: a PDNet, a checkpoint path (see :func:`pdnet.load`), a ready
             :class:`VideoSegmenter` (then device / dtype / fast / cuda_graphs / input_size
-            are its own).
+            are its own), or a :class:`pdnet.deploy.OnnxSegmenter` (an exported folder run
+            with ONNX Runtime; then those options are ignored and ``device`` reports
+            ``onnxruntime`` and its providers).
         source: a video file (mp4, mov, mkv, ...) or a folder of frames (sorted by name),
             or a :class:`FrameSource` (then ``fps`` and ``allow_truncated`` are its own).
         output: folder for the results: one mask PNG per frame (8-bit grey,
@@ -236,7 +276,12 @@ def segment_video(
     t0 = time.perf_counter()
     src = source if isinstance(source, FrameSource) else FrameSource(source, fps=fps, allow_truncated=allow_truncated)
     bg_host = background(composite, src.size) if composite is not None else None
-    extra_inputs = [] if isinstance(model, (PDNet, VideoSegmenter)) else [Path(model)]
+    onnx = _is_onnx_segmenter(model)
+    if onnx:  # the export's files must survive the run too
+        extra_inputs = [model.folder / "export.json", *(model.folder / g["file"] for g in model.meta["graphs"].values()
+                                                        if isinstance(g, dict) and isinstance(g.get("file"), str))]
+    else:
+        extra_inputs = [] if isinstance(model, (PDNet, VideoSegmenter)) else [Path(model)]
     if composite is not None and not isinstance(composite, tuple) and Path(composite).is_file():
         extra_inputs.append(Path(composite))
     out = Path(output)
@@ -246,7 +291,9 @@ def segment_video(
     remove_stale_temporaries(out, lambda n: n in names or bool(src.is_video and _VIDEO_MASK.match(n)))  # kill -9
     protected = {i for i in (_identity(p) for p in ([src.path] if src.is_video else src.files) + extra_inputs) if i}
 
-    if isinstance(model, VideoSegmenter):
+    if onnx:
+        seg = _OnnxEngine(model)
+    elif isinstance(model, VideoSegmenter):
         seg = model
     else:
         if not isinstance(model, PDNet):
@@ -359,7 +406,7 @@ def segment_video(
         "masks": str(out),
         "overlay": str(out / OVERLAY_NAME) if overlay else None,
         "composite": str(out / COMPOSITE_NAME) if bg_host is not None else None,
-        "device": str(seg.device),
+        "device": f"onnxruntime ({', '.join(model.providers)})" if onnx else str(seg.device),
         "dtype": str(seg.dtype).replace("torch.", ""),
         "batch_size": batch_size,
         "truncated": src.truncated,
