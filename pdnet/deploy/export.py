@@ -1,0 +1,426 @@
+"""ONNX export of PDNet: three self-contained graphs and ``export.json`` (``pdnet export``).
+
+:func:`export_onnx` writes, for a fixed input size H x W and a dynamic batch axis:
+
+* ``pdnet.onnx``: (target, reference) -> logits, the whole model, ``model(target, reference)``;
+* ``encode_reference.onnx``: reference -> (keys, values), the per-clip state
+  (:class:`pdnet.model.ReferenceState`'s tensors);
+* ``step.onnx``: (target, keys, values) -> (logits, logits_stride4), one target frame
+  against a cached state; ``logits_stride4`` is the head's output before the final
+  upsample, so that an engine can upsample straight to the frame size (as
+  :class:`pdnet.inference.VideoSegmenter` does with ``size=``);
+* ``export.json``: the format, versions, opset, input size, model configuration,
+  normalisation, every graph's inputs and outputs, and the self-test's numbers.
+
+The graphs are the inference form (:class:`pdnet.inference.fused.FastPDNet`: BatchNorm
+folded, the parts' convolutions grouped) with the hot-path ops on their pure-PyTorch
+reference backend, exported by ``torch.onnx.export(..., dynamo=True)``: every node is a
+standard ONNX operator of the default domain (Conv, MatMul, Softmax, Resize, ...).
+Each file is written under a temporary name, checked, run by ONNX Runtime against
+pdnet in float32, and only then moved into place; ``export.json`` comes last, so a
+folder without it is an incomplete export.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._fs import temporary_beside
+from ..model import PDNet
+from ..model.layers import upsample
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+FORMAT = "pdnet-onnx"
+FORMAT_VERSION = 1
+#: graph name -> file name, in the order they are exported
+GRAPH_FILES: dict[str, str] = {
+    "pdnet": "pdnet.onnx",
+    "encode_reference": "encode_reference.onnx",
+    "step": "step.onnx",
+}
+EXPORT_JSON = "export.json"
+#: the names of the state tensors, ReferenceState's fields, in step.onnx's input order
+STATE_NAMES = ("keys", "values")
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # the torch.onnx dynamo exporter's lowest
+#: the self-test's bound on max|onnx - pdnet| / max|pdnet| per output, float32
+SELF_TEST_TOLERANCE = 1e-4
+#: the batch of the example inputs that the graphs are traced with (not 0 or 1, which
+#: torch.export would specialise) and of the self-test's inputs
+EXAMPLE_BATCH = 2
+BATCH_AXIS = "batch"
+
+INPUT_DESCRIPTION = (
+    "RGB float32 in [0,1] (uint8/255), resized to input_size bilinear (half-pixel centres, no antialiasing), "
+    "then (x - mean) / std"
+)
+OUTPUT_DESCRIPTION = {
+    "logits": "Tensor[batch, 1, H, W] float32: the person logit of every pixel of the target at the input size",
+    "logits_stride4": (
+        "step.onnx only: Tensor[batch, 1, H/4, W/4] float32, the head's logits before the final upsample; "
+        "logits = bilinear resize with align_corners=True of logits_stride4 to H x W, so an engine may "
+        "resize it straight to the frame size instead"
+    ),
+    "probability": "sigmoid(logits)",
+}
+
+
+# ---------------------------------------------------------------------------------- graphs
+class _PairGraph(nn.Module):
+    """pdnet.onnx: (target, reference) -> logits [B, 1, H, W]."""
+
+    def __init__(self, fast: nn.Module) -> None:
+        super().__init__()
+        self.fast = fast
+
+    def forward(self, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        state = self.fast.encode_reference(reference)  # keys, values [B, p, N, d]
+        return self.fast(target, state.keys, state.values)  # [B, 1, H, W]
+
+
+class _EncodeGraph(nn.Module):
+    """encode_reference.onnx: reference -> (keys, values) [B, p, N, d]."""
+
+    def __init__(self, fast: nn.Module) -> None:
+        super().__init__()
+        self.fast = fast
+
+    def forward(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.fast.encode_reference(reference)
+        return tuple(getattr(state, name) for name in STATE_NAMES)
+
+
+class _StepGraph(nn.Module):
+    """step.onnx: (target, keys, values) -> logits [B, 1, H, W], logits_stride4 [B, 1, H/4, W/4]."""
+
+    def __init__(self, fast: nn.Module) -> None:
+        super().__init__()
+        self.fast = fast
+
+    def forward(
+        self, target: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        H, W = target.shape[-2:]
+        # size = the head's own (stride-4) size: FastPDNet returns the head's output as it is
+        stride4 = self.fast(target, keys, values, size=(H // 4, W // 4))  # [B, 1, H/4, W/4]
+        return upsample(stride4, (H, W)), stride4  # the same resize FastPDNet.forward ends with
+
+
+# ---------------------------------------------------------------------------------- checks
+def check_input_size(size: Any) -> tuple[int, int]:
+    """``N`` or ``(H, W)``, positive multiples of 32 -> (H, W); else a one-line ValueError."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        h, w = (int(s) for s in size)
+        ok = all(int(s) == s and not isinstance(s, bool) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"export_onnx: input_size must be N or (H, W), got {size!r}") from None
+    if not ok or h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ValueError(
+            f"export_onnx: input_size must be positive multiples of 32, got {size[0]}x{size[1]}"
+        )
+    return h, w
+
+
+def _check_opset(opset: Any) -> int:
+    import onnx
+
+    latest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= latest:
+        raise ValueError(f"export_onnx: opset must be an integer in {MIN_OPSET}..{latest}, got {opset!r}")
+    return opset
+
+
+def _import_onnx(check: bool) -> None:
+    names = ["onnx", "onnxscript"] + (["onnxruntime"] if check else [])
+    missing = []
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(
+            f"ONNX export needs the package(s) {', '.join(missing)}: pip install -e \".[deploy]\""
+        )
+
+
+def _existing_outputs(out_dir: Path) -> list[str]:
+    return [name for name in (*GRAPH_FILES.values(), EXPORT_JSON) if (out_dir / name).exists()]
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"export_onnx: output {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and not overwrite:
+        found = _existing_outputs(out_dir)
+        if found:
+            raise FileExistsError(
+                f"export_onnx: {out_dir} already holds {', '.join(found)} (overwrite=True, --overwrite, replaces them)"
+            )
+
+
+def _resolve_model(model: Any, backbone: str | None, parts: int | None) -> tuple[PDNet, str | None]:
+    if isinstance(model, PDNet):
+        if backbone is not None or parts is not None:
+            raise ValueError("export_onnx: backbone= and parts= apply to a checkpoint path, not to a PDNet")
+        return model, None
+    if isinstance(model, (str, os.PathLike)):
+        from ..inference.loading import load
+
+        return load(model, device="cpu", backbone=backbone, parts=parts), str(model)
+    raise TypeError(f"export_onnx: model must be a pdnet.PDNet or a checkpoint path, got {type(model).__name__}")
+
+
+# ---------------------------------------------------------------------------------- export
+def _value_infos(values) -> list[dict[str, Any]]:
+    import onnx
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        out.append({"name": v.name, "shape": shape, "dtype": dtype})
+    return out
+
+
+def _export_graph(module: nn.Module, args: tuple, input_names, output_names, opset: int):
+    """``module`` traced at ``args`` -> onnx.ModelProto, batch axis dynamic on every input."""
+    batch = torch.export.Dim(BATCH_AXIS)
+    dynamic_shapes = tuple({0: batch} for _ in args)
+    with warnings.catch_warnings(), torch.no_grad():
+        # one Dim shared by several inputs: torch warns that the name is used once (it is, on all)
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        program = torch.onnx.export(
+            module, args, None, input_names=list(input_names), output_names=list(output_names),
+            opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True,
+            external_data=False, verbose=False,
+        )
+    return program.model_proto
+
+
+def _write_temporary(data: bytes, final: Path) -> Path:
+    fd, tmp = temporary_beside(final)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _relative_error(got, want) -> float:
+    import numpy as np
+
+    want = np.asarray(want, dtype=np.float64)
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    scale = max(float(np.abs(want).max()), float(np.finfo(np.float32).tiny))
+    return float(np.abs(got - want).max() / scale)
+
+
+@torch.no_grad()
+def _self_test(model: PDNet, files: Mapping[str, Path], size: tuple[int, int]) -> dict[str, dict[str, float]]:
+    """Every graph run by ONNX Runtime (CPU) on random inputs of batch EXAMPLE_BATCH against
+    ``model`` (float32) -> {graph: {output: max|onnx - pdnet| / max|pdnet|}}."""
+    import onnxruntime as ort
+
+    from ..model import ReferenceState
+
+    gen = torch.Generator().manual_seed(20240518)
+    H, W = size
+    target = torch.randn(EXAMPLE_BATCH, 3, H, W, generator=gen)
+    reference = torch.randn(EXAMPLE_BATCH, 3, H, W, generator=gen)
+    state = model.encode_reference(reference)
+    expected = {
+        "pdnet": {"logits": model(target, reference)},
+        "encode_reference": {name: getattr(state, name) for name in STATE_NAMES},
+        "step": {
+            "logits": model(target, ReferenceState(state.keys, state.values, size)),
+            "logits_stride4": model(target, ReferenceState(state.keys, state.values, size), size=(H // 4, W // 4)),
+        },
+    }
+    feeds = {
+        "pdnet": {"target": target, "reference": reference},
+        "encode_reference": {"reference": reference},
+        "step": {"target": target, **{name: getattr(state, name) for name in STATE_NAMES}},
+    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    errors: dict[str, dict[str, float]] = {}
+    for graph, path in files.items():
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        got = session.run(names, {k: v.numpy() for k, v in feeds[graph].items()})
+        errors[graph] = {n: _relative_error(g, expected[graph][n].numpy()) for n, g in zip(names, got, strict=True)}
+    return errors
+
+
+def export_onnx(
+    model: PDNet | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    check: bool = True,
+    backbone: str | None = None,
+    parts: int | None = None,
+) -> dict[str, Any]:
+    """Export PDNet to ONNX: ``pdnet.onnx``, ``encode_reference.onnx``, ``step.onnx`` and
+    ``export.json`` in ``out_dir`` (see the module docstring and docs/deploy.md).
+
+    Args:
+        model: a :class:`pdnet.PDNet` (not changed: a float32 CPU copy is exported) or a
+            checkpoint path, read with :func:`pdnet.load` (with ``backbone`` / ``parts``).
+        out_dir: the folder to write (created if missing).
+        input_size: H x W of the graphs, N or (H, W), positive multiples of 32 (default:
+            the model configuration's ``input_size``). The batch axis is dynamic.
+        opset: the ONNX opset (18 and later).
+        overwrite: replace these four files when ``out_dir`` holds any of them already
+            (other files in it are never touched).
+        check: run ``onnx.checker`` (full check) on each file and the self-test: ONNX
+            Runtime's CPU run of each graph on random inputs of batch 2 must match pdnet
+            in float32 to max|onnx - pdnet| <= 1e-4 * max|pdnet| for every output.
+        backbone, parts: overrides for a checkpoint path (as ``pdnet.load``).
+
+    Returns:
+        dict with ``out_dir``, ``files`` {graph: path}, ``export_json`` (path), ``sizes``
+        {graph: bytes}, ``export_seconds`` {graph: seconds}, ``self_test`` {graph: max
+        relative difference over its outputs} (None without ``check``),
+        ``self_test_outputs`` {graph: {output: relative difference}} and ``self_test_seconds``.
+
+    Raises:
+        ValueError: a bad input size or opset, or ``backbone`` / ``parts`` with a PDNet.
+        FileExistsError: ``out_dir`` holds one of the files and ``overwrite`` is False.
+        FileNotFoundError, pdnet.inference.CheckpointError: the checkpoint (``pdnet.load``).
+        ImportError: onnx, onnxscript or (with ``check``) onnxruntime is missing.
+        RuntimeError: the self-test failed (the numbers are in the message; nothing is
+            written).
+    """
+    net, source = _resolve_model(model, backbone, parts)
+    size = check_input_size(net.config.input_size if input_size is None else input_size)
+    _import_onnx(check)
+    opset = _check_opset(opset)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+
+    import onnx
+
+    from .. import __version__
+    from ..inference.fused import FastPDNet
+
+    src = copy.deepcopy(net).to(device="cpu", dtype=torch.float32).eval()
+    fast = FastPDNet(src)
+    fast.backend = "reference"  # pure PyTorch: standard ONNX operators only
+    H, W = size
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(EXAMPLE_BATCH, 3, H, W, generator=gen)
+    example_reference = torch.randn(EXAMPLE_BATCH, 3, H, W, generator=gen)  # a distinct tensor: not one input twice
+    with torch.no_grad():
+        state = fast.encode_reference(example_reference)
+    state_tensors = tuple(getattr(state, name) for name in STATE_NAMES)
+    specs = {
+        "pdnet": (_PairGraph(fast), (example, example_reference), ("target", "reference"), ("logits",)),
+        "encode_reference": (_EncodeGraph(fast), (example_reference,), ("reference",), STATE_NAMES),
+        "step": (_StepGraph(fast), (example, *state_tensors), ("target", *STATE_NAMES), ("logits", "logits_stride4")),
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporaries: dict[str, Path] = {}
+    graphs: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    try:
+        for graph, (module, args, input_names, output_names) in specs.items():
+            t0 = time.perf_counter()
+            proto = _export_graph(module.eval(), args, input_names, output_names, opset)
+            proto.doc_string = f"PDNet {graph} graph (pdnet {__version__}); see export.json"
+            onnx.helper.set_model_props(proto, {
+                "pdnet_format": FORMAT, "pdnet_format_version": str(FORMAT_VERSION), "pdnet_version": __version__,
+                "pdnet_graph": graph, "input_size": f"{H}x{W}",
+            })
+            data = proto.SerializeToString()
+            temporaries[graph] = _write_temporary(data, out_dir / GRAPH_FILES[graph])
+            seconds[graph] = time.perf_counter() - t0
+            sizes[graph] = len(data)
+            graphs[graph] = {
+                "file": GRAPH_FILES[graph],
+                "inputs": _value_infos(proto.graph.input),
+                "outputs": _value_infos(proto.graph.output),
+            }
+            del proto, data
+        errors = None
+        test_seconds = None
+        if check:
+            t0 = time.perf_counter()
+            for path in temporaries.values():
+                onnx.checker.check_model(str(path), full_check=True)
+            errors = _self_test(src, temporaries, size)
+            test_seconds = time.perf_counter() - t0
+            bad = [
+                f"{GRAPH_FILES[g]} output {o}: {e:.3g}" for g, outs in errors.items() for o, e in outs.items()
+                if not e <= SELF_TEST_TOLERANCE
+            ]
+            if bad:
+                raise RuntimeError(
+                    "export_onnx: self-test failed, ONNX Runtime differs from pdnet by more than "
+                    f"{SELF_TEST_TOLERANCE:g} x max|pdnet| (max|onnx - pdnet| / max|pdnet|): {'; '.join(bad)}; "
+                    f"nothing was written to {out_dir}"
+                )
+        summary = {g: max(outs.values()) for g, outs in errors.items()} if errors is not None else None
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "pdnet_version": __version__,
+            "torch_version": torch.__version__,
+            "onnx_opset": opset,
+            "input_size": [H, W],
+            "model_config": net.config.to_dict(),
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input": INPUT_DESCRIPTION},
+            "output": dict(OUTPUT_DESCRIPTION),
+            "graphs": graphs,
+            "state": list(STATE_NAMES),
+            "batch_axis": BATCH_AXIS,
+            "checkpoint": source,
+            "self_test": summary,
+        }
+        json_tmp = _write_temporary((json.dumps(meta, indent=2) + "\n").encode(), out_dir / EXPORT_JSON)
+        temporaries["export.json"] = json_tmp
+        # in place: the old export.json goes first, the new one comes last (a folder without it
+        # is an incomplete export)
+        (out_dir / EXPORT_JSON).unlink(missing_ok=True)
+        for graph in GRAPH_FILES:
+            os.replace(temporaries.pop(graph), out_dir / GRAPH_FILES[graph])
+        os.replace(temporaries.pop("export.json"), out_dir / EXPORT_JSON)
+    finally:
+        for tmp in temporaries.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return {
+        "out_dir": str(out_dir),
+        "files": {g: str(out_dir / f) for g, f in GRAPH_FILES.items()},
+        "export_json": str(out_dir / EXPORT_JSON),
+        "sizes": sizes,
+        "export_seconds": seconds,
+        "self_test": summary,
+        "self_test_outputs": errors,
+        "self_test_seconds": test_seconds,
+    }
