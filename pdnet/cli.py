@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pdnet.data.synth.cli", "write a synthetic fake-motion portrait video dataset (DAVIS-2016 layout)"),
     "train": ("pdnet.train.cli", "train PDNet with the release recipe (resumable; multi-GPU via torchrun)"),
     "evaluate": ("pdnet.evaluation.cli", "DAVIS J&F of predicted mask PNGs against ground truth"),
+    "export": ("pdnet.deploy.cli", "export a checkpoint to ONNX graphs and export.json, self-tested with ONNX Runtime"),
 }
 
 #: modules that contribute sub-commands, in help order

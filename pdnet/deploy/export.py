@@ -75,6 +75,10 @@ OUTPUT_DESCRIPTION = {
 }
 
 
+class SelfTestError(RuntimeError):
+    """ONNX Runtime's output differs from pdnet's beyond the self-test's tolerance."""
+
+
 # ---------------------------------------------------------------------------------- graphs
 class _PairGraph(nn.Module):
     """pdnet.onnx: (target, reference) -> logits [B, 1, H, W]."""
@@ -133,12 +137,17 @@ def check_input_size(size: Any) -> tuple[int, int]:
     return h, w
 
 
-def _check_opset(opset: Any) -> int:
+def opset_range() -> tuple[int, int]:
+    """The opsets :func:`export_onnx` accepts: the exporter's lowest to the installed onnx's latest."""
     import onnx
 
-    latest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= latest:
-        raise ValueError(f"export_onnx: opset must be an integer in {MIN_OPSET}..{latest}, got {opset!r}")
+    return MIN_OPSET, onnx.defs.onnx_opset_version()
+
+
+def _check_opset(opset: Any) -> int:
+    low, high = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ValueError(f"export_onnx: opset must be an integer in {low}..{high}, got {opset!r}")
     return opset
 
 
@@ -156,18 +165,20 @@ def _import_onnx(check: bool) -> None:
         )
 
 
-def _existing_outputs(out_dir: Path) -> list[str]:
+def existing_outputs(out_dir: Path) -> list[str]:
+    """The export's file names that ``out_dir`` holds already."""
     return [name for name in (*GRAPH_FILES.values(), EXPORT_JSON) if (out_dir / name).exists()]
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` may be written: not a file, and without the export's files unless ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"export_onnx: output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and not overwrite:
-        found = _existing_outputs(out_dir)
+        found = existing_outputs(out_dir)
         if found:
             raise FileExistsError(
-                f"export_onnx: {out_dir} already holds {', '.join(found)} (overwrite=True, --overwrite, replaces them)"
+                f"export_onnx: {out_dir} already holds {', '.join(found)} (overwrite=True replaces them)"
             )
 
 
@@ -312,15 +323,15 @@ def export_onnx(
         FileExistsError: ``out_dir`` holds one of the files and ``overwrite`` is False.
         FileNotFoundError, pdnet.inference.CheckpointError: the checkpoint (``pdnet.load``).
         ImportError: onnx, onnxscript or (with ``check``) onnxruntime is missing.
-        RuntimeError: the self-test failed (the numbers are in the message; nothing is
-            written).
+        SelfTestError (a RuntimeError): the self-test failed (the numbers are in the
+            message; nothing is written).
     """
     net, source = _resolve_model(model, backbone, parts)
     size = check_input_size(net.config.input_size if input_size is None else input_size)
     _import_onnx(check)
     opset = _check_opset(opset)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
 
     import onnx
 
@@ -380,7 +391,7 @@ def export_onnx(
                 if not e <= SELF_TEST_TOLERANCE
             ]
             if bad:
-                raise RuntimeError(
+                raise SelfTestError(
                     "export_onnx: self-test failed, ONNX Runtime differs from pdnet by more than "
                     f"{SELF_TEST_TOLERANCE:g} x max|pdnet| (max|onnx - pdnet| / max|pdnet|): {'; '.join(bad)}; "
                     f"nothing was written to {out_dir}"
