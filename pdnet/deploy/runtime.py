@@ -59,13 +59,17 @@ class OnnxFolderError(ValueError):
 
 # ---------------------------------------------------------------------------- resizing
 def _source_positions(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-    """Where each output sample of a bilinear resize reads the input (float64 [out_size])."""
-    dst = np.arange(out_size, dtype=np.float64)
+    """Where each output sample of a bilinear resize reads the input: float32 [out_size],
+    computed in float32 as PyTorch's CPU kernels do (so the weights are theirs, bit for bit)."""
+    dst = np.arange(out_size, dtype=np.float32)
     if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        return dst * scale
-    scale = in_size / out_size
-    return np.maximum((dst + 0.5) * scale - 0.5, 0.0)  # half-pixel centres, clamped at the first sample
+        scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0.0)
+        return scale * dst
+    scale = np.float32(in_size) / np.float32(out_size)
+    # scale * (dst + 0.5) - 0.5 rounded once, as a fused multiply-add does (PyTorch's kernels are compiled with
+    # FMA contraction): the float64 product of two float32 numbers is exact, the difference too at these sizes
+    src = (np.float64(scale) * (dst.astype(np.float64) + 0.5) - 0.5).astype(np.float32)
+    return np.maximum(src, np.float32(0.0))  # half-pixel centres, clamped at the first sample
 
 
 def bilinear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,8 +89,8 @@ def bilinear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.
     src = _source_positions(in_size, out_size, align_corners)
     lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    frac = np.clip(src - lo, 0.0, 1.0).astype(np.float32)
-    return lo, hi, frac
+    frac = np.clip(src - lo.astype(np.float32), np.float32(0.0), np.float32(1.0))
+    return lo, hi, frac.astype(np.float32, copy=False)
 
 
 def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
