@@ -1,0 +1,178 @@
+"""bench/bench_fps.py: its rows, the peers (ONNX Runtime, torch.compile) and the fast-path options."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pdnet
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_fps.py"
+#: the tiny run every test starts from (one thread: the CI machine has two cores)
+TINY = ("--backbone", "resnet18", "--size", "64", "--batch", "2", "--iters", "2", "--warmup", "0", "--threads", "1")
+ROW_FIELDS = {
+    "bench", "time", "host", "device", "commit", "torch", "versions", "threads", "size", "ops_backends", "random_bn",
+    "backbone", "path", "mode", "batch", "includes_io", "iters", "warmup", "fps", "fps_best", "latency_ms",
+    "same_frames", "same_preprocess", "scope", "engine", "precision", "channels_last", "cuda_graphs",
+    "reference_cached", "first_call_s", "loadavg", "command",
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_fps", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_main(bench, tmp_path):
+    """bench.main(argv) writing into tmp_path; returns (exit code, rows written); restores the thread count."""
+    threads = torch.get_num_threads()
+
+    def run(*argv):
+        code = bench.main([*argv, "--out", str(tmp_path)])
+        path = tmp_path / "fps_cpu.jsonl"
+        return code, [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    yield run
+    torch.set_num_threads(threads)
+
+
+def by_path(rows, mode):
+    return {r["path"]: r for r in rows if r["mode"] == mode}
+
+
+def check_common(rows, bench, command_has):
+    for r in rows:
+        assert ROW_FIELDS <= r.keys(), ROW_FIELDS - r.keys()
+        assert r["threads"] == 1 and r["size"] == 64 and r["backbone"] == "resnet18"
+        assert r["versions"]["torch"] == torch.__version__
+        assert r["random_bn"] == bench.RANDOM_BN
+        assert r["scope"] == bench.SCOPE and r["same_frames"] and r["same_preprocess"]
+        assert r["fps"] > 0 and r["fps_best"] > 0 and r["first_call_s"] > 0
+        assert r["batch"] == (1 if r["mode"] == "streaming" else 2)
+        assert command_has in r["command"]
+
+
+def test_fast_and_reference_rows(run_main, bench):
+    code, rows = run_main(*TINY)
+    assert code == 0
+    assert {(r["path"], r["mode"]) for r in rows} == {(p, m) for p in ("reference", "fast")
+                                                       for m in ("streaming", "batched")}
+    check_common(rows, bench, "--backbone resnet18")
+    for mode in ("streaming", "batched"):
+        rows_m = by_path(rows, mode)
+        fast, ref = rows_m["fast"], rows_m["reference"]
+        assert fast["reference_cached"] and not ref["reference_cached"]
+        assert fast["precision"] == "float32" and not fast["compile"] and fast["quantize"] is None
+        # the same function: the reference path and the fast path agree on the same frames
+        assert ref["max_prob_diff_vs_fast"] < 1e-4 and fast["max_prob_diff_vs_fast"] == 0
+        assert fast["speedup_vs_reference"] == pytest.approx(fast["fps"] / ref["fps"])
+        assert fast["speedup_best_vs_reference"] == pytest.approx(fast["fps_best"] / ref["fps_best"])
+        assert not any(k.startswith("fast_vs_") for k in fast)  # no peers asked for
+
+
+def test_random_batchnorm(bench):
+    model = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bench.randomize_batchnorm(model) == len(bns) > 20
+    mean = torch.cat([m.running_mean for m in bns])
+    var = torch.cat([m.running_var for m in bns])
+    assert -0.2 <= mean.min() < -0.1 and 0.1 < mean.max() <= 0.2
+    assert 0.5 <= var.min() < 0.7 and 1.8 < var.max() <= 2.0
+    again = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
+    bench.randomize_batchnorm(again)
+    assert torch.equal(torch.cat([m.running_var for m in again.modules() if isinstance(m, torch.nn.BatchNorm2d)]),
+                       var)  # seeded: every run benchmarks the same model
+
+
+def test_ratios_and_table(bench, capsys):
+    def row(path, fps, best, mode="streaming", io=False):
+        return {"backbone": "resnet50", "path": path, "mode": mode, "batch": 1, "precision": "float32",
+                "includes_io": io, "fps": fps, "fps_best": best, "latency_ms": {"median": 1000 / fps}}
+
+    rows = [row("reference", 2, 2.5), row("fast", 6, 7), row("fast-compile", 9, 10), row("ort", 4, 5),
+            row("compile-freeze", 3, 3.5), row("fast", 100, 100, mode="batched"), row("ort", 50, 40, mode="batched"),
+            row("fast", 5, 5, mode="e2e", io=True)]
+    bench.add_ratios(rows)
+    fast, fc, e2e, fast_b = rows[1], rows[2], rows[7], rows[5]
+    assert fast["fast_vs_ort"] == 1.5 and fast["fast_vs_ort_best"] == 1.4
+    assert fast["fast_vs_compile_freeze"] == 2 and fast["fast_vs_compile_freeze_best"] == 2
+    assert fast["speedup_vs_reference"] == 3 and fast["speedup_best_vs_reference"] == 2.8
+    assert fc["fast_vs_ort"] == 2.25 and fc["speedup_vs_fast"] == 1.5 and "fast_vs_compile" not in fc
+    assert fast_b["fast_vs_ort"] == 2 and fast_b["fast_vs_ort_best"] == 2.5 and "speedup_vs_reference" not in fast_b
+    assert not any(k.startswith(("fast_vs", "speedup")) for r in (rows[0], rows[3], rows[4], e2e) for k in r)
+    bench.print_table(rows)
+    out = capsys.readouterr().out
+    assert "| resnet50 | streaming | 1 | ort | float32 | 4.00 | 5.00 | 250.0 | 1.50x |" in out
+    assert "resnet50 batched: fast/ort = 2.00x (throughput), 2.50x (best call of each)" in out
+    assert "e2e" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--iters", "0"), "--iters must be >= 1"),
+    (("--calib-clips", "0"), "--calib-clips must be >= 1"),
+    (("--peers", "tflite"), "invalid choice: 'tflite'"),
+])
+def test_bad_arguments(run_main, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        run_main(*TINY, *argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bf16_rows_carry_accuracy(run_main, bench):
+    from pdnet.inference.cpu import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    code, rows = run_main(*TINY, "--paths", "fast", "--modes", "streaming", "--dtype", "bfloat16",
+                          "--accuracy-clips", "1", "--clip-frames", "3", "--no-random-bn")
+    assert code == 0 and len(rows) == 1
+    r = rows[0]
+    assert r["precision"] == "bfloat16" and r["random_bn"] is False
+    assert 0 < r["jf_vs_fp32"] <= 1 and r["jf_vs_fp32"] == r["accuracy_vs_fp32"]["JF"]
+    assert 0 < r["mean_prob_diff_vs_fp32"] < 0.05 and r["accuracy_vs_fp32"]["frames"] == 3
+    assert r["accuracy_clips"]["indices"] == [bench.ACCURACY_FIRST_INDEX, bench.ACCURACY_FIRST_INDEX + 1]
+    assert 0 < r["max_prob_diff_vs_fast"] <= 1  # not 0: against the fp32 fast path built for the comparison
+
+
+@pytest.mark.slow
+def test_ort_peer_rows(run_main, bench):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime
+
+    code, rows = run_main(*TINY, "--paths", "fast", "--peers", "ort")
+    assert code == 0
+    assert {(r["path"], r["mode"]) for r in rows} == {(p, m) for p in ("fast", "ort") for m in ("streaming", "batched")}
+    check_common(rows, bench, "--peers ort")
+    for mode in ("streaming", "batched"):
+        rows_m = by_path(rows, mode)
+        fast, ort = rows_m["fast"], rows_m["ort"]
+        # equal work: the same frames, preprocessing, cached reference state, output
+        assert ort["reference_cached"] and ort["same_frames"] and ort["same_preprocess"]
+        assert ort["engine"] == "onnxruntime" and ort["precision"] == "float32"
+        assert ort["providers"] == ["CPUExecutionProvider"] and ort["opset"] == 18
+        assert ort["intra_op_num_threads"] == 1 and ort["graph_optimization_level"] == "ORT_ENABLE_ALL"
+        assert ort["versions"]["onnxruntime"] == onnxruntime.__version__ and ort["export_s"] > 0
+        assert ort["max_prob_diff_vs_fast"] < 1e-4  # the same function, computed by ONNX Runtime
+        assert fast["fast_vs_ort"] == pytest.approx(fast["fps"] / ort["fps"])
+        assert fast["fast_vs_ort_best"] == pytest.approx(fast["fps_best"] / ort["fps_best"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["compile", "compile-freeze"])
+def test_compile_peer_rows(run_main, bench, peer):
+    code, rows = run_main(*TINY, "--paths", "fast", "--modes", "streaming", "--peers", peer)
+    assert code == 0
+    check_common(rows, bench, f"--peers {peer}")
+    fast, comp = by_path(rows, "streaming")["fast"], by_path(rows, "streaming")[peer]
+    assert comp["engine"] == "torch.compile (PDNet)" and comp["reference_cached"] and comp["channels_last"]
+    assert comp["compile"] == {"backend": "inductor", "dynamic": False, "freezing": peer == "compile-freeze",
+                               "options": "defaults" + (" + freezing" if peer == "compile-freeze" else "")}
+    assert comp["max_prob_diff_vs_fast"] < 1e-4
+    assert comp["first_call_s"] > comp["latency_ms"]["min"] / 1e3  # the first call compiled
+    assert fast[f"fast_vs_{bench.key(peer)}"] == pytest.approx(fast["fps"] / comp["fps"])
