@@ -98,21 +98,22 @@ def winograd_available() -> bool:
     return _OP_DEFINED
 
 
-def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
-    """The F(4x4, 3x3) weights U [36, Cin, Cout] (float32) of a 3x3 kernel.
+def winograd_weights(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The F(4x4, 3x3) weights U [36, Cin, Cout] of a 3x3 kernel.
 
     Args:
         weight (Tensor[Cout, Cin, 3, 3]): the convolution's weights (any float dtype).
+        dtype: the dtype of U (the op takes float32).
 
     Returns:
-        Tensor[36, Cin, Cout] float32 on weight's device: U[6 i + j, ci, co] = (G g G^T)[i, j]
-        for g = weight[co, ci], computed in float64 and rounded once.
+        Tensor[36, Cin, Cout] on weight's device: U[6 i + j, ci, co] = (G g G^T)[i, j] for
+        g = weight[co, ci], computed in float64 and rounded once to ``dtype``.
     """
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weights: expected weights [Cout, Cin, 3, 3], got {list(weight.shape)}")
     g = G.to(weight.device)
     u = torch.einsum("ia,ocab,jb->ijco", g, weight.detach().double(), g)  # [6, 6, Cin, Cout]
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
 
 
 # ---------------------------------------------------------------- the transforms in torch ops
@@ -197,6 +198,12 @@ def _fake(x, U, bias, relu, out_channels, residual=None):
         U.dim() == 3 and U.shape[0] == 36 and U.shape[1] == x.shape[1] and U.shape[2] == out_channels,
         lambda: f"pdnet::winograd_conv3x3: U must be (36, {x.shape[1]}, {out_channels}), got {list(U.shape)}",
     )
+    for name, t in (("U", U), ("bias", bias), ("residual", residual)):
+        torch._check(
+            t is None or (t.device == x.device and t.dtype == x.dtype),
+            lambda name=name, t=t: f"pdnet::winograd_conv3x3: {name} ({t.dtype} on {t.device}) and x "
+            f"({x.dtype} on {x.device}) must be on the same device and have the same dtype",
+        )
     n, _, h, w = x.shape
     out = torch.empty(
         (n, out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last
