@@ -111,9 +111,10 @@ def winograd_weights(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -
     """
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weights: expected weights [Cout, Cin, 3, 3], got {list(weight.shape)}")
-    g = G.to(weight.device)
-    u = torch.einsum("ia,ocab,jb->ijco", g, weight.detach().double(), g)  # [6, 6, Cin, Cout]
-    return u.reshape(36, weight.shape[1], weight.shape[0]).to(dtype).contiguous()
+    cout, cin = weight.shape[:2]
+    kron = torch.kron(G, G).to(weight.device)  # [36, 9]: kron[6 i + j, 3 a + b] = G[i, a] G[j, b]
+    w = weight.detach().double().permute(2, 3, 1, 0).reshape(9, cin * cout)  # [9, Cin * Cout]
+    return (kron @ w).reshape(36, cin, cout).to(dtype)
 
 
 # ---------------------------------------------------------------- the transforms in torch ops
