@@ -1,7 +1,7 @@
 // CPU kernel of pdnet::winograd_conv3x3 (algorithm and cores: winograd.h, winograd_vec.h).
 //
-// The tiles are processed in blocks of `tiles_per_block` (all 36 planes of the block's V and M
-// stay in the core's L2 cache): each worker thread takes a block, transforms its input patches
+// The tiles are processed in blocks of tiles_per_block() tiles (all 36 planes of the block's V
+// and M stay in the core's L2 cache): each worker thread takes a block, transforms its input patches
 // into V, runs the 36 GEMMs into M, and transforms M into the output pixels, with per-thread
 // scratch kept between calls. The whole image in one block ("three passes") is the other
 // option: V for every tile, the GEMMs by at::bmm (MKL / oneDNN), then the output transform.
@@ -24,16 +24,20 @@
 namespace pdnet::ops {
 namespace {
 
-// Tiles per block: V and M of a block (36 * tiles * (Cin + Cout) floats) within about 512 KiB,
-// a multiple of the GEMM's 6 rows, at least 12 and at most 120 tiles.
-int64_t tiles_per_block(int64_t Cin, int64_t Cout) {
+// Tiles per block: V and M of a block (36 * tiles * (Cin + Cout) floats) within about 1.5 MiB
+// (the L2 cache of a core is 1-2 MiB), at most 96 tiles (larger blocks measured no faster), at
+// least 24 (the GEMM reads all of U once per block), a multiple of the GEMM's 6 rows, and small
+// enough that every thread gets a block.
+int64_t tiles_per_block(int64_t tiles, int64_t Cin, int64_t Cout) {
   if (const char* env = std::getenv("PDNET_WINOGRAD_TILES")) {
     const long v = std::strtol(env, nullptr, 10);
     if (v >= 0) return v;
   }
-  const int64_t budget = 512 * 1024 / 4;
-  const int64_t t = budget / (36 * std::max<int64_t>(1, Cin + Cout)) / 6 * 6;
-  return std::clamp<int64_t>(t, 12, 120);
+  const int64_t budget = 3 * 512 * 1024 / 4;
+  int64_t t = std::clamp<int64_t>(budget / (36 * std::max<int64_t>(1, Cin + Cout)), 24, 96);
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  t = std::min(t, (tiles + threads - 1) / threads);
+  return std::max<int64_t>(6, (t + 5) / 6 * 6);
 }
 
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& U, const std::optional<at::Tensor>& bias,
@@ -57,7 +61,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& U, const 
   const float* bp = bc.defined() ? bc.const_data_ptr<float>() : nullptr;
   const float* rp = rc.defined() ? rc.const_data_ptr<float>() : nullptr;
   float* op = out.mutable_data_ptr<float>();
-  const int64_t tb = tiles_per_block(Cin, Cout);
+  const int64_t tb = tiles_per_block(T, Cin, Cout);
   if (tb == 0) {  // three passes over the whole image
     at::Tensor V = at::empty({36, T, Cin}, x.options());
     float* vp = V.mutable_data_ptr<float>();
