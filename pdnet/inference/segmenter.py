@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from .._device import parse_device
 from ..model import PDNet, ReferenceState
+from ..model.layers import upsample
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .cpu import check_cpu_bf16
 from .fused import FastPDNet
 
 FrameLike = torch.Tensor | np.ndarray
@@ -31,7 +33,9 @@ _DTYPES = {
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``None`` / ``"auto"``: bfloat16 on CUDA devices that support it, float16 on older ones, float32 elsewhere.
 
-    An explicit bfloat16 on a CUDA device without bfloat16 support is a ValueError.
+    An explicit bfloat16 on a CUDA device without bfloat16 support is a ValueError, and so
+    is bfloat16 on a CPU without native bf16 (:func:`pdnet.inference.cpu.cpu_bf16_supported`:
+    AVX-512 BF16 or AMX on x86), where oneDNN would emulate it, slower than float32.
     """
     if isinstance(dtype, torch.dtype):
         out = dtype
@@ -48,6 +52,8 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     if out == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"dtype bfloat16 is not supported by {device} ({torch.cuda.get_device_name(device)}); "
                          "use float16 or float32")
+    if out == torch.bfloat16 and device.type == "cpu":
+        check_cpu_bf16(device)
     return out
 
 
@@ -181,6 +187,20 @@ class VideoSegmenter:
             as a CUDA graph per frame size and batch (default: True on CUDA with ``fast``).
         input_size: (H, W) the frames are resized to (default: the model config's
             ``input_size``, 480x480 for the release).
+        compile: CPU only, with ``fast``: the per-frame step and the reference encoder run
+            through ``torch.compile`` (Inductor) with frozen weights, compiled at the
+            first call of each batch size (see :mod:`pdnet.inference.cpu`). The weights
+            are constants of the compiled code: changing the model's weights later needs
+            a new segmenter. On CUDA the fast path replays CUDA graphs instead (refused).
+        quantize: ``None`` or ``"int8"`` (CPU only, with ``fast`` and float32): the
+            per-frame step is quantised after training with torchao's PT2E flow
+            (X86InductorQuantizer), calibrated on ``calibration`` at construction, and
+            compiled with Inductor (oneDNN int8 kernels); the reference encoder (once per
+            clip) stays float32: eager, or compiled with ``compile=True``. Needs torchao
+            (the ``deploy`` extra).
+        calibration: with ``quantize``: an iterable of clips, each uint8 numpy array or
+            tensor [T, H, W, 3] or [T, 3, H, W], its first frame the reference; a few
+            clips of the kind of video to segment (e.g. 4 clips of 8 frames).
     """
 
     def __init__(
@@ -192,6 +212,9 @@ class VideoSegmenter:
         channels_last: bool | None = None,
         cuda_graphs: bool | None = None,
         input_size: int | tuple[int, int] | None = None,
+        compile: bool = False,
+        quantize: str | None = None,
+        calibration=None,
     ) -> None:
         if not isinstance(model, PDNet):
             raise TypeError(f"VideoSegmenter: model must be a pdnet.PDNet, got {type(model).__name__}")
@@ -213,6 +236,9 @@ class VideoSegmenter:
         if use_graphs and not self.fast:
             raise ValueError("cuda_graphs=True needs fast=True")
         self.cuda_graphs = use_graphs
+        calibration = self._check_cpu_options(bool(compile), quantize, calibration)
+        self.quantize: str | None = quantize
+        self.compile = bool(compile)
         model.eval()
         if self.fast:
             net = FastPDNet(model).to(device=self.device, dtype=self.dtype)
@@ -224,6 +250,47 @@ class VideoSegmenter:
         self.model_dtype = next(self.net.parameters()).dtype
         self.state: ReferenceState | None = None
         self._graphed = CudaGraphRunner(self._infer) if self.cuda_graphs else None
+        self._step = self._encode = None  # compiled graphs (compile / quantize)
+        self.calibration_frames = 0
+        if self.compile:
+            from .cpu import compile_fast
+
+            self._step, self._encode = compile_fast(self.net, self.input_size)
+        if quantize == "int8":
+            from .cpu import quantize_step_int8
+
+            self._step, self.calibration_frames = quantize_step_int8(
+                self.net, self.input_size, calibration, self._input, self._encode_eager
+            )
+
+    def _check_cpu_options(self, compile: bool, quantize: str | None, calibration) -> list[torch.Tensor] | None:
+        """Validate compile / quantize / calibration; returns the calibration clips, checked."""
+        if quantize is not None:
+            if quantize != "int8":
+                raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+            if self.device.type != "cpu":
+                raise ValueError(f"quantize='int8' runs on the CPU only (oneDNN int8 kernels), got {self.device}")
+            if not self.fast:
+                raise ValueError("quantize='int8' needs fast=True")
+            if self.dtype != torch.float32:
+                raise ValueError(f"quantize='int8' keeps the non-quantised ops in float32: use dtype float32, "
+                                 f"got {str(self.dtype).removeprefix('torch.')}")
+            if calibration is None:
+                raise ValueError("quantize='int8' needs calibration clips: calibration=[clip, ...], "
+                                 "each uint8 [T, H, W, 3] or [T, 3, H, W]")
+            from .cpu import check_torchao, checked_clips
+
+            check_torchao()
+            calibration = checked_clips(calibration, "calibration clip")
+        elif calibration is not None:
+            raise ValueError("calibration is only used with quantize='int8'")
+        if compile:
+            if self.device.type != "cpu":
+                raise ValueError(f"compile=True is for the CPU (Inductor with frozen weights), got "
+                                 f"{self.device}; on CUDA the fast path replays CUDA graphs (cuda_graphs=True)")
+            if not self.fast:
+                raise ValueError("compile=True needs fast=True")
+        return calibration
 
     # ------------------------------------------------------------------ internals
     def _autocast(self):
@@ -240,6 +307,8 @@ class VideoSegmenter:
         """frames [B, 3, H, W] on the device -> probabilities Tensor[B, 1, H, W] float32."""
         x = self._input(frames)
         size = tuple(frames.shape[-2:])
+        if self._step is not None:  # compiled: logits at stride 4, upsampled as FastPDNet.forward does
+            return torch.sigmoid(upsample(self._step(x, keys, values), size).float())
         with self._autocast():
             if self.fast:
                 logits = self.net(x, keys, values, size)
@@ -268,9 +337,17 @@ class VideoSegmenter:
         if t.shape[0] != 1:
             raise ValueError(f"encode_reference takes one frame, got a batch of {t.shape[0]}")
         x = self._input(t)
+        if self._encode is not None:
+            keys, values = self._encode(x)
+            return ReferenceState(keys, values, self.input_size)
         with self._autocast():
             state = self.net.encode_reference(x)  # FastPDNet and PDNet share this method
         return ReferenceState(state.keys, state.values, self.input_size)
+
+    def _encode_eager(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model input [1, 3, H, W] -> (keys, values) with the uncompiled net."""
+        state = self.net.encode_reference(x)
+        return state.keys, state.values
 
     def set_reference(self, frame: FrameLike) -> ReferenceState:
         """Encode ``frame`` and keep it as the reference of the following :meth:`step` calls."""
