@@ -143,6 +143,7 @@ def bench_layers(args, out) -> None:
                     "winograd_ms": res["winograd"][0], "winograd_ms_median": res["winograd"][1],
                     "speedup": res["direct"][0] / res["winograd"][0],
                     "speedup_median": res["direct"][1] / res["winograd"][1],
+                    "rule_uses_winograd": tiles * wg.TILE_CHANNEL_RATIO >= cin * cout,
                 }
                 print(f"size {size} b{batch} {cin}->{cout} {h}x{w} (x{count}, {tiles} tiles): direct "
                       f"{row['direct_ms']:.2f} ms ({gflop / row['direct_ms'] * 1e3:.0f} GFLOP/s), winograd "
@@ -214,7 +215,7 @@ def bench_network(args, out) -> None:
             row = {
                 **base_row(args), "part": "network", "backbone": "resnet50", "size": size, "batch": batch,
                 "precision": "float32", "channels_last": True, "converted_convs": converted,
-                "min_tiles": wg.MIN_TILES, "winograd_vs_eager_max_rel_diff": rel,
+                "rule": f"tiles * {wg.TILE_CHANNEL_RATIO} >= Cin * Cout", "winograd_vs_eager_max_rel_diff": rel,
                 **{f"{k}_ms": v[0] for k, v in res.items()},
                 **{f"{k}_ms_median": v[1] for k, v in res.items()},
                 "winograd_speedup": res["eager"][0] / res["winograd"][0],

@@ -83,11 +83,14 @@ AT = torch.tensor(
     dtype=torch.float64,
 )
 
-#: Winograd pays off against oneDNN's direct convolution (channels_last, float32) when the
-#: image has at least this many 4x4 output tiles per batch (N * ceil(H/4) * ceil(W/4)) and
-#: both channel counts are at least MIN_CHANNELS; measured by bench/bench_winograd.py on a
-#: 2-core AVX-512 Xeon (see docs/performance.md "Winograd (CPU fp32)").
-MIN_TILES = 100
+#: Winograd pays off against oneDNN's direct convolution (channels_last, float32) when U, which
+#: the GEMMs read once per block of tiles, is used for enough tiles: N * ceil(H/4) * ceil(W/4)
+#: * TILE_CHANNEL_RATIO >= Cin * Cout. Measured by bench/bench_winograd.py on a 2-core AVX-512
+#: Xeon (docs/performance.md "Winograd (CPU fp32)"): 2-3.7x faster for every ResNet-50 PDNet
+#: layer with 64-256 channels down to 25 tiles, break-even or slower for 512 channels at 9-64
+#: tiles (U is 38 MB there, 4x the direct convolution's weights).
+TILE_CHANNEL_RATIO = 4096
+#: convert_winograd leaves convolutions with fewer input or output channels alone
 MIN_CHANNELS = 16
 
 _OP_DEFINED = _cpp_backend.LOADED and hasattr(torch.ops.pdnet, "winograd_conv3x3")
@@ -270,19 +273,21 @@ class WinogradConv2d(nn.Module):
     ``weight`` for the direct path.
 
     forward(x, residual=None) returns ``act(conv(x) + bias + residual)`` (act = ReLU when
-    ``relu``). It runs the C++ op on CPU float32 inputs with at least ``min_tiles`` 4x4 output
-    tiles (N * ceil(H/4) * ceil(W/4)), where Winograd is faster than the direct convolution,
-    and ``F.conv2d`` with the kept weights otherwise (other devices and dtypes, small images,
-    or pdnet._C not built). Gradients flow to x and the residual on either path (the op's
-    formula is exact in the Winograd domain); the buffers are not trained.
+    ``relu``). It runs the C++ op on CPU float32 inputs where Winograd is faster than the
+    direct convolution (:meth:`uses_winograd`), and ``F.conv2d`` with the kept weights
+    otherwise (other devices and dtypes, small feature maps, or pdnet._C not built).
+    Gradients flow to x and the residual on either path (the op's formula is exact in the
+    Winograd domain); the buffers are not trained.
 
     Args:
         conv: the convolution to replace (not modified).
         relu: apply ReLU to the result (fused into the output transform).
-        min_tiles: the smallest tile count that runs the Winograd op (default MIN_TILES).
+        min_tiles: run the Winograd op from this many 4x4 output tiles (N * ceil(H/4) *
+            ceil(W/4)) on; None (default): the measured rule, tiles * TILE_CHANNEL_RATIO >=
+            Cin * Cout.
     """
 
-    def __init__(self, conv: nn.Conv2d, relu: bool = False, min_tiles: int = MIN_TILES) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool = False, min_tiles: int | None = None) -> None:
         super().__init__()
         if not _eligible(conv):
             raise ValueError(
@@ -291,6 +296,8 @@ class WinogradConv2d(nn.Module):
             )
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.relu = bool(relu)
+        if min_tiles is None:
+            min_tiles = -(-conv.in_channels * conv.out_channels // TILE_CHANNEL_RATIO)
         self.min_tiles = int(min_tiles)
         self.register_buffer("U", winograd_weights(conv.weight))  # [36, Cin, Cout]
         self.register_buffer("weight", conv.weight.detach().float().clone())  # [Cout, Cin, 3, 3]
@@ -364,7 +371,7 @@ def convert_winograd(
     module: nn.Module,
     *,
     min_channels: int = MIN_CHANNELS,
-    min_tiles: int = MIN_TILES,
+    min_tiles: int | None = None,
     relu_fusion: bool = True,
 ) -> int:
     """Replace the eligible 3x3 convolutions of ``module`` by :class:`WinogradConv2d`, in place.
@@ -384,7 +391,8 @@ def convert_winograd(
 
     Every other eligible convolution is replaced as is (no fusion). Each WinogradConv2d
     chooses per call between the Winograd op and the direct convolution (``min_tiles``, see
-    :class:`WinogradConv2d`), so that small feature maps keep the faster direct path.
+    :class:`WinogradConv2d`; default: the measured rule), so that small feature maps keep the
+    faster direct path.
 
     Returns:
         The number of convolutions converted.

@@ -254,6 +254,12 @@ def test_winograd_conv2d_module():
         m = wg.WinogradConv2d(conv.float(), relu=False, min_tiles=10**6)
         assert not m.uses_winograd(x)
         torch.testing.assert_close(m(x), conv(x))
+    # the measured rule: tiles * TILE_CHANNEL_RATIO >= Cin * Cout
+    big = wg.WinogradConv2d(nn.Conv2d(512, 512, 3, padding=1))
+    assert big.min_tiles == 512 * 512 // wg.TILE_CHANNEL_RATIO
+    assert not big.uses_winograd(torch.empty(1, 512, 10, 10))  # 9 tiles: the direct conv
+    assert big.uses_winograd(torch.empty(1, 512, 32, 32))  # 64 tiles
+    assert wg.WinogradConv2d(nn.Conv2d(64, 64, 3, padding=1)).uses_winograd(torch.empty(1, 64, 4, 4))
     for bad in [
         nn.Conv2d(4, 4, 3, padding=1, stride=2),
         nn.Conv2d(4, 4, 1),
