@@ -70,22 +70,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} already holds {', '.join(found)}: pass --overwrite to replace them")
 
     from ..inference.checkpoint import CheckpointError
-    from ..inference.loading import load
     from .export import export_onnx
 
-    try:
-        model = load(args.checkpoint, device="cpu", backbone=args.backbone, parts=args.parts)
-    except (FileNotFoundError, CheckpointError) as exc:
-        hint = " (--backbone / --parts must match the checkpoint)" if args.backbone or args.parts else ""
-        raise UserError(_one_line(exc) + hint) from None
-    cfg = model.config
-    size = args.input_size or cfg.input_size
     if not args.quiet:
-        print(f"exporting PDNet {cfg.backbone}, p={cfg.parts}, input {size[0]}x{size[1]}, opset {args.opset} to {out}")
+        print(f"exporting {args.checkpoint} (opset {args.opset}) to {out}", flush=True)
     try:
         result = export_onnx(
-            model, out, input_size=size, opset=args.opset, overwrite=args.overwrite, check=not args.no_check,
+            args.checkpoint, out, input_size=args.input_size, opset=args.opset, overwrite=args.overwrite,
+            check=not args.no_check, backbone=args.backbone, parts=args.parts,
         )
+    except (FileNotFoundError, CheckpointError) as exc:  # the checkpoint (pdnet.load)
+        hint = " (--backbone / --parts must match the checkpoint)" if args.backbone or args.parts else ""
+        raise UserError(_one_line(exc) + hint) from None
     except (ValueError, FileExistsError, NotADirectoryError, ImportError, SelfTestError) as exc:
         raise UserError(_one_line(exc).removeprefix("export_onnx: ")) from None
     except OSError as exc:
@@ -93,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         seconds = sum(result["export_seconds"].values())
         files = ", ".join(f"{GRAPH_FILES[g]} ({_size_text(n)})" for g, n in result["sizes"].items())
-        print(f"wrote {files} and {EXPORT_JSON} in {out} ({seconds:.1f} s; from {args.checkpoint})")
+        cfg, (H, W) = result["model_config"], result["input_size"]
+        print(f"PDNet {cfg['backbone']}, p={cfg['parts']}, input {H}x{W}, dynamic batch: wrote {files} and "
+              f"{EXPORT_JSON} in {out} ({seconds:.1f} s)")
         if result["self_test"] is None:
             print("self-test skipped (--no-check)")
         else:

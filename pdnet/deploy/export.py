@@ -313,10 +313,11 @@ def export_onnx(
         backbone, parts: overrides for a checkpoint path (as ``pdnet.load``).
 
     Returns:
-        dict with ``out_dir``, ``files`` {graph: path}, ``export_json`` (path), ``sizes``
-        {graph: bytes}, ``export_seconds`` {graph: seconds}, ``self_test`` {graph: max
-        relative difference over its outputs} (None without ``check``),
-        ``self_test_outputs`` {graph: {output: relative difference}} and ``self_test_seconds``.
+        dict with ``out_dir``, ``input_size`` [H, W], ``model_config`` (dict),
+        ``files`` {graph: path}, ``export_json`` (path), ``sizes`` {graph: bytes},
+        ``export_seconds`` {graph: seconds}, ``self_test`` {graph: max relative
+        difference over its outputs} (None without ``check``), ``self_test_outputs``
+        {graph: {output: relative difference}} and ``self_test_seconds``.
 
     Raises:
         ValueError: a bad input size or opset, or ``backbone`` / ``parts`` with a PDNet.
@@ -338,7 +339,11 @@ def export_onnx(
     from .. import __version__
     from ..inference.fused import FastPDNet
 
-    src = copy.deepcopy(net).to(device="cpu", dtype=torch.float32).eval()
+    first = next(net.parameters())
+    if net.training or first.device.type != "cpu" or first.dtype != torch.float32:
+        src = copy.deepcopy(net).to(device="cpu", dtype=torch.float32).eval()
+    else:
+        src = net  # only read (FastPDNet copies it; the self-test runs it without gradients)
     fast = FastPDNet(src)
     fast.backend = "reference"  # pure PyTorch: standard ONNX operators only
     H, W = size
@@ -427,6 +432,8 @@ def export_onnx(
                 tmp.unlink()
     return {
         "out_dir": str(out_dir),
+        "input_size": [H, W],
+        "model_config": net.config.to_dict(),
         "files": {g: str(out_dir / f) for g, f in GRAPH_FILES.items()},
         "export_json": str(out_dir / EXPORT_JSON),
         "sizes": sizes,
