@@ -25,6 +25,7 @@ as much as reading it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -93,25 +94,28 @@ def bilinear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.
     return lo, hi, frac.astype(np.float32, copy=False)
 
 
+@functools.lru_cache(maxsize=64)
 def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
     """The 1-D bilinear resize ``in_size -> out_size`` as a float32 matrix [out_size, in_size]
-    (two non-zero entries per row; see :func:`bilinear_taps`)."""
+    (two non-zero entries per row; see :func:`bilinear_taps`). Cached: do not modify it."""
     lo, hi, frac = bilinear_taps(in_size, out_size, align_corners)
     m = np.zeros((out_size, in_size), dtype=np.float32)
     rows = np.arange(out_size)
-    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, lo), np.float32(1.0) - frac)
     np.add.at(m, (rows, hi), frac)
+    m.flags.writeable = False
     return m
 
 
 def _resize_axis(x: np.ndarray, axis: int, out_size: int, align_corners: bool, scale: float | None) -> np.ndarray:
-    """Bilinear resize of ``x`` along ``axis`` to ``out_size`` samples, float32.
+    """Bilinear resize of ``x`` along ``axis`` to ``out_size`` samples by two gathers and a
+    blend, float32 (any layout; the cost is that of reading the two gathered arrays).
 
-    uint8 input is gathered first and converted afterwards, as ``float(x) * scale``
-    (the same values as converting the whole array first: the conversion is per element).
+    ``scale``: the samples are divided by it after gathering (uint8 frames: 255), which
+    gives the same values as converting the whole array first (the conversion is per element).
     """
     in_size = x.shape[axis]
-    if in_size == out_size and x.dtype == np.float32:
+    if in_size == out_size and x.dtype == np.float32 and scale is None:
         return x
     lo, hi, frac = bilinear_taps(in_size, out_size, align_corners)
     shape = [1] * x.ndim
@@ -120,10 +124,13 @@ def _resize_axis(x: np.ndarray, axis: int, out_size: int, align_corners: bool, s
     a = np.take(x, lo, axis=axis).astype(np.float32, copy=False)
     b = np.take(x, hi, axis=axis).astype(np.float32, copy=False)
     if scale is not None:
-        a = a / np.float32(scale)
-        b = b / np.float32(scale)
-    # a + (b - a) * frac rounds differently from PyTorch's a * (1 - frac) + b * frac; keep the latter
-    return a * (np.float32(1.0) - frac) + b * frac
+        a /= np.float32(scale)
+        b /= np.float32(scale)
+    # PyTorch's a * (1 - frac) + b * frac (a + (b - a) * frac would round differently)
+    a *= np.float32(1.0) - frac
+    b *= frac
+    a += b
+    return a
 
 
 def resize_bilinear(
@@ -132,26 +139,42 @@ def resize_bilinear(
     """Separable bilinear resize of the two ``axes`` of ``x`` to ``size`` (float32 result).
 
     Equals ``F.interpolate(x, size, mode="bilinear", align_corners=align_corners,
-    antialias=False)`` on the same axes (to float32 rounding). The axis that shrinks the
-    most is resized first, so that the second pass works on the smaller array.
+    antialias=False)`` on the same axes, to float32 rounding (the interpolation weights are
+    PyTorch's, bit for bit). On the last two axes it is two matrix products with the
+    :func:`interpolation_matrix` es (BLAS: the fastest way to upsample a small map to a
+    large frame; a non-finite input spreads along its row and column there); on other
+    axes (channels-last images) two gather-and-blend passes, the axis that shrinks most first.
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
         x = x.astype(np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"resize_bilinear: expected an array of at least 2 dimensions, got shape {x.shape}")
     ah, aw = (a % x.ndim for a in axes)
-    order = sorted(((ah, size[0]), (aw, size[1])), key=lambda t: t[1] / x.shape[t[0]])
+    if ah == aw:
+        raise ValueError(f"resize_bilinear: axes must be two different axes, got {axes}")
+    (h, w), (ho, wo) = (x.shape[ah], x.shape[aw]), (int(size[0]), int(size[1]))
+    if (ah, aw) == (x.ndim - 2, x.ndim - 1):
+        rh = interpolation_matrix(h, ho, align_corners)  # [ho, h]
+        rw = interpolation_matrix(w, wo, align_corners).T  # [w, wo]
+        if ho * h * w + ho * w * wo <= h * w * wo + ho * h * wo:
+            return np.matmul(np.matmul(rh, x), rw)
+        return np.matmul(rh, np.matmul(x, rw))
+    order = sorted(((ah, ho), (aw, wo)), key=lambda t: t[1] / x.shape[t[0]])
     for axis, n in order:
-        x = _resize_axis(x, axis, int(n), align_corners, None)
+        x = _resize_axis(x, axis, n, align_corners, None)
     return x
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, float32: no overflow for large |x|."""
-    x = np.asarray(x, dtype=np.float32)
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    return np.where(x >= 0, np.float32(1.0) / (np.float32(1.0) + e), e / (np.float32(1.0) + e)).astype(
-        np.float32, copy=False
-    )
+    """The logistic function in float32, ``1 / (1 + exp(-x))``, numerically stable: where
+    ``exp(-x)`` overflows (x < -88.7) the result is 0 (the true value is below 1e-38),
+    without a warning; everywhere else the relative error is a few ulp."""
+    t = np.negative(np.asarray(x, dtype=np.float32))  # a new array: computed in place from here
+    with np.errstate(over="ignore"):
+        np.exp(t, out=t)
+    t += np.float32(1.0)
+    return np.reciprocal(t, out=t)
 
 
 def to_uint8(probs: np.ndarray) -> np.ndarray:
@@ -352,8 +375,10 @@ class OnnxSegmenter:
             order = sorted(((1, h), (2, w)), key=lambda t: t[1] / batch.shape[t[0]])
             x = _resize_axis(x, order[0][0], order[0][1], False, scale)
             x = _resize_axis(x, order[1][0], order[1][1], False, None)
-        x = (x - self.mean) / self.std  # [B, h, w, 3]
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # [B, 3, h, w]
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # [B, 3, h, w], a new array
+        x -= self.mean[:, None, None]
+        x /= self.std[:, None, None]
+        return x
 
     # ------------------------------------------------------------------ public API
     def encode_reference(self, frame: np.ndarray) -> dict[str, np.ndarray]:
