@@ -67,6 +67,7 @@ import argparse
 import copy
 import datetime as _dt
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -183,6 +184,39 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> int:
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
                 n += 1
     return n
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the state dict (names and bytes): which model an export folder holds."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def onnx_export(model: pdnet.PDNet, size: tuple[int, int], opset: int, cache: str | None):
+    """The model exported by :func:`pdnet.deploy.export_onnx` -> (folder, seconds or None when reused, cleanup).
+
+    Without ``cache``, into a temporary folder; with it, into
+    ``cache/<backbone>-<H>x<W>-opset<N>-<weights hash>``, reused when already there.
+    """
+    try:
+        from pdnet.deploy import export_onnx
+    except ImportError as e:
+        raise SystemExit(f"bench_fps.py: --peers ort needs pdnet.deploy.export_onnx and onnxruntime "
+                         f"(pip install -e \".[deploy]\"): {e}") from None
+    if cache is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_fps_onnx_")
+        folder, cleanup = Path(tmp.name), tmp.cleanup
+    else:
+        name = f"{model.config.backbone}-{size[0]}x{size[1]}-opset{opset}-{model_fingerprint(model)}"
+        folder, cleanup = Path(cache) / name, (lambda: None)
+        if (folder / "export.json").is_file():
+            return folder, None, cleanup
+    t0 = time.perf_counter()
+    export_onnx(model, folder, input_size=size, opset=opset, overwrite=True, check=False)
+    return folder, time.perf_counter() - t0, cleanup
 
 
 def reference_step(model, frames, ref_frame, size):
@@ -395,6 +429,9 @@ def main(argv=None) -> int:
     ap.add_argument("--random-bn", action=argparse.BooleanOptionalAction, default=True,
                     help="random BatchNorm running statistics (default), so that folding them matters")
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset of the ort peer's export")
+    ap.add_argument("--onnx-cache", default=None,
+                    help="keep the ort peer's export in this folder (one subfolder per backbone, size, opset and "
+                         "weights hash) and reuse it in later runs (default: a temporary folder)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--e2e", action="store_true", help="also time segment_video on a synthetic clip")
@@ -501,20 +538,13 @@ def main(argv=None) -> int:
                     "held_out_from_calibration": True}
                 print(f"  {backbone} {v}: J&F vs fp32 {extras_of[v]['jf_vs_fp32']}, mean |prob diff| "
                       f"{extras_of[v]['mean_prob_diff_vs_fp32']}")
-        peer_objs, tmp = {}, None
+        peer_objs, cleanup = {}, None
         if "ort" in peers:
-            try:
-                from pdnet.deploy import export_onnx
-            except ImportError as e:
-                raise SystemExit(f"bench_fps.py: --peers ort needs pdnet.deploy.export_onnx and onnxruntime "
-                                 f"(pip install -e \".[deploy]\"): {e}") from None
-            tmp = tempfile.TemporaryDirectory(prefix="bench_fps_onnx_")
-            t0 = time.perf_counter()
-            export_onnx(model, tmp.name, input_size=size, opset=args.opset, overwrite=True, check=False)
-            export_s = time.perf_counter() - t0
-            peer_objs["ort"] = OrtPeer(Path(tmp.name), device, size, torch.get_num_threads())
+            folder, export_s, cleanup = onnx_export(model, size, args.opset, args.onnx_cache)
+            peer_objs["ort"] = OrtPeer(folder, device, size, torch.get_num_threads())
             extras_of["ort"] = {"engine": "onnxruntime", "precision": "float32", "channels_last": False,
-                                "cuda_graphs": False, "export_s": export_s, **peer_objs["ort"].info}
+                                "cuda_graphs": False, "export_s": export_s, "export_reused": export_s is None,
+                                **peer_objs["ort"].info}
         for peer in ("compile", "compile-freeze"):
             if peer in peers:
                 peer_objs[peer] = CompilePeer(model, device, size, channels_last, freezing=peer == "compile-freeze")
@@ -572,8 +602,8 @@ def main(argv=None) -> int:
                           + (", overlay H.264 encode" if args.overlay else ""),
                     "iters": res["frames"], "fps": res["fps"], "precision": str(seg.dtype).replace("torch.", ""),
                     "channels_last": seg.channels_last, "cuda_graphs": seg.cuda_graphs, "reference_cached": True})
-        if tmp is not None:
-            tmp.cleanup()
+        if cleanup is not None:
+            cleanup()
         del model, segs, ref_model, peer_objs, fp32_seg
 
     add_ratios(rows)

@@ -139,13 +139,27 @@ def test_bf16_rows_carry_accuracy(run_main, bench):
     assert 0 < r["max_prob_diff_vs_fast"] <= 1  # not 0: against the fp32 fast path built for the comparison
 
 
+def test_model_fingerprint(bench):
+    a = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
+    b = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
+    b.load_state_dict(a.state_dict())
+    assert bench.model_fingerprint(a) == bench.model_fingerprint(b)
+    bench.randomize_batchnorm(b)
+    assert bench.model_fingerprint(a) != bench.model_fingerprint(b)  # buffers count, not only parameters
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert bench.model_fingerprint(a) != bench.model_fingerprint(b)
+
+
 @pytest.mark.slow
-def test_ort_peer_rows(run_main, bench):
+def test_ort_peer_rows(run_main, bench, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     import onnxruntime
 
-    code, rows = run_main(*TINY, "--paths", "fast", "--peers", "ort")
+    cache = tmp_path / "onnx"
+    code, rows = run_main(*TINY, "--paths", "fast", "--peers", "ort", "--onnx-cache", str(cache))
     assert code == 0
     assert {(r["path"], r["mode"]) for r in rows} == {(p, m) for p in ("fast", "ort") for m in ("streaming", "batched")}
     check_common(rows, bench, "--peers ort")
@@ -157,10 +171,17 @@ def test_ort_peer_rows(run_main, bench):
         assert ort["engine"] == "onnxruntime" and ort["precision"] == "float32"
         assert ort["providers"] == ["CPUExecutionProvider"] and ort["opset"] == 18
         assert ort["intra_op_num_threads"] == 1 and ort["graph_optimization_level"] == "ORT_ENABLE_ALL"
-        assert ort["versions"]["onnxruntime"] == onnxruntime.__version__ and ort["export_s"] > 0
+        assert ort["versions"]["onnxruntime"] == onnxruntime.__version__
+        assert ort["export_s"] > 0 and not ort["export_reused"]
         assert ort["max_prob_diff_vs_fast"] < 1e-4  # the same function, computed by ONNX Runtime
         assert fast["fast_vs_ort"] == pytest.approx(fast["fps"] / ort["fps"])
         assert fast["fast_vs_ort_best"] == pytest.approx(fast["fps_best"] / ort["fps_best"])
+    (folder,) = cache.iterdir()  # one export, named by the model
+    assert folder.name.startswith("resnet18-64x64-opset18-") and (folder / "step.onnx").is_file()
+    code, again = run_main(*TINY, "--paths", "fast", "--peers", "ort", "--onnx-cache", str(cache), "--modes",
+                           "streaming")
+    ort = by_path(again[len(rows):], "streaming")["ort"]
+    assert code == 0 and ort["export_reused"] and ort["export_s"] is None and ort["max_prob_diff_vs_fast"] < 1e-4
 
 
 @pytest.mark.slow
