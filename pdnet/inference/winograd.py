@@ -343,7 +343,9 @@ class _WinogradBottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.conv2(out)  # bn2 (folded) and the ReLU are in the op
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+        out = self.bn3(self.conv3(out))
+        out += identity  # in place, as torchvision's Bottleneck
+        return self.relu(out)
 
 
 class _WinogradBasicBlock(nn.Module):
