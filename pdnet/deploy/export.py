@@ -2,7 +2,8 @@
 
 :func:`export_onnx` writes, for a fixed input size H x W and a dynamic batch axis:
 
-* ``pdnet.onnx``: (target, reference) -> logits, the whole model, ``model(target, reference)``;
+* ``pdnet.onnx``: (target, reference) -> logits, the whole model, ``model(target, reference)``
+  (the two graphs below joined: encode_reference's keys and values feed step);
 * ``encode_reference.onnx``: reference -> (keys, values), the per-clip state
   (:class:`pdnet.model.ReferenceState`'s tensors);
 * ``step.onnx``: (target, keys, values) -> (logits, logits_stride4), one target frame
@@ -80,18 +81,6 @@ class SelfTestError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------- graphs
-class _PairGraph(nn.Module):
-    """pdnet.onnx: (target, reference) -> logits [B, 1, H, W]."""
-
-    def __init__(self, fast: nn.Module) -> None:
-        super().__init__()
-        self.fast = fast
-
-    def forward(self, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        state = self.fast.encode_reference(reference)  # keys, values [B, p, N, d]
-        return self.fast(target, state.keys, state.values)  # [B, 1, H, W]
-
-
 class _EncodeGraph(nn.Module):
     """encode_reference.onnx: reference -> (keys, values) [B, p, N, d]."""
 
@@ -222,6 +211,62 @@ def _export_graph(module: nn.Module, args: tuple, input_names, output_names, ops
     return program.model_proto
 
 
+def _compose_pair(encode, step):
+    """pdnet.onnx from the two exported graphs: encode_reference's nodes feed step's
+    ``keys`` and ``values``; inputs ``target``, ``reference``, output ``logits``.
+
+    This is ``model(target, reference)`` as FastPDNet computes it (encode_reference, then
+    forward), without tracing the network a third time (about half of the export's time);
+    the weights both graphs hold (same name, same bytes) are stored once, and
+    encode_reference's other names get the prefix ``reference/``."""
+    import onnx
+
+    merged = onnx.ModelProto()
+    merged.CopyFrom(step)
+    g, enc = merged.graph, encode.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in enc.node for a in n.attribute):
+        raise RuntimeError("export_onnx: encode_reference graph has subgraphs, which _compose_pair does not rename")
+    if encode.functions or step.functions:
+        raise RuntimeError("export_onnx: the exported graphs define ONNX functions, which _compose_pair does not merge")
+    own = {t.name: t.SerializeToString() for t in g.initializer}
+    shared = {t.name for t in enc.initializer if own.get(t.name) == t.SerializeToString()}
+    kept = {"", *(i.name for i in enc.input), *STATE_NAMES, *shared}
+
+    def rename(name: str) -> str:
+        return name if name in kept else f"reference/{name}"
+
+    nodes = []
+    for node in enc.node:
+        n = onnx.NodeProto()
+        n.CopyFrom(node)
+        n.name = f"reference/{node.name}"
+        n.input[:] = [rename(x) for x in node.input]
+        n.output[:] = [rename(x) for x in node.output]
+        nodes.append(n)
+    step_nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + step_nodes)  # encode's nodes first: a topological order
+    for t in enc.initializer:
+        if t.name not in shared:
+            c = g.initializer.add()
+            c.CopyFrom(t)
+            c.name = rename(t.name)
+    for v in enc.value_info:
+        c = g.value_info.add()
+        c.CopyFrom(v)
+        c.name = rename(v.name)
+    for v in enc.output:  # keys, values: now values inside the graph
+        g.value_info.add().CopyFrom(v)
+    inputs = [i for i in g.input if i.name not in STATE_NAMES]
+    del g.input[:]
+    g.input.extend([inputs[0], *enc.input])  # target, reference
+    outputs = [o for o in g.output if o.name == "logits"]
+    del g.output[:]
+    g.output.extend(outputs)
+    g.name = "pdnet"
+    return merged
+
+
 def _write_temporary(data: bytes, final: Path) -> Path:
     fd, tmp = temporary_beside(final)
     try:
@@ -275,6 +320,7 @@ def _self_test(model: PDNet, files: Mapping[str, Path], size: tuple[int, int]) -
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
     errors: dict[str, dict[str, float]] = {}
     for graph, path in files.items():
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -354,7 +400,6 @@ def export_onnx(
         state = fast.encode_reference(example_reference)
     state_tensors = tuple(getattr(state, name) for name in STATE_NAMES)
     specs = {
-        "pdnet": (_PairGraph(fast), (example, example_reference), ("target", "reference"), ("logits",)),
         "encode_reference": (_EncodeGraph(fast), (example_reference,), ("reference",), STATE_NAMES),
         "step": (_StepGraph(fast), (example, *state_tensors), ("target", *STATE_NAMES), ("logits", "logits_stride4")),
     }
@@ -364,32 +409,44 @@ def export_onnx(
     graphs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     sizes: dict[str, int] = {}
+
+    def write(graph: str, proto) -> None:
+        proto.doc_string = f"PDNet {graph} graph (pdnet {__version__}); see export.json"
+        onnx.helper.set_model_props(proto, {
+            "pdnet_format": FORMAT, "pdnet_format_version": str(FORMAT_VERSION), "pdnet_version": __version__,
+            "pdnet_graph": graph, "input_size": f"{H}x{W}",
+        })
+        data = proto.SerializeToString()
+        temporaries[graph] = _write_temporary(data, out_dir / GRAPH_FILES[graph])
+        sizes[graph] = len(data)
+        graphs[graph] = {
+            "file": GRAPH_FILES[graph],
+            "inputs": _value_infos(proto.graph.input),
+            "outputs": _value_infos(proto.graph.output),
+        }
+
     try:
+        traced = {}
         for graph, (module, args, input_names, output_names) in specs.items():
             t0 = time.perf_counter()
-            proto = _export_graph(module.eval(), args, input_names, output_names, opset)
-            proto.doc_string = f"PDNet {graph} graph (pdnet {__version__}); see export.json"
-            onnx.helper.set_model_props(proto, {
-                "pdnet_format": FORMAT, "pdnet_format_version": str(FORMAT_VERSION), "pdnet_version": __version__,
-                "pdnet_graph": graph, "input_size": f"{H}x{W}",
-            })
-            data = proto.SerializeToString()
-            temporaries[graph] = _write_temporary(data, out_dir / GRAPH_FILES[graph])
+            traced[graph] = _export_graph(module.eval(), args, input_names, output_names, opset)
+            write(graph, traced[graph])
             seconds[graph] = time.perf_counter() - t0
-            sizes[graph] = len(data)
-            graphs[graph] = {
-                "file": GRAPH_FILES[graph],
-                "inputs": _value_infos(proto.graph.input),
-                "outputs": _value_infos(proto.graph.output),
-            }
-            del proto, data
+        t0 = time.perf_counter()
+        write("pdnet", _compose_pair(traced["encode_reference"], traced["step"]))
+        seconds["pdnet"] = time.perf_counter() - t0
+        del traced
+        graphs = {g: graphs[g] for g in GRAPH_FILES}
+        sizes = {g: sizes[g] for g in GRAPH_FILES}
+        seconds = {g: seconds[g] for g in GRAPH_FILES}
         errors = None
         test_seconds = None
         if check:
             t0 = time.perf_counter()
-            for path in temporaries.values():
+            files = {g: temporaries[g] for g in GRAPH_FILES}
+            for path in files.values():
                 onnx.checker.check_model(str(path), full_check=True)
-            errors = _self_test(src, temporaries, size)
+            errors = _self_test(src, files, size)
             test_seconds = time.perf_counter() - t0
             bad = [
                 f"{GRAPH_FILES[g]} output {o}: {e:.3g}" for g, outs in errors.items() for o, e in outs.items()

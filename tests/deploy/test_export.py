@@ -65,10 +65,16 @@ def exported(tmp_path_factory):
     return model, out, result
 
 
+_SESSIONS: dict[Path, "ort.InferenceSession"] = {}
+
+
 def session(path: Path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """An ONNX Runtime session of ``path`` (one per file of the module's export)."""
+    if path not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        _SESSIONS[path] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[path]
 
 
 def relative(got: np.ndarray, want: torch.Tensor) -> float:
