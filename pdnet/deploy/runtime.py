@@ -19,9 +19,10 @@ The test-time protocol is the torch engine's (:class:`pdnet.inference.VideoSegme
 
 Both resizes are separable: along each axis an output sample is a weighted sum of two
 neighbouring input samples, i.e. a row of an interpolation matrix with two non-zero
-entries (:func:`interpolation_matrix`). They are applied in that sparse form (two
-gathers and a blend per axis), in float32, so that downscaling a large frame costs about
-as much as reading it.
+entries (:func:`interpolation_matrix`), whose weights are computed as PyTorch's kernels
+compute them (float32). The frame is resized in that sparse form (two gathers and a
+blend per axis, channels last), so that downscaling a large frame costs about as much as
+reading it; the small logits map is upsampled by two matrix products (BLAS).
 """
 from __future__ import annotations
 
@@ -323,6 +324,12 @@ class OnnxSegmenter:
         for name in GRAPHS:
             self.sessions[name] = self._open(name, opts, providers)
         self.providers: list[str] = self.sessions["step"].get_providers()
+        produced = [o.name for o in self.sessions["encode_reference"].get_outputs()]
+        taken = [i.name for i in self.sessions["step"].get_inputs()]
+        odd = [n for n in self.state_names if n not in produced or n not in taken]
+        if odd:
+            raise OnnxFolderError(f"{self.folder / META_FILE}: state {list(self.state_names)}: {', '.join(odd)} is not "
+                                  "both an output of encode_reference and an input of step")
         step_inputs = {i.name: i for i in self.sessions["step"].get_inputs()}
         self._state_shape = tuple(step_inputs[self.state_names[0]].shape[1:])  # [p, N, d] (ints when static)
         self.state: dict[str, np.ndarray] | None = None

@@ -1,4 +1,4 @@
-"""``pdnet segment``: segment a video or a folder of frames with a checkpoint.
+"""``pdnet segment``: segment a video or a folder of frames with a checkpoint (or an ONNX export).
 
 Every value is checked before the model is loaded or a file is written, and a bad one
 is a one-line error naming it (exit code 2): the numbers and choices first (no torch

@@ -288,6 +288,8 @@ FOLDERS_BAD = [
      "graphs.encode_reference.outputs ['k', 'v']"),
     ({"edit": _set("graphs.step.file", "encode_reference.onnx")}, OnnxFolderError,
      "inputs ['reference'] do not match"),
+    ({"edit": _set("state", ["keys", "memory"])}, OnnxFolderError,
+     "export.json: state ['keys', 'memory']: memory is not both an output of encode_reference and an input of step"),
 ]
 
 
