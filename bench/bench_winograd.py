@@ -125,15 +125,15 @@ def bench_layers(args, out) -> None:
                 weight = torch.randn(cout, cin, 3, 3) / (3 * cin**0.5)
                 bias = torch.randn(cout)
                 U = wg.winograd_weights(weight)
-                res = interleaved(
-                    {
-                        "direct": lambda x=x, w=weight, b=bias: F.relu(F.conv2d(x, w, b, padding=1), inplace=True),
-                        "winograd": lambda x=x, U=U, b=bias, c=cout: torch.ops.pdnet.winograd_conv3x3(
-                            x, U, b, True, c, None
-                        ),
-                    },
-                    args.rounds,
-                )
+                fns = {
+                    "direct": lambda x=x, w=weight, b=bias: F.relu(F.conv2d(x, w, b, padding=1), inplace=True),
+                    "winograd": lambda x=x, U=U, b=bias, c=cout: torch.ops.pdnet.winograd_conv3x3(
+                        x, U, b, True, c, None
+                    ),
+                }
+                if args.three_pass:  # the whole image in one block: transforms + at::bmm (MKL)
+                    fns["three_pass"] = lambda x=x, U=U, b=bias, c=cout: three_pass(x, U, b, c)
+                res = interleaved(fns, args.rounds)
                 tiles = batch * ((h + 3) // 4) * ((w + 3) // 4)
                 gflop = 2 * batch * cin * cout * 9 * h * w / 1e9
                 row = {
@@ -145,12 +145,24 @@ def bench_layers(args, out) -> None:
                     "speedup_median": res["direct"][1] / res["winograd"][1],
                     "rule_uses_winograd": tiles * wg.TILE_CHANNEL_RATIO >= cin * cout,
                 }
+                if "three_pass" in res:
+                    row["three_pass_ms"], row["three_pass_ms_median"] = res["three_pass"]
                 print(f"size {size} b{batch} {cin}->{cout} {h}x{w} (x{count}, {tiles} tiles): direct "
                       f"{row['direct_ms']:.2f} ms ({gflop / row['direct_ms'] * 1e3:.0f} GFLOP/s), winograd "
-                      f"{row['winograd_ms']:.2f} ms: x{row['speedup']:.2f} (median x{row['speedup_median']:.2f})",
+                      f"{row['winograd_ms']:.2f} ms: x{row['speedup']:.2f} (median x{row['speedup_median']:.2f})"
+                      + (f"; three passes {row['three_pass_ms']:.2f} ms" if "three_pass_ms" in row else ""),
                       flush=True)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
+
+
+def three_pass(x, U, bias, cout):
+    """The op with PDNET_WINOGRAD_TILES=0: V of every tile, at::bmm, then the output transform."""
+    os.environ["PDNET_WINOGRAD_TILES"] = "0"
+    try:
+        return torch.ops.pdnet.winograd_conv3x3(x, U, bias, True, cout, None)
+    finally:
+        del os.environ["PDNET_WINOGRAD_TILES"]
 
 
 class OrtStep:
@@ -241,6 +253,8 @@ def main(argv=None) -> None:
     p.add_argument("--parts", nargs="+", choices=["layers", "network"], default=["layers", "network"])
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds per layer")
     p.add_argument("--net-rounds", type=int, default=6, help="interleaved rounds per network step")
+    p.add_argument("--three-pass", action="store_true",
+                   help="layers: also time the three-pass variant (whole image, at::bmm)")
     p.add_argument("--ort", action="store_true", help="also time ONNX Runtime on the exported step graph")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -110,7 +110,11 @@ def test_bound_detects_a_wrong_transform():
 # ---------------------------------------------------------------------------- the op
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_op_matches_conv(shape, channels_last):
+@pytest.mark.parametrize("tiles", ["0", "6"], ids=["three_pass", "blocks_of_6"])
+def test_op_matches_conv(shape, channels_last, tiles, monkeypatch):
+    """Both algorithms of the kernel: three passes (at::bmm) and tile blocks (own GEMM), here
+    with blocks of 6 tiles so that most shapes have several blocks and a partial last one."""
+    monkeypatch.setenv("PDNET_WINOGRAD_TILES", tiles)
     n, cin, cout, h, w = shape
     for bias, relu, residual in [(True, False, False), (False, True, False), (True, True, True)]:
         x, wt, b, r = make(n, cin, cout, h, w, seed=cin + h, bias=bias, residual=residual)
@@ -126,8 +130,9 @@ def test_op_matches_conv(shape, channels_last):
 
 
 def test_op_large_map_many_threads():
-    """Enough tiles for several blocks per thread (the production path)."""
-    x, wt, b, r = make(2, 64, 64, 40, 36, residual=True)
+    """Enough tiles for the default choice to be tile blocks, several per thread (the production
+    path of large feature maps)."""
+    x, wt, b, r = make(2, 64, 64, 64, 60, residual=True)
     x = x.contiguous(memory_format=torch.channels_last)
     check_bound(op(x, wg.winograd_weights(wt), b, True, 64, r), x, wt, b, True, r)
 
