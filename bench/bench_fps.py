@@ -47,10 +47,15 @@ ratios; every row carries ``max_prob_diff_vs_fast``, the largest probability dif
 from the fp32 fast path on the first call's frames (the same function, computed by each
 engine).
 
-The BatchNorms of the random-weight model get random running statistics (``--random-bn``,
-the default) so that folding them matters; the bf16 and int8 rows carry ``jf_vs_fp32``,
-the J&F of their masks against the fp32 fast path's on ``--accuracy-clips`` synthetic
-clips held out from the calibration clips.
+The model has random weights; its BatchNorm running statistics are estimated on two
+frames of a synthetic clip (``--bn-stats synthetic``, the default: per-channel statistics
+far from 0 and 1, so that folding them matters; ResNet-50's logits stay of order 1-10,
+so that the probabilities compared above mean something, where uniform random statistics
+give logits of 1e5). The timed frames are frames of another
+synthetic clip (pdnet's generator, :mod:`pdnet.data.synth`), its first frame the
+reference. The bf16 and int8 rows carry ``jf_vs_fp32``, the J&F of their masks against
+the fp32 fast path's on ``--accuracy-clips`` synthetic clips held out from the
+calibration clips, and ``mean_prob_diff_vs_fp32``.
 
 Usage::
 
@@ -97,9 +102,18 @@ PEERS = ("ort", "compile", "compile-freeze")
 SCOPE = ("uint8 frames [B, 3, H, W] at the input size on the device -> probabilities [B, 1, H, W]: "
          "pdnet.inference.preprocess (/255, ImageNet normalisation; torch), the network, sigmoid; "
          "reference keys/values computed once before timing (except path reference)")
-#: the synthetic clips of the accuracy check and of the int8 calibration: one seed, disjoint clip indices
-CLIP_SEED, ACCURACY_FIRST_INDEX = 18, 1000
-RANDOM_BN = "running_mean U(-0.2, 0.2), running_var U(0.5, 2.0), torch seed 0"
+#: the synthetic clips (pdnet.data.synth.ClipRenderer), one seed, disjoint clip indices: int8 calibration
+#: [0, --calib-clips), accuracy check from ACCURACY_FIRST_INDEX, BatchNorm statistics, timed frames
+CLIP_SEED, ACCURACY_FIRST_INDEX, BN_CLIP, FRAMES_CLIP = 18, 1000, 2000, 3000
+#: --bn-stats: the BatchNorm running statistics of the random-weight model
+BN_STATS = {
+    "synthetic": "estimated on 2 frames of a synthetic clip (one training-mode pass, cumulative average), as a "
+                 "trained network's are: per-channel means and variances far from 0 and 1; ResNet-50 at 320x320: "
+                 "logits of other synthetic frames at most about 20",
+    "uniform": "running_mean U(-0.2, 0.2), running_var U(0.5, 2.0), torch seed 0 (a random ResNet-50's logits "
+               "then reach 1e5)",
+    "init": "PyTorch's initial values (mean 0, variance 1): folding them changes little",
+}
 
 
 def device_name(device: torch.device) -> str:
@@ -173,17 +187,32 @@ def quantiles(xs):
     return {"median": statistics.median(xs) * 1e3, "p20": q[1] * 1e3, "p80": q[7] * 1e3, "min": min(xs) * 1e3}
 
 
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> int:
-    """Random running statistics for every BatchNorm (see ``RANDOM_BN``), so that folding them matters."""
-    g = torch.Generator().manual_seed(seed)
-    n = 0
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+def set_batchnorm_stats(model: pdnet.PDNet, how: str, seed: int = 0) -> int:
+    """Non-trivial BatchNorm running statistics for a random-weight model (``BN_STATS[how]``), so that
+    folding them matters; returns the number of BatchNorms set. The model is left in eval mode."""
+    if how not in BN_STATS:
+        raise ValueError(f"set_batchnorm_stats: how must be one of {', '.join(BN_STATS)}, got {how!r}")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if how == "uniform":
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in bns:
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
-                n += 1
-    return n
+    elif how == "synthetic":
+        size = tuple(model.config.input_size)
+        clip = torch.from_numpy(synthetic_clips(1, BN_CLIP, 2, size)[0]).permute(0, 3, 1, 2)  # [2, 3, H, W]
+        momentum = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass's calls
+        model.train()
+        with torch.no_grad():
+            model(preprocess(clip[1:], size), preprocess(clip[:1], size))  # target, reference: a trunk pass each
+        for m, mom in zip(bns, momentum, strict=True):
+            m.momentum = mom
+    model.eval()
+    return len(bns)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -426,8 +455,9 @@ def main(argv=None) -> int:
     ap.add_argument("--accuracy-clips", type=int, default=2,
                     help="held-out synthetic clips of the bf16 / int8 rows' jf_vs_fp32 (0: skip)")
     ap.add_argument("--clip-frames", type=int, default=6, help="frames per synthetic clip (at the input size)")
-    ap.add_argument("--random-bn", action=argparse.BooleanOptionalAction, default=True,
-                    help="random BatchNorm running statistics (default), so that folding them matters")
+    ap.add_argument("--bn-stats", default="synthetic", choices=list(BN_STATS),
+                    help="BatchNorm running statistics of the random-weight model: estimated on synthetic frames "
+                         "(default), uniform random, or PyTorch's initial ones")
     ap.add_argument("--opset", type=int, default=18, help="ONNX opset of the ort peer's export")
     ap.add_argument("--onnx-cache", default=None,
                     help="keep the ort peer's export in this folder (one subfolder per backbone, size, opset and "
@@ -475,7 +505,8 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "size": args.size,
         "ops_backends": pdnet.ops.available_backends(device.type),
-        "random_bn": RANDOM_BN if args.random_bn else False,
+        "bn_stats": args.bn_stats,
+        "bn_stats_how": BN_STATS[args.bn_stats],
     }
     print(f"device: {dev_name}; torch {torch.__version__}; input {args.size}x{args.size}; "
           f"{torch.get_num_threads()} threads")
@@ -493,12 +524,10 @@ def main(argv=None) -> int:
     calib = accuracy = None
     if args.int8:
         calib = synthetic_clips(args.calib_clips, 0, args.clip_frames, size)
-    g = torch.Generator().manual_seed(0)
     for backbone in args.backbone:
         torch.manual_seed(0)
         model = pdnet.PDNet(pdnet.PDNetConfig(backbone=backbone, input_size=size)).eval()
-        if args.random_bn:
-            randomize_batchnorm(model)
+        set_batchnorm_stats(model, args.bn_stats)
         segs, extras_of = {}, {}
         for v in variants:
             kw = {"compile": True} if v == "fast-compile" else {}
@@ -556,8 +585,9 @@ def main(argv=None) -> int:
                                       "channels_last": False, "cuda_graphs": False}
         for mode in args.modes:
             B = 1 if mode == "streaming" else args.batch
-            frames = torch.randint(0, 256, (B, 3, *size), generator=g, dtype=torch.uint8).to(device)
-            first = frames[:1].clone()
+            clip = torch.from_numpy(synthetic_clips(1, FRAMES_CLIP, B + 1, size)[0]).permute(0, 3, 1, 2)
+            first = clip[:1].contiguous().to(device)  # the reference frame: [1, 3, H, W] uint8
+            frames = clip[1:].contiguous().to(device)  # the targets: [B, 3, H, W] uint8
             fns, extras = {}, {}
             with torch.inference_mode():
                 if ref_model is not None:
