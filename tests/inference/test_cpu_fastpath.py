@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import pdnet
 from pdnet.inference import VideoSegmenter, cpu
@@ -219,7 +220,9 @@ def test_compile_equals_eager_fp32(model, eager, clips):
     seg.reset()
     first = seg.step(clip[0])  # batch 1: its own graph
     assert (first - eager.predict(frames[:1], state)[0]).abs().max() < 1e-5
-    two = seg.predict(frames[3:5], state)  # padded to the compiled batch of 3
+    graphs = counters["stats"]["unique_graphs"]
+    two = seg.predict(frames[3:5], state)  # padded to the compiled batch of 3, not compiled
+    assert counters["stats"]["unique_graphs"] == graphs
     assert seg._step.batch_sizes == {1, 3}
     assert (two - eager.predict(frames[3:5], state)).abs().max() < 1e-5
 
