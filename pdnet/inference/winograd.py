@@ -87,12 +87,13 @@ AT = torch.tensor(
 )
 
 #: Winograd pays off against oneDNN's direct convolution (channels_last, float32) when U, which
-#: the GEMMs read once per block of tiles, is used for enough tiles: N * ceil(H/4) * ceil(W/4)
-#: * TILE_CHANNEL_RATIO >= Cin * Cout. Measured by bench/bench_winograd.py on a 2-core AVX-512
-#: Xeon (docs/performance.md "Winograd (CPU fp32)"): 2-3.7x faster for every ResNet-50 PDNet
-#: layer with 64-256 channels down to 25 tiles, break-even or slower for 512 channels at 9-64
-#: tiles (U is 38 MB there, 4x the direct convolution's weights).
-TILE_CHANNEL_RATIO = 4096
+#: the GEMMs read at least once, is used for enough tiles: N * ceil(H/4) * ceil(W/4) *
+#: TILE_CHANNEL_RATIO >= Cin * Cout. Measured by bench/bench_winograd.py on a 2-core AVX-512
+#: Xeon (docs/performance.md "Winograd (CPU fp32)"): with the kernel's choice of algorithm
+#: (three passes with at::bmm for small images, tile blocks for large ones) every ResNet-50
+#: PDNet layer at 320 and 480 (64-512 channels, 9-3600 tiles) is 1.8-2.6x faster, and 512
+#: channels still win at 5x5 (4 tiles); smaller maps keep the direct convolution (unmeasured).
+TILE_CHANNEL_RATIO = 65536
 #: convert_winograd leaves convolutions with fewer input or output channels alone
 MIN_CHANNELS = 16
 
