@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +56,17 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def git_commit() -> str:
+    """Short commit of the checkout, ``-dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "csrc", "pdnet"], cwd=ROOT).returncode != 0
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def base_row(args) -> dict:
     return {
         "bench": "winograd",
@@ -65,6 +77,7 @@ def base_row(args) -> dict:
         "threads": args.threads,
         "load_avg": os.getloadavg()[0],
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "commit": git_commit(),
     }
 
 

@@ -34,10 +34,11 @@ int64_t tiles_per_block(int64_t tiles, int64_t Cin, int64_t Cout) {
     const long v = std::strtol(env, nullptr, 10);
     if (v >= 0) return v;
   }
-  // Small images: V and M of the whole image within 4 MiB (two cores' L2) run in three passes,
-  // whose at::bmm splits the 36 GEMMs over the threads and reads U once (measured faster up to
-  // there: 128 channels at 40x40, 256 at 20x20, 512 at 10x10), not once per block.
-  if (36 * tiles * (Cin + Cout) * 4 <= 4 * 1024 * 1024) return 0;
+  // Small images: V and M of the whole image within 6 MiB run in three passes, whose at::bmm
+  // splits the 36 GEMMs over the threads and reads U once, not once per block (measured faster
+  // up to there, 2 threads: 256 channels at 20x20 and 30x30, 512 at 10x10; slower from 7 MiB
+  // on: 64 channels at 80x80, 128 at 80x80).
+  if (36 * tiles * (Cin + Cout) * 4 <= 6 * 1024 * 1024) return 0;
   const int64_t budget = 3 * 512 * 1024 / 4;
   int64_t t = std::clamp<int64_t>(budget / (36 * std::max<int64_t>(1, Cin + Cout)), 24, 96);
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
