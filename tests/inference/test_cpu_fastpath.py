@@ -225,6 +225,9 @@ def test_compile_equals_eager_fp32(model, eager, clips):
     assert counters["stats"]["unique_graphs"] == graphs
     assert seg._step.batch_sizes == {1, 3}
     assert (two - eager.predict(frames[3:5], state)).abs().max() < 1e-5
+    with torch.no_grad():
+        seg.net.head.bias += 1.0  # frozen weights: constants of the compiled graphs, not read again
+    assert torch.equal(seg.predict(frames[:3], state), probs)
 
 
 @pytest.mark.slow
