@@ -257,6 +257,38 @@ def test_interrupted_export_leaves_no_file(exported, tmp_path, monkeypatch):
     assert all((old / name).read_bytes() == b"previous " + name.encode() for name in OUTPUT_FILES)
 
 
+_TERMINATED = """
+import os, signal, sys
+import onnx, torch
+from pdnet.deploy import export as export_module
+from pdnet.inference import load
+
+folder, out = sys.argv[1], sys.argv[2]
+
+def export_graph(module, args, input_names, output_names, opset):
+    if input_names[0] == "target":  # step, after encode_reference was written
+        os.kill(os.getpid(), signal.SIGTERM)
+    return onnx.load(os.path.join(folder, "encode_reference.onnx"))
+
+export_module._export_graph = export_graph
+export_module.export_onnx(load(sys.argv[3]), out)
+"""
+
+
+@pytest.mark.slow  # a subprocess
+def test_sigterm_leaves_no_file(exported, checkpoint, tmp_path):
+    """SIGTERM during an export: exit code 143, and its temporary files are removed."""
+    import subprocess
+    import sys
+
+    _, folder, _ = exported
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", _TERMINATED, str(folder), str(out), str(checkpoint)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 143, res.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_self_test_catches_a_wrong_graph(exported, tmp_path, monkeypatch):
     """A graph that differs from pdnet (one weight of the head changed) fails the self-test
     with its numbers, and nothing is written."""
@@ -276,6 +308,31 @@ def test_self_test_catches_a_wrong_graph(exported, tmp_path, monkeypatch):
     result = export_onnx(model, tmp_path / "unchecked", check=False)
     assert result["self_test"] is None
     assert json.loads((tmp_path / "unchecked" / "export.json").read_text())["self_test"] is None
+
+
+def test_self_test_float64_rule(exported, tmp_path, monkeypatch):
+    """Outputs beyond the float32 bound are judged against float64: ONNX Runtime's error
+    there must be within the bound or FLOAT32_ERROR_FACTOR x FastPDNet's float32 error."""
+    model, folder, _ = exported
+    reuse_exported_graphs(monkeypatch, folder)
+    monkeypatch.setattr(export_module, "SELF_TEST_TOLERANCE", 1e-12)  # every output goes to float64
+    monkeypatch.setattr(export_module, "FLOAT32_ERROR_FACTOR", 1e6)
+    result = export_onnx(model, tmp_path / "lenient")
+    float64 = json.loads((tmp_path / "lenient" / "export.json").read_text())["self_test_float64"]
+    assert float64 == result["self_test_float64"]
+    assert {g: set(outs) for g, outs in float64.items()} == {
+        "pdnet": {"logits"}, "encode_reference": {"keys", "values"}, "step": {"logits", "logits_stride4"}
+    }
+    for outs in float64.values():
+        for e in outs.values():
+            assert 0 < e["onnx"] < TOLERANCE and 0 < e["pytorch_float32"] < TOLERANCE
+    monkeypatch.setattr(export_module, "FLOAT32_ERROR_FACTOR", 0)
+    with pytest.raises(SelfTestError, match=r"pdnet\.onnx output logits: .* of pdnet float32, .* of pdnet float64 "
+                                            r"\(PyTorch's float32 FastPDNet: [0-9.e-]+\)") as info:
+        export_onnx(model, tmp_path / "strict")
+    assert "\n" not in str(info.value) and list((tmp_path / "strict").iterdir()) == []
+    # within the float32 bound, no float64 run
+    assert json.loads((folder / "export.json").read_text())["self_test_float64"] is None
 
 
 def test_missing_onnx_package(tmp_path, monkeypatch):
