@@ -40,6 +40,8 @@ _EXPORTS = {
     "SourceError": "video",
     "TruncatedVideoWarning": "video",
     "VideoWriter": "video",
+    "WinogradConv2d": "winograd",
+    "convert_winograd": "winograd",
 }
 
 __all__ = [
@@ -51,9 +53,11 @@ __all__ = [
     "TruncatedVideoWarning",
     "VideoSegmenter",
     "VideoWriter",
+    "WinogradConv2d",
     "as_frame_batch",
     "check_outputs",
     "checkpoint_kind",
+    "convert_winograd",
     "fold_batchnorm",
     "fold_conv_bn",
     "infer_config",
@@ -74,6 +78,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
     from .segment import check_outputs, segment_video
     from .segmenter import VideoSegmenter, as_frame_batch, preprocess, to_uint8
     from .video import FrameSource, OutputError, SourceError, TruncatedVideoWarning, VideoWriter
+    from .winograd import WinogradConv2d, convert_winograd
 
 
 __getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS)
