@@ -19,8 +19,8 @@ reference backend, exported by ``torch.onnx.export(..., dynamo=True)``: every no
 standard ONNX operator of the default domain (Conv, MatMul, Softmax, Resize, ...).
 Each file is written under a temporary name, checked, run by ONNX Runtime against
 pdnet in float32 (in float64 too where the float32 bound fails: see :func:`export_onnx`),
-and only then moved into place; ``export.json`` comes last, so a
-folder without it is an incomplete export.
+and only then moved into place; ``export.json`` comes last, so a folder without it is an
+incomplete export.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "pdnet-onnx"
 FORMAT_VERSION = 1
-#: graph name -> file name, in the order they are exported
+#: graph name -> file name (export.json lists the graphs in this order)
 GRAPH_FILES: dict[str, str] = {
     "pdnet": "pdnet.onnx",
     "encode_reference": "encode_reference.onnx",
@@ -140,6 +140,8 @@ def check_input_size(size: Any) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     try:
+        if isinstance(size, (str, bytes)):
+            raise TypeError
         h, w = (int(s) for s in size)
         ok = all(int(s) == s and not isinstance(s, bool) for s in size)
     except (TypeError, ValueError):

@@ -193,7 +193,7 @@ def test_export_json(exported):
 
 
 # ------------------------------------------------------------------------- errors and files
-@pytest.mark.parametrize("size", [(100, 100), (64, 0), (-32, 64), 48, (64,)])
+@pytest.mark.parametrize("size", [(100, 100), (64, 0), (-32, 64), 48, (64,), "64", (64.5, 64), (True, 64)])
 def test_bad_input_size(tmp_path, size):
     with pytest.raises(ValueError, match="export_onnx: input_size") as info:
         export_onnx(tiny_model(1, (64, 64)), tmp_path / "x", input_size=size)
