@@ -309,10 +309,12 @@ class OrtPeer:
         binding = self.step.io_binding()
         for name, t in kv.items():
             binding.bind_input(name, "cuda", self.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
-        logits = torch.empty(batch, 1, *self.size, device=self.device)
-        binding.bind_output("logits", "cuda", self.device.index or 0, np.float32, tuple(logits.shape),
-                            logits.data_ptr())
-        return {"tensors": kv, "binding": binding, "logits": logits}
+        H, W = self.size
+        outputs = {"logits": torch.empty(batch, 1, H, W, device=self.device),
+                   "logits_stride4": torch.empty(batch, 1, H // 4, W // 4, device=self.device)}
+        for name, t in outputs.items():  # every output bound: written in place, nothing allocated per call
+            binding.bind_output(name, "cuda", self.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
+        return {"tensors": kv, "binding": binding, "logits": outputs["logits"], "outputs": outputs}
 
     def __call__(self, frames: torch.Tensor, state: dict) -> torch.Tensor:
         x = preprocess(frames, self.size)  # [B, 3, H, W] float32, contiguous
