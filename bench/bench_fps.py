@@ -437,7 +437,10 @@ def accuracy_fields(seg, ref_seg, clips) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", nargs="+", default=["resnet50"], choices=list(pdnet.model.BACKBONE_CHANNELS))
+    ap.add_argument("--backbone", nargs="+", default=None, choices=list(pdnet.model.BACKBONE_CHANNELS),
+                    help="random-weight models (default resnet50); with --checkpoint: the checkpoint's backbone")
+    ap.add_argument("--checkpoint", default=None,
+                    help="time this trained model (pdnet.load) instead of random weights (--bn-stats is then unused)")
     ap.add_argument("--size", type=int, default=480, help="model input size (square, multiple of 32)")
     ap.add_argument("--batch", type=int, default=16, help="batch of the batched mode")
     ap.add_argument("--iters", type=int, default=50)
@@ -507,8 +510,9 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "size": args.size,
         "ops_backends": pdnet.ops.available_backends(device.type),
-        "bn_stats": args.bn_stats,
-        "bn_stats_how": BN_STATS[args.bn_stats],
+        "checkpoint": args.checkpoint,
+        "bn_stats": "checkpoint" if args.checkpoint else args.bn_stats,
+        "bn_stats_how": "the checkpoint's" if args.checkpoint else BN_STATS[args.bn_stats],
     }
     print(f"device: {dev_name}; torch {torch.__version__}; input {args.size}x{args.size}; "
           f"{torch.get_num_threads()} threads")
@@ -526,10 +530,16 @@ def main(argv=None) -> int:
     calib = accuracy = None
     if args.int8:
         calib = synthetic_clips(args.calib_clips, 0, args.clip_frames, size)
-    for backbone in args.backbone:
-        torch.manual_seed(0)
-        model = pdnet.PDNet(pdnet.PDNetConfig(backbone=backbone, input_size=size)).eval()
-        set_batchnorm_stats(model, args.bn_stats)
+    if args.checkpoint and args.backbone and len(args.backbone) > 1:
+        ap.error(f"--checkpoint holds one model, got --backbone {' '.join(args.backbone)}")
+    for backbone in args.backbone or ([None] if args.checkpoint else ["resnet50"]):
+        if args.checkpoint:
+            model = pdnet.load(args.checkpoint, backbone=backbone, input_size=size).eval()
+            backbone = model.config.backbone
+        else:
+            torch.manual_seed(0)
+            model = pdnet.PDNet(pdnet.PDNetConfig(backbone=backbone, input_size=size)).eval()
+            set_batchnorm_stats(model, args.bn_stats)
         segs, extras_of = {}, {}
         for v in variants:
             kw = {"compile": True} if v == "fast-compile" else {}

@@ -185,6 +185,20 @@ def test_bf16_rows_carry_accuracy(run_main, bench):
     assert 0 < r["max_prob_diff_vs_fast"] <= 1  # not 0: against the fp32 fast path built for the comparison
 
 
+def test_checkpoint(run_main, tmp_path):
+    from pdnet.inference.checkpoint import save_model_checkpoint
+
+    torch.manual_seed(1)
+    model = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
+    path = save_model_checkpoint(tmp_path / "tiny.pt", model)
+    code, rows = run_main(*TINY[2:], "--checkpoint", str(path), "--modes", "streaming")
+    assert code == 0 and {r["path"] for r in rows} == {"reference", "fast"}
+    assert all(r["backbone"] == "resnet18" and r["checkpoint"] == str(path) and r["bn_stats"] == "checkpoint"
+               for r in rows)
+    with pytest.raises(RuntimeError, match="does not fit"):  # the loader's error: another backbone
+        run_main(*TINY[2:], "--checkpoint", str(path), "--backbone", "resnet50", "--modes", "streaming")
+
+
 def test_model_fingerprint(bench):
     a = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
     b = pdnet.PDNet(pdnet.PDNetConfig(backbone="resnet18", input_size=(64, 64))).eval()
