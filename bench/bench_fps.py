@@ -469,6 +469,8 @@ def main(argv=None) -> int:
                          "weights hash) and reuse it in later runs (default: a temporary folder)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--no-channels-last", action="store_true")
+    ap.add_argument("--no-winograd", action="store_true",
+                    help="fast paths: direct 3x3 convolutions (default: Winograd on the CPU float32 fast path)")
     ap.add_argument("--e2e", action="store_true", help="also time segment_video on a synthetic clip")
     ap.add_argument("--e2e-frames", type=int, default=120)
     ap.add_argument("--e2e-size", default="480x854", help="HxW of the synthetic clip's frames")
@@ -545,6 +547,8 @@ def main(argv=None) -> int:
             kw = {"compile": True} if v == "fast-compile" else {}
             if v == "fast-int8":
                 kw = {"quantize": "int8", "calibration": calib}
+            if args.no_winograd:
+                kw["winograd"] = False
             try:
                 segs[v] = VideoSegmenter(model, device=device, dtype=dtype, fast=True, channels_last=channels_last,
                                          cuda_graphs=False if args.no_cuda_graphs else None, **kw)
@@ -556,8 +560,9 @@ def main(argv=None) -> int:
             s = segs[v]
             extras_of[v] = {"engine": "pdnet VideoSegmenter (FastPDNet)",
                             "precision": "int8" if v == "fast-int8" else str(s.dtype).replace("torch.", ""),
-                            "channels_last": s.channels_last, "cuda_graphs": s.cuda_graphs, "compile": bool(kw),
-                            "quantize": "int8" if v == "fast-int8" else None}
+                            "channels_last": s.channels_last, "cuda_graphs": s.cuda_graphs,
+                            "compile": v == "fast-compile", "quantize": "int8" if v == "fast-int8" else None,
+                            "winograd": s.winograd}
             if v == "fast-int8":
                 extras_of[v]["calibration"] = {"clips": args.calib_clips, "frames": args.clip_frames,
                                                "generator": "pdnet.data.synth.ClipRenderer", "seed": CLIP_SEED,
