@@ -49,7 +49,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pdnet, installed or not: the imports below follow it (E402)
 
+from bench._meta import git_commit  # noqa: E402
 from pdnet.evaluation import metrics  # noqa: E402
 from pdnet.evaluation import reference as ref  # noqa: E402
 from pdnet.evaluation.evaluate import score_sequence  # noqa: E402
@@ -106,18 +106,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_commit() -> str | None:
-    """HEAD's short hash, with ``+dirty`` when tracked files differ from it; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def timed(fn, cuda: bool = False):
@@ -249,7 +237,7 @@ def main(argv=None) -> int:
         row = rows.setdefault(kind, {
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "kind": kind,
             "device": torch.cuda.get_device_name() if kind == "cuda" else cpu_name(),
-            "torch": torch.__version__, "commit": git_commit(), "frames": args.frames, "size": f"{w}x{h}",
+            "torch": torch.__version__, "commit": git_commit(default=None), "frames": args.frames, "size": f"{w}x{h}",
             "threads": args.threads, "repeats": args.repeats, "load_average": [load0, load1],
             "baseline": base_name, "baseline_frames": nb,
             "ms_per_frame": {f"baseline_{base_name}": b}, "speedup": {}, "identical": True,

@@ -79,7 +79,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,6 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pdnet, installed or not: the imports below follow it (E402)
 
 import pdnet  # noqa: E402
+from bench._meta import git_commit  # noqa: E402
 from pdnet._device import parse_device  # noqa: E402
 from pdnet.inference import VideoSegmenter, VideoWriter, preprocess, segment_video  # noqa: E402
 from pdnet.inference.segmenter import parse_dtype  # noqa: E402
@@ -128,15 +128,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    """Short commit of the checkout, ``-dirty`` when tracked files differ from it."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def versions() -> dict[str, str | None]:

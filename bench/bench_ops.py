@@ -50,7 +50,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ops_baselines as baselines  # bench/ops_baselines.py
 import results_summary  # bench/results_summary.py
+from _meta import git_commit  # bench/_meta.py
 from ops import cases as C  # tests/ops/cases.py
 from ops_baselines import ATTENTION_ASSEMBLY, BASELINES, attention_assembly
 from ops_cost import FLOP_FACTOR, case_cost  # bench/ops_cost.py
@@ -211,15 +211,6 @@ def peak_memory_mib(run, device: torch.device) -> float:
 
 
 # --------------------------------------------------------------------------- run metadata
-def git_commit() -> str:
-    """Short commit of the checkout, ``-dirty`` when tracked files differ from it."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def load_average() -> float | None:
     """1-minute load average (other work on the machine slows every column), or None."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
