@@ -231,7 +231,8 @@ for name in "${ALL_STEPS[@]}"; do
   timeout -k 5 "$limit" bash -c "step_$name" >"$log" 2>&1 </dev/null
   rc=$?
   secs=$(($(date +%s) - now))
-  last=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c1-150)
+  # a progress bar rewrites its line with carriage returns: keep its latest state, one line, no tabs
+  last=$(tr '\r\t' '\n ' <"$log" | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-150)
   last=${last:-(no output)}
   case $rc in
     0) record "$name" ok 0 "$secs" "" ;;

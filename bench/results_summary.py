@@ -162,9 +162,16 @@ def pytest_report(logs: Path) -> dict:
 
 # --------------------------------------------------------------------------- gpu_check.sh
 def read_steps(path: Path) -> list[dict]:
-    """steps.tsv: one line per step, written by gpu_check.sh as it goes."""
+    """steps.tsv: one line per step, written by gpu_check.sh as it goes (split on newlines only: a
+    note may carry a stray carriage return or form feed, which ``splitlines`` would break on)."""
     steps = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+    text = ""
+    if path.exists():
+        with open(path, encoding="utf-8", newline="") as f:  # no universal newlines: a lone \r stays in its note
+            text = f.read()
+    for line in text.split("\n"):
+        if not line:
+            continue
         name, status, rc, seconds, note = (line.split("\t") + [""] * 5)[:5]
         steps.append({"step": name, "status": status, "rc": int(rc) if rc.lstrip("-").isdigit() else None,
                       "seconds": int(seconds) if seconds.isdigit() else None, "note": note})

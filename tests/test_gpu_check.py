@@ -228,3 +228,12 @@ def test_ops_lines_give_each_kernel_backend_per_case():
     ]
     assert rs.ops_lines(rows) == [
         "ops a bfloat16: fwd cpp 0.5 ms 4.00x ref 71% of peak; full triton 1.25 ms 20% of peak"]
+
+
+def test_read_steps_keeps_a_note_with_a_carriage_return_on_its_line(tmp_path):
+    """A step stopped mid progress bar once left a note with \\r in steps.tsv; it is one step, not two."""
+    path = tmp_path / "steps.tsv"
+    path.write_bytes(b"env\tok\t0\t1\tfine\ntrain\ttimeout\t124\t2\tlast line: synth:   0%|\r 1/4\n")
+    steps = rs.read_steps(path)
+    assert [s["step"] for s in steps] == ["env", "train"]
+    assert steps[1]["status"] == "timeout" and steps[1]["rc"] == 124 and steps[1]["note"].endswith("1/4")
