@@ -1,14 +1,11 @@
 """bench/bench_fps.py: its rows, the peers (ONNX Runtime, torch.compile) and the fast-path options."""
-import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import load_bench, main_runner
 
 import pdnet
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_fps.py"
 #: max |p - p_fast| of a path computing the same function as the fp32 fast path on the same frames: float32
 #: rounding of the random network (logits up to ~1e3 at 64x64) moves probabilities by less than this, while a
 #: mis-wired path (another reference frame, no normalisation) moves them by more than 0.1
@@ -35,24 +32,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_fps", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_fps")
 
 
 @pytest.fixture
 def run_main(bench, tmp_path):
     """bench.main(argv) writing into tmp_path; returns (exit code, rows written); restores the thread count."""
-    threads = torch.get_num_threads()
-
-    def run(*argv):
-        code = bench.main([*argv, "--out", str(tmp_path)])
-        path = tmp_path / "fps_cpu.jsonl"
-        return code, [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    yield run
-    torch.set_num_threads(threads)
+    yield from main_runner(bench, tmp_path, "fps_cpu.jsonl")
 
 
 def by_path(rows, mode):

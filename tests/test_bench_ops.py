@@ -1,5 +1,4 @@
 """bench/bench_ops.py: its rows on the CPU, its SDPA baselines, its memory count and its errors."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -7,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import load_bench, main_runner
 from ops import cases as C  # tests/ops/cases.py, as bench_ops.py imports it
 
 import pdnet.ops
@@ -24,24 +24,13 @@ ROW_FIELDS = {
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ops", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_ops")
 
 
 @pytest.fixture
 def run_main(bench, tmp_path):
     """bench.main(argv) writing into tmp_path; returns (exit code, rows written); restores the thread count."""
-    threads = torch.get_num_threads()
-
-    def run(*argv):
-        code = bench.main([*argv, "--out", str(tmp_path)])
-        path = tmp_path / "ops_cpu.jsonl"
-        return code, [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    yield run
-    torch.set_num_threads(threads)
+    yield from main_runner(bench, tmp_path, "ops_cpu.jsonl")
 
 
 def test_cpu_rows_one_case_per_op(run_main):
